@@ -1,0 +1,53 @@
+"""spectralar_hf: spectral autoregressive image generation (SpectralAR, FAR) for the Hugging Face stack."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+INSTALL_REQUIRES = [
+    # Install torch==2.13.0 first on CPU machines: an unpinned torch pulls the CUDA build.
+    "torch>=2.4",
+    "transformers>=5.0,<6",
+    "diffusers>=0.42,<0.43",
+    "accelerate>=1.10",
+    "datasets>=4.0",
+    "safetensors>=0.4",
+    "huggingface-hub>=1.0",
+    "evaluate>=0.4",
+    "numpy>=1.24",
+    "scipy>=1.10",
+    "pillow>=10.0",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    # Real photos for tests, benchmarks and the offline demo data.
+    "photos": ["scikit-image>=0.22"],
+    # Training scripts in examples/ log to TensorBoard.
+    "train": ["tensorboard>=2.14"],
+    "dev": ["pytest>=8.0", "scikit-image>=0.22", "tensorboard>=2.14"],
+}
+
+setup(
+    name="spectralar_hf",
+    version="0.1.0",
+    description="Spectral autoregressive image generation (SpectralAR, FAR) with transformers, diffusers and accelerate",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"spectralar_hf": ["data/*.json"]},
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["spectralar-hf=spectralar_hf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

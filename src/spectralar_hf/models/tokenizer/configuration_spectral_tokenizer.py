@@ -1,0 +1,174 @@
+"""Configuration of the Nested Spectral Tokenizer (SpectralAR §3.2)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from ...spectral import OMEGA_SCHEDULES, omega_schedule, validate_omega
+
+# Named sizes. "titok-b64" is the paper's tokenizer (TiTok-B-64 settings: ViT-B encoder and decoder, 256 px,
+# patch 16, 64 tokens, 4096 x 12 l2-normalised codebook). The small ones are for tests, demos and CPU training.
+SPECTRAL_TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
+    "titok-b64": dict(
+        image_size=256, num_channels=3, patch_size=16,
+        encoder_hidden_size=768, encoder_num_hidden_layers=12, encoder_num_attention_heads=12,
+        decoder_hidden_size=768, decoder_num_hidden_layers=12, decoder_num_attention_heads=12,
+        num_latent_tokens=64, codebook_size=4096, token_dim=12,
+    ),
+    "titok-s128": dict(
+        image_size=256, num_channels=3, patch_size=16,
+        encoder_hidden_size=512, encoder_num_hidden_layers=8, encoder_num_attention_heads=8,
+        decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=8,
+        num_latent_tokens=128, codebook_size=4096, token_dim=12,
+    ),
+    "small-64": dict(
+        image_size=64, num_channels=3, patch_size=8,
+        encoder_hidden_size=128, encoder_num_hidden_layers=4, encoder_num_attention_heads=4,
+        decoder_hidden_size=128, decoder_num_hidden_layers=4, decoder_num_attention_heads=4,
+        num_latent_tokens=32, codebook_size=1024, token_dim=12,
+    ),
+    "small-32-gray": dict(
+        image_size=32, num_channels=1, patch_size=4,
+        encoder_hidden_size=128, encoder_num_hidden_layers=4, encoder_num_attention_heads=4,
+        decoder_hidden_size=128, decoder_num_hidden_layers=4, decoder_num_attention_heads=4,
+        num_latent_tokens=32, codebook_size=512, token_dim=8,
+    ),
+    # The shipped Fashion-MNIST demo: 24 tokens, so the Eq. 9 shape shows (omega_13..24 = 13, .., 18, 20, .., 32).
+    "fmnist-32": dict(
+        image_size=32, num_channels=1, patch_size=4,
+        encoder_hidden_size=128, encoder_num_hidden_layers=4, encoder_num_attention_heads=4,
+        decoder_hidden_size=128, decoder_num_hidden_layers=4, decoder_num_attention_heads=4,
+        num_latent_tokens=24, codebook_size=1024, token_dim=8,
+    ),
+    "tiny-32": dict(
+        image_size=32, num_channels=3, patch_size=8,
+        encoder_hidden_size=64, encoder_num_hidden_layers=2, encoder_num_attention_heads=2,
+        decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=2,
+        num_latent_tokens=16, codebook_size=256, token_dim=8,
+    ),
+}
+
+
+@strict
+class SpectralTokenizerConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SpectralTokenizer`]: a 1D ViT tokenizer whose token prefixes decode to DCT low-pass images.
+
+    Args:
+        image_size (`int`, defaults to 256): side of the square input images.
+        num_channels (`int`, defaults to 3): 1 (grayscale) or 3 (RGB).
+        patch_size (`int`, defaults to 16): patch side of encoder and decoder; must divide `image_size`.
+        encoder_hidden_size / encoder_num_hidden_layers / encoder_num_attention_heads / encoder_mlp_ratio:
+            width, depth, heads and MLP expansion of the ViT encoder.
+        decoder_hidden_size / decoder_num_hidden_layers / decoder_num_attention_heads / decoder_mlp_ratio:
+            the same for the decoder.
+        num_latent_tokens (`int`, defaults to 64): N, the number of spectral tokens per image.
+        codebook_size (`int`, defaults to 4096): number of codebook entries (the generator's vocabulary).
+        token_dim (`int`, defaults to 12): dimension of a codebook entry (factorised low-dimensional lookup).
+        l2_normalize_codebook (`bool`, defaults to `True`): match l2-normalised latents to an l2-normalised
+            codebook (cosine similarity), as TiTok.
+        commitment_cost (`float`, defaults to 0.25): weight of the commitment term `||z - sg(z_q)||^2`.
+        omega (`list[int]` or `str`, defaults to `"spectralar"`): the spectral level `omega_i` of every token, the
+            single source of truth of the token-to-frequency mapping. A schedule name (`"spectralar"` = Eq. 9,
+            `"uniform"`) is turned into the explicit list at construction, so `config.json` always stores the list.
+        spectral_supervision (`bool`, defaults to `True`): train prefix `k` against `lowpass(x, omega_k)` (nested
+            targets). Off: every step decodes all N tokens against the full image.
+        causal (`bool`, defaults to `True`): spectral causal mask in encoder and decoder. With both flags off the
+            model is the plain TiTok-style 1D tokenizer (Table 4, row 1).
+        layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02).
+
+    Example:
+
+    ```python
+    >>> from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
+    >>> config = SpectralTokenizerConfig.from_preset("titok-b64")
+    >>> config.omega[:4], config.omega[-2:]
+    ([1, 2, 3, 4], [244, 256])
+    >>> model = SpectralTokenizer(config)
+    ```
+    """
+
+    model_type = "spectral_tokenizer"
+
+    image_size: int = 256
+    num_channels: int = 3
+    patch_size: int = 16
+    encoder_hidden_size: int = 768
+    encoder_num_hidden_layers: int = 12
+    encoder_num_attention_heads: int = 12
+    encoder_mlp_ratio: float | int = 4.0
+    decoder_hidden_size: int = 768
+    decoder_num_hidden_layers: int = 12
+    decoder_num_attention_heads: int = 12
+    decoder_mlp_ratio: float | int = 4.0
+    num_latent_tokens: int = 64
+    codebook_size: int = 4096
+    token_dim: int = 12
+    l2_normalize_codebook: bool = True
+    commitment_cost: float | int = 0.25
+    omega: list[int] | str = "spectralar"
+    spectral_supervision: bool = True
+    causal: bool = True
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.num_channels not in (1, 3):
+            raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}.")
+        if self.patch_size < 1 or self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; choose a patch size "
+                f"that divides the image size (e.g. {_divisor_hint(self.image_size, self.patch_size)})."
+            )
+        for part in ("encoder", "decoder"):
+            width = getattr(self, f"{part}_hidden_size")
+            heads = getattr(self, f"{part}_num_attention_heads")
+            if heads < 1 or width % heads != 0:
+                raise ValueError(f"{part}_hidden_size {width} is not divisible by {part}_num_attention_heads {heads}.")
+        if self.num_latent_tokens < 1 or self.codebook_size < 2 or self.token_dim < 1:
+            raise ValueError(
+                f"num_latent_tokens ({self.num_latent_tokens}), codebook_size ({self.codebook_size}) and token_dim "
+                f"({self.token_dim}) must be positive (codebook_size >= 2)."
+            )
+        if isinstance(self.omega, str):
+            if self.omega not in OMEGA_SCHEDULES:
+                raise ValueError(
+                    f"Unknown omega schedule {self.omega!r}; use one of {OMEGA_SCHEDULES} or an explicit list of "
+                    f"{self.num_latent_tokens} ints."
+                )
+            self.omega = omega_schedule(self.num_latent_tokens, self.image_size, self.omega)
+        else:
+            self.omega = validate_omega(self.omega, self.num_latent_tokens, self.image_size)
+        super().__post_init__(**kwargs)
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side, `image_size // patch_size`."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per image, `grid_size ** 2`."""
+        return self.grid_size**2
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "SpectralTokenizerConfig":
+        """Build a named configuration (see `SPECTRAL_TOKENIZER_PRESETS`); keyword arguments override fields.
+
+        When the preset's size changes (`num_latent_tokens` or `image_size`) and no `omega` is given, the schedule is
+        rebuilt for the new size.
+        """
+        if name not in SPECTRAL_TOKENIZER_PRESETS:
+            raise ValueError(f"Unknown tokenizer preset {name!r}; available: {sorted(SPECTRAL_TOKENIZER_PRESETS)}.")
+        values = copy.deepcopy(SPECTRAL_TOKENIZER_PRESETS[name])
+        values.update(overrides)
+        return cls(**values)
+
+
+def _divisor_hint(image_size: int, patch_size: int) -> int:
+    divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+    return min(divisors, key=lambda d: (abs(d - patch_size), d))
