@@ -1,0 +1,217 @@
+"""Sharing on the Hugging Face Hub: our model card and the upload path used by every `push_to_hub`.
+
+`transformers` and `diffusers` write a generic card when pushing; ours states the omega schedule, the sizes, the
+training data and the metrics (as `model-index`). The card template ships as package data and is the repository's
+`MODEL_CARD.md` (`spectralar-hf model-card --template` prints it; a test keeps the two identical).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import resources
+from typing import Any, Callable
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+LIBRARY_NAME = "spectralar_hf"
+BASE_TAGS = ["spectralar_hf", "spectral-autoregressive", "image-generation", "class-conditional", "dct"]
+PIPELINE_TAG = "unconditional-image-generation"  # the Hub's tag for (class-)conditional image generators
+
+
+def model_card_template() -> str:
+    """The Jinja template of our model card (identical to the repository's MODEL_CARD.md)."""
+    return resources.files(LIBRARY_NAME).joinpath("data/model_card_template.md").read_text(encoding="utf-8")
+
+
+def _components_table(tokenizer_config=None, generator_config=None, far_config=None, vae_config=None) -> str:
+    rows = ["| component | class | size |", "| --- | --- | --- |"]
+    if tokenizer_config is not None:
+        c = tokenizer_config
+        rows.append(
+            f"| tokenizer | `SpectralTokenizer` | {c.image_size}x{c.image_size}x{c.num_channels} images, patch "
+            f"{c.patch_size}, encoder {c.encoder_hidden_size}/{c.encoder_num_hidden_layers} layers, decoder "
+            f"{c.decoder_hidden_size}/{c.decoder_num_hidden_layers} layers, N = {c.num_latent_tokens} tokens, "
+            f"codebook {c.codebook_size} x {c.token_dim}, causal mask {'on' if c.causal else 'off'}, spectral "
+            f"supervision {'on' if c.spectral_supervision else 'off'} |"
+        )
+    if generator_config is not None:
+        g = generator_config
+        rows.append(
+            f"| transformer | `SpectralARForCausalLM` | width {g.hidden_size}, {g.num_hidden_layers} layers, "
+            f"{g.num_attention_heads} heads, vocabulary {g.vocab_size}, {g.num_image_tokens} tokens in "
+            f"{g.num_steps} steps of {g.tokens_per_step}, {g.num_classes} classes, class dropout "
+            f"{g.class_dropout_prob} |"
+        )
+    if vae_config is not None:
+        v = vae_config
+        factor = 2 ** (len(v.block_out_channels) - 1)
+        rows.append(
+            f"| vae | `AutoencoderKL` (diffusers) | {v.in_channels}-channel images, downsampling {factor}, "
+            f"{v.latent_channels} latent channels, scaling factor {v.scaling_factor:g} |"
+        )
+    if far_config is not None:
+        f = far_config
+        rows.append(
+            f"| transformer | `FARTransformer` | {f.latent_channels}x{f.latent_size}x{f.latent_size} latents, patch "
+            f"{f.patch_size}, width {f.hidden_size}, {f.encoder_layers} encoder + {f.decoder_layers} decoder layers, "
+            f"{f.num_attention_heads} heads, diffusion head {f.head_depth} x {f.head_width}, F = {f.num_levels} "
+            f"frequency levels ({f.filter_kind} filter), {f.num_classes} classes, class dropout "
+            f"{f.class_dropout_prob} |"
+        )
+    return "\n".join(rows)
+
+
+def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=None, vae_config=None) -> str:
+    if far_config is not None and vae_config is not None:
+        return (
+            "import torch\n"
+            "from spectralar_hf import FARPipeline\n\n"
+            f'pipe = FARPipeline.from_pretrained("{repo_id}")\n'
+            "images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps=10, guidance_scale=3.0,\n"
+            "              generator=torch.Generator().manual_seed(0)).images\n"
+            "strip = pipe(class_labels=[0], return_intermediates=True).intermediates  # one image per level"
+        )
+    if far_config is not None:
+        return (
+            "from transformers import AutoModel\n"
+            "import spectralar_hf  # registers the model classes\n\n"
+            f'model = AutoModel.from_pretrained("{repo_id}")\n'
+            "latents = model.sample([0, 1], num_steps=10, guidance_scale=3.0)  # decode with the VAE it was trained on"
+        )
+    if generator_config is not None and tokenizer_config is not None:
+        return (
+            "import torch\n"
+            "from spectralar_hf import SpectralARPipeline\n\n"
+            f'pipe = SpectralARPipeline.from_pretrained("{repo_id}")\n'
+            "images = pipe(class_labels=[0, 1, 2, 3], generator=torch.Generator().manual_seed(0)).images\n"
+            "strip = pipe(class_labels=[0], return_intermediates=True).intermediates  # coarse-to-fine"
+        )
+    if generator_config is not None:
+        return (
+            "from transformers import AutoModelForCausalLM\n"
+            "import spectralar_hf  # registers the model classes\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
+            "codes = model.sample([0, 1], guidance_scale=2.0, top_k=100)"
+        )
+    return (
+        "from transformers import AutoModel\n"
+        "import spectralar_hf  # registers the model classes\n\n"
+        f'tokenizer = AutoModel.from_pretrained("{repo_id}")\n'
+        "codes = tokenizer.encode(pixel_values).codes                 # pixel_values in [-1, 1]\n"
+        "coarse = tokenizer.decode(codes, num_tokens=4).reconstruction  # low-pass image of omega_4"
+    )
+
+
+def build_model_card(
+    repo_id: str,
+    tokenizer_config=None,
+    generator_config=None,
+    datasets: list[str] | None = None,
+    metrics: dict[str, float] | None = None,
+    dataset_name: str | None = None,
+    summary: str | None = None,
+    license: str = "apache-2.0",
+    far_config=None,
+    vae_config=None,
+) -> ModelCard:
+    """Our model card for a pipeline (both configs) or one component.
+
+    Args:
+        repo_id: the Hub repository (used in the usage snippet and as model name).
+        tokenizer_config, generator_config: the components' configs (either may be None).
+        datasets: Hub dataset ids the checkpoint was trained on.
+        metrics: e.g. `{"gFID": 3.02, "rFID": 4.03}`; written as `model-index` evaluation results on
+            `dataset_name` (default: the first of `datasets`).
+        summary: one paragraph describing the checkpoint.
+        far_config, vae_config: for FAR checkpoints, the `FARConfig` of the transformer and (for a pipeline) the
+            diffusers `AutoencoderKL` config.
+    """
+    if metrics and not (dataset_name or datasets):
+        raise ValueError("metrics need the dataset they were measured on: pass dataset_name= or datasets=.")
+    evaluated_on = dataset_name or (datasets[0] if datasets else None)
+    eval_results = [
+        EvalResult(task_type=PIPELINE_TAG, dataset_type=evaluated_on, dataset_name=evaluated_on,
+                   metric_type=name.lower(), metric_name=name, metric_value=float(value))
+        for name, value in (metrics or {}).items()
+    ] or None
+    card_data = ModelCardData(
+        library_name=LIBRARY_NAME, license=license, tags=list(BASE_TAGS), datasets=datasets,
+        pipeline_tag=PIPELINE_TAG, model_name=repo_id, eval_results=eval_results,
+    )
+    omega_text = "Not part of this component (see the tokenizer)."
+    if tokenizer_config is not None:
+        omega_text = (f"Token `i` of {tokenizer_config.num_latent_tokens} decodes, with the tokens before it, to the "
+                      f"low-pass image keeping the top-left `omega_i x omega_i` DCT coefficients:\n\n"
+                      f"`omega = {list(tokenizer_config.omega)}`")
+    elif far_config is not None:
+        omega_text = (f"FAR has no token-to-frequency schedule: every step sees all {far_config.num_tokens} latent "
+                      f"tokens, low-pass filtered to one of F = {far_config.num_levels} frequency levels "
+                      f"({far_config.filter_kind} filter; level 0 is blank, level F the full latent), and predicts "
+                      f"the full latent, which is filtered to the next level (next-frequency prediction).")
+    metrics_text = "No metrics recorded yet."
+    if metrics:
+        metrics_text = "\n".join([f"| metric | value ({evaluated_on}) |", "| --- | --- |"]
+                                 + [f"| {name} | {value:g} |" for name, value in metrics.items()])
+    return ModelCard.from_template(
+        card_data,
+        template_str=model_card_template(),
+        model_name=repo_id,
+        summary=summary or "A spectral autoregressive image model.",
+        components_table=_components_table(tokenizer_config, generator_config, far_config, vae_config),
+        omega_text=omega_text,
+        usage_code=_usage_code(repo_id, tokenizer_config, generator_config, far_config, vae_config),
+        datasets_text=", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets)
+        if datasets else "Not recorded.",
+        metrics_text=metrics_text,
+    )
+
+
+def push_folder_to_hub(
+    save: Callable[[str], Any],
+    repo_id: str,
+    card: ModelCard,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Create `repo_id` if needed, `save(tmp_dir)`, add our `README.md` card, upload the folder in one commit.
+
+    Returns the commit URL.
+    """
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        save(folder)
+        card.save(os.path.join(folder, "README.md"))
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+                                 commit_message=commit_message or "Upload with spectralar_hf")
+
+
+class SpectralARHubMixin:
+    """`push_to_hub` for our `PreTrainedModel`s: the same files as `save_pretrained` plus our model card."""
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "5GB",
+        datasets: list[str] | None = None,
+        metrics: dict[str, float] | None = None,
+        summary: str | None = None,
+    ) -> str:
+        """Upload this model with our model card (see `build_model_card`); returns the commit URL."""
+        tokenizer_config = self.config if self.config.model_type == "spectral_tokenizer" else None
+        generator_config = self.config if self.config.model_type == "spectralar" else None
+        far_config = self.config if self.config.model_type == "far" else None
+        card = build_model_card(repo_id, tokenizer_config, generator_config, datasets=datasets, metrics=metrics,
+                                summary=summary, far_config=far_config)
+        return push_folder_to_hub(lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size),
+                                  repo_id, card, token=token, private=private, commit_message=commit_message,
+                                  revision=revision, create_pr=create_pr)
