@@ -1,0 +1,295 @@
+#!/usr/bin/env python
+"""Train the SpectralAR generator on pre-tokenized codes (examples/pretokenize.py) with accelerate.
+
+Recipe (VAR): cross-entropy over all codes with class dropout (the null class for CFG), AdamW (0.9, 0.95), weight
+decay 0.05, warmup then linear decay, gradient clipping 2.0, EMA of the weights. Periodic class-conditional sample
+grids go through the pipeline; the final EMA weights are saved with the tokenizer as a SpectralARPipeline.
+
+Examples:
+  # CPU, the demo generator on Fashion-MNIST codes
+  python examples/train_generator.py --tokenized_dataset runs/fmnist-codes --preset small --use_ema \
+      --learning_rate 1e-3 --max_train_steps 8000 --output_dir runs/fmnist-generator
+
+  # 8 GPUs, bf16: SpectralAR-d16 on ImageNet codes
+  accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/train_generator.py \
+      --tokenized_dataset runs/imagenet-codes --preset d16 --train_batch_size 96 --scale_lr --use_ema \
+      --output_dir runs/spectralar-d16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from spectralar_hf import SpectralARConfig, SpectralARForCausalLM, SpectralARPipeline, SpectralTokenizer
+from spectralar_hf.training.checkpointing import append_jsonl, resume_from_checkpoint, save_checkpoint, start_run
+from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.visualization import prefix_strip
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--tokenized_dataset", required=True, help="output_dir of pretokenize.py (or its data/)")
+    data.add_argument("--tokenizer", default=None, help="default: the tokenizer recorded by pretokenize.py")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default="small", help="a SpectralARConfig preset (sizes)")
+    model.add_argument("--config_overrides", default=None, help='JSON of config fields, e.g. \'{"tokens_per_step": 4}\'')
+    model.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune this generator")
+
+    sampling = parser.add_argument_group("sampling defaults saved in generation_config.json")
+    sampling.add_argument("--guidance_scale", type=float, default=None)
+    sampling.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
+    sampling.add_argument("--top_k", type=int, default=None)
+    sampling.add_argument("--top_p", type=float, default=None)
+    sampling.add_argument("--temperature", type=float, default=None)
+
+    optim = parser.add_argument_group("optimisation (defaults: VAR)")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="per device")
+    optim.add_argument("--max_train_steps", type=int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--scale_lr", action="store_true", help="lr x total batch / 256 (VAR)")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.95)
+    optim.add_argument("--adam_weight_decay", type=float, default=0.05)
+    optim.add_argument("--lr_scheduler", default="linear", help="warmup then linear decay (VAR)")
+    optim.add_argument("--lr_warmup_steps", type=int, default=500)
+    optim.add_argument("--max_grad_norm", type=float, default=2.0)
+    optim.add_argument("--use_ema", action="store_true")
+    optim.add_argument("--ema_decay", type=float, default=0.999)
+    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--logging_dir", default="logs")
+    run.add_argument("--report_to", default="tensorboard")
+    run.add_argument("--logging_steps", type=int, default=50)
+    run.add_argument("--validation_steps", type=int, default=1000, help="save a class-conditional grid every N")
+    run.add_argument("--validation_classes", type=int, nargs="*", default=None, help="default: up to 10 classes")
+    run.add_argument("--checkpointing_steps", type=int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint-N path or "latest"')
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--hub_token", default=None)
+    args = parser.parse_args(argv)
+
+    if not os.path.isdir(args.tokenized_dataset):
+        parser.error(f"--tokenized_dataset {args.tokenized_dataset!r} does not exist; run examples/pretokenize.py")
+    if args.max_train_steps < 1 or args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
+        parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
+    return args
+
+
+def load_codes(args: argparse.Namespace) -> tuple[datasets.Dataset, str]:
+    """The tokenized dataset and the path of the tokenizer that made it."""
+    root = Path(args.tokenized_dataset)
+    data_dir = root / "data" if (root / "data").is_dir() else root
+    info_file = (data_dir.parent if data_dir != root else root) / "pretokenize.json"
+    try:
+        dataset = datasets.load_from_disk(str(data_dir))
+    except FileNotFoundError:
+        raise ValueError(f"{data_dir} is not a dataset saved by examples/pretokenize.py.") from None
+    if len(dataset) == 0:
+        raise ValueError(f"The tokenized dataset {data_dir} is empty.")
+    if not {"codes", "label"} <= set(dataset.column_names):
+        raise ValueError(f"{data_dir} has columns {dataset.column_names}; expected codes and label.")
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        if not info_file.is_file():
+            raise ValueError("Pass --tokenizer: there is no pretokenize.json recording which tokenizer made the codes.")
+        tokenizer = json.loads(info_file.read_text())["tokenizer"]
+    return dataset, tokenizer
+
+
+def load_tokenizer(path: str) -> SpectralTokenizer:
+    root = Path(path)
+    if (root / "model_index.json").is_file():
+        root = root / "tokenizer"
+    if not root.exists():
+        raise ValueError(f"Tokenizer {path!r} does not exist.")
+    return SpectralTokenizer.from_pretrained(root).eval()
+
+
+def build_model(args: argparse.Namespace, tokenizer: SpectralTokenizer, dataset) -> SpectralARForCausalLM:
+    """A generator whose vocabulary, length, classes and image geometry come from the tokenizer and the data."""
+    if args.pretrained_model_name_or_path:
+        return SpectralARForCausalLM.from_pretrained(args.pretrained_model_name_or_path)
+    label_feature = dataset.features["label"]
+    if isinstance(label_feature, datasets.ClassLabel):
+        names = dict(enumerate(label_feature.names))
+    else:
+        num_classes = int(np.max(dataset.with_format("numpy")["label"])) + 1
+        names = {i: str(i) for i in range(num_classes)}
+    t = tokenizer.config
+    fields = dict(vocab_size=t.codebook_size, num_image_tokens=t.num_latent_tokens, num_classes=len(names),
+                  id2label=names, image_size=t.image_size, num_channels=t.num_channels)
+    fields.update(json.loads(args.config_overrides) if args.config_overrides else {})
+    return SpectralARForCausalLM(SpectralARConfig.from_preset(args.preset, **fields))
+
+
+def set_sampling_defaults(model: SpectralARForCausalLM, args: argparse.Namespace) -> None:
+    config = model.generation_config
+    config.do_sample = True
+    for name in ("guidance_scale", "guidance_schedule", "top_k", "top_p", "temperature"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed, device_specific=True)
+
+    dataset, tokenizer_path = load_codes(args)
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = build_model(args, tokenizer, dataset)
+    if model.config.vocab_size != tokenizer.config.codebook_size or (
+            model.config.num_image_tokens != tokenizer.config.num_latent_tokens):
+        raise ValueError("The generator does not match the tokenizer (vocab_size / num_image_tokens).")
+    if len(dataset[0]["codes"]) != model.config.num_image_tokens:
+        raise ValueError(f"The codes have length {len(dataset[0]['codes'])} but the generator expects "
+                         f"{model.config.num_image_tokens}: were they made by this tokenizer?")
+    if len(dataset) < args.train_batch_size:
+        raise ValueError(f"The dataset has {len(dataset)} sequences, fewer than one batch of {args.train_batch_size}.")
+    set_sampling_defaults(model, args)
+    loader = torch.utils.data.DataLoader(
+        dataset.with_format("torch", columns=["codes", "label"]), batch_size=args.train_batch_size, shuffle=True,
+        drop_last=True, num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
+    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2))
+    scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
+                   model_cls=SpectralARForCausalLM, model_config=model.config.to_dict()) if args.use_ema else None
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    tokenizer.to(accelerator.device)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    start_run(accelerator, output_dir, args, "train_generator")
+    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    if global_step:
+        logger.info(f"Resumed at step {global_step}")
+
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="generator",
+                    disable=not accelerator.is_local_main_process)
+    model.train()
+    micro_step = global_step * args.gradient_accumulation_steps
+    while global_step < args.max_train_steps:
+        epoch, skip = divmod(micro_step, len(loader))
+        loader.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            codes, labels = batch["codes"].long(), batch["label"].long()
+            with accelerator.accumulate(model):
+                loss = model(input_ids=codes, class_labels=labels, labels=codes, use_cache=False).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if ema is not None:
+                ema.step(model.parameters())
+            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+                logs = {"loss": loss.detach().item(), "lr": scheduler.get_last_lr()[0]}
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+                if accelerator.is_main_process:
+                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and global_step % args.validation_steps == 0:
+                log_samples(accelerator, model, ema, tokenizer, args, output_dir, global_step)
+            if global_step >= args.max_train_steps:
+                break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(final.parameters())
+        final.eval()
+        pipeline = SpectralARPipeline(tokenizer=tokenizer, transformer=final)
+        pipeline.save_pretrained(output_dir / "pipeline")
+        log_samples(accelerator, model, None, tokenizer, args, output_dir, global_step)
+        if args.push_to_hub:
+            pipeline.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token)
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def log_samples(accelerator, model, ema, tokenizer, args, output_dir: Path, step: int) -> None:
+    """A labelled grid of class-conditional samples (fixed seed) through the pipeline, with the EMA weights."""
+    generator_model = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.store(generator_model.parameters())
+        ema.copy_to(generator_model.parameters())
+    was_training = generator_model.training
+    generator_model.eval()
+    pipeline = SpectralARPipeline(tokenizer=tokenizer, transformer=generator_model)
+    pipeline.set_progress_bar_config(disable=True)
+    config = generator_model.config
+    classes = args.validation_classes or list(range(min(config.num_classes, 10)))
+    per_class = 8
+    images = pipeline([c for c in classes for _ in range(per_class)],
+                      generator=torch.Generator().manual_seed(args.seed)).images
+    names = config.id2label or {}
+    grid = prefix_strip([images[i * per_class : (i + 1) * per_class] for i in range(len(classes))],
+                        row_labels=[str(names.get(c, c)).split(",")[0] for c in classes], min_cell=64)
+    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    grid.save(output_dir / "samples" / f"samples-{step:07d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    if ema is not None:
+        ema.restore(generator_model.parameters())
+    generator_model.train(was_training)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)

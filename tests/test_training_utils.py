@@ -1,0 +1,73 @@
+"""Training helpers: transforms, parameter groups, crash-safe checkpoint discovery."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spectralar_hf import SpectralTokenizer
+from spectralar_hf.training.checkpointing import checkpoint_step, latest_checkpoint, list_checkpoints
+from spectralar_hf.training.data import ImageTransform, PhotoCropDataset, numpy_to_pixel_values, random_crops
+from spectralar_hf.training.optim import decay_parameter_groups
+
+
+def test_numpy_to_pixel_values_range_and_layout():
+    array = np.zeros((2, 4, 5, 3), dtype=np.uint8)
+    array[0, 0, 0] = [255, 0, 128]
+    pixels = numpy_to_pixel_values(array)
+    assert pixels.shape == (2, 3, 4, 5)
+    assert pixels[0, :, 0, 0].tolist() == pytest.approx([1.0, -1.0, 128 / 255 * 2 - 1], abs=1e-6)
+    assert pixels.min() >= -1 and pixels.max() <= 1
+
+
+def test_image_transform_resizes_crops_and_converts():
+    image = Image.fromarray((np.random.default_rng(0).random((60, 90, 3)) * 255).astype(np.uint8))
+    rgb = ImageTransform(32, 3)(image)
+    gray = ImageTransform(32, 1)(image)
+    assert rgb.shape == (3, 32, 32) and gray.shape == (1, 32, 32)
+    assert rgb.min() >= -1 and rgb.max() <= 1
+    # the centre crop of a resized image is deterministic; random crops depend on the generator
+    assert torch.equal(ImageTransform(32, 3)(image), rgb)
+    a = ImageTransform(32, 3, random_crop=True, generator=np.random.default_rng(1))(image)
+    b = ImageTransform(32, 3, random_crop=True, generator=np.random.default_rng(1))(image)
+    assert torch.equal(a, b)
+
+
+def test_photo_crops_are_reproducible():
+    pytest.importorskip("skimage")
+    from spectralar_hf.training.data import load_sample_photos
+
+    photos = load_sample_photos(("chelsea", "coffee"))
+    first = random_crops(photos, 4, 16, seed=3)
+    assert first.shape == (4, 3, 16, 16) and torch.equal(first, random_crops(photos, 4, 16, seed=3))
+    stream = iter(PhotoCropDataset(photos, 16, seed=5))
+    again = iter(PhotoCropDataset(photos, 16, seed=5))
+    assert torch.equal(next(stream)["pixel_values"], next(again)["pixel_values"])
+    other_rank = iter(PhotoCropDataset(photos, 16, seed=5, rank=1))
+    assert not torch.equal(next(stream)["pixel_values"], next(other_rank)["pixel_values"])
+
+
+def test_decay_groups_exclude_norms_biases_embeddings_and_tokens(tiny_tokenizer: SpectralTokenizer):
+    decay, no_decay = decay_parameter_groups(tiny_tokenizer, 0.1)
+    decay_ids = {id(p) for p in decay["params"]}
+    names = {id(p): n for n, p in tiny_tokenizer.named_parameters()}
+    decayed_names = {names[i] for i in decay_ids}
+    assert "encoder.layers.0.attn.qkv.weight" in decayed_names
+    for name in ("encoder.latent_tokens", "encoder.position_embedding", "quantizer.codebook.weight",
+                 "decoder.mask_token", "encoder.layers.0.norm1.weight", "encoder.layers.0.attn.qkv.bias"):
+        assert name not in decayed_names
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(tiny_tokenizer.parameters()))
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+
+
+def test_latest_checkpoint_ignores_partial_saves(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for step in (100, 20, 300):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / ".checkpoint-400.partial").mkdir()  # a save killed half-way
+    (tmp_path / "checkpoint-x").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-100", "checkpoint-300"]
+    assert latest_checkpoint(tmp_path).name == "checkpoint-300"
+    assert checkpoint_step(latest_checkpoint(tmp_path)) == 300
+    with pytest.raises(ValueError, match="not a checkpoint-N"):
+        checkpoint_step(tmp_path / ".checkpoint-400.partial")
