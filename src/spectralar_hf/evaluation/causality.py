@@ -1,0 +1,281 @@
+"""Causality of visual token sequences: the R^2 analysis of SpectralAR §4.2 (Eq. 10, Table 1).
+
+Each 32x32 RGB image becomes three 4-token sequences ``t_1..t_4``:
+
+* **raster-scan**: the four 16x16 patches in raster order; a token's elements are its 16*16*3 pixels;
+* **scale-wise**: the image resampled to 8x8, 16x16, 24x24 and 32x32 with area interpolation
+  (``F.interpolate(mode="area")``, i.e. adaptive average pooling, the downsampling of VAR's multi-scale
+  quantizer); the 32x32 "scale" is the image itself;
+* **spectral**: the sub-images of Eq. 5, ``lowpass(x, omega)`` for frequency thresholds 8, 16, 24, 32.
+
+For a token ``t_i`` and the concatenation ``t_<i`` of all earlier tokens, ``R^2_{m,n}`` is the squared Pearson
+correlation across the dataset between element ``m`` of ``t_i`` and element ``n`` of ``t_<i``, and Eq. 10 is
+``R^2_avg(t_i; t_<i) = mean_m max_n R^2_{m,n}``. It is computed from column-standardised float64 matrices with
+chunked matmuls. A constant element (zero variance across the dataset) has no defined correlation; its ``R^2`` is
+defined as 0 (it neither explains nor is explained by anything), so it never produces NaN.
+
+Run ``python -m spectralar_hf.evaluation.causality --num_images 10000``: CIFAR-100's 10,000 test images (the
+"validation set" of the paper) when the Hub is reachable, else random 32x32 crops of real photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..spectral import lowpass
+
+__all__ = [
+    "PAPER_TABLE_1",
+    "ROW_NAMES",
+    "SEQUENCE_TYPES",
+    "build_sequences",
+    "causality_table",
+    "format_table",
+    "load_cifar100_validation",
+    "main",
+    "offline_natural_crops",
+    "r2_avg",
+    "raster_tokens",
+    "scale_tokens",
+    "spectral_tokens",
+]
+
+logger = logging.getLogger(__name__)
+
+SEQUENCE_TYPES = ("raster", "scale", "spectral")
+SEQUENCE_LABELS = {"raster": "Raster-scan", "scale": "Scale-wise", "spectral": "Spectral"}
+ROW_NAMES = ("R2_avg(t2; t1)", "R2_avg(t3; t1, t2)", "R2_avg(t4; t1, t2, t3)", "Average")
+# SpectralAR (Huang et al. 2025), Table 1: R^2_avg of t2, t3, t4 and their average on CIFAR-100's 10k test images.
+PAPER_TABLE_1 = {
+    "raster": (0.471, 0.366, 0.525, 0.454),
+    "scale": (0.889, 0.953, 0.943, 0.928),
+    "spectral": (0.916, 0.977, 0.994, 0.962),
+}
+# §4.2: four tokens; for 32x32 images the scales and frequency thresholds are 8, 16, 24, 32 (= size * i / 4).
+NUM_TOKENS = 4
+PAPER_IMAGE_SIZE = 32
+# The paper's data: CIFAR-100's 10,000-image test split ("validation set"), image column "img".
+CIFAR100_DATASET = "uoft-cs/cifar100"
+CIFAR100_SPLIT = "test"
+CIFAR100_IMAGE_COLUMN = "img"
+# A column counts as constant when its std is below this fraction of its largest magnitude (float64 rounding of a
+# constant column leaves a std of ~1e-16 relative; real pixels are far above).
+CONSTANT_RTOL = 1e-9
+DEFAULT_CHUNK_SIZE = 512
+# Offline crops: the side of the crop window as a fraction of the photo's shorter side (coarse, CIFAR-like views).
+OFFLINE_CROP_SCALE = (0.1, 0.5)
+# scikit-image photos for the offline crops: every bundled photo except "horse" (a binary silhouette).
+OFFLINE_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+    "camera", "coins", "moon", "brick", "grass", "gravel",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token sequences
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"Expected square (N, C, S, S) images, got {getattr(images, 'shape', type(images))}.")
+    if images.shape[-1] % NUM_TOKENS:
+        raise ValueError(f"The image side must be divisible by {NUM_TOKENS} (32 in the paper), got "
+                         f"{images.shape[-1]}.")
+    if images.shape[0] < 2:
+        raise ValueError(f"Correlations need at least 2 images, got {images.shape[0]}.")
+    return images.double()
+
+
+def _levels(size: int) -> list[int]:
+    return [size * i // NUM_TOKENS for i in range(1, NUM_TOKENS + 1)]
+
+
+def raster_tokens(images: torch.Tensor) -> list[torch.Tensor]:
+    """Four ``(N, C * S/2 * S/2)`` tokens: the 2x2 grid of patches in raster order (float64)."""
+    x = _check_images(images)
+    half = x.shape[-1] // 2
+    return [x[..., row:row + half, col:col + half].flatten(1) for row in (0, half) for col in (0, half)]
+
+
+def scale_tokens(images: torch.Tensor, sizes: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Tokens ``(N, C * s * s)`` of the image area-resampled to each side ``s`` (default S/4, S/2, 3S/4, S)."""
+    x = _check_images(images)
+    sizes = list(sizes) if sizes is not None else _levels(x.shape[-1])
+    return [(x if s == x.shape[-1] else F.interpolate(x, size=(s, s), mode="area")).flatten(1) for s in sizes]
+
+
+def spectral_tokens(images: torch.Tensor, omegas: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Tokens ``(N, C * S * S)``: the Eq. 5 sub-images ``lowpass(x, omega)`` (default omega = S/4, S/2, 3S/4, S)."""
+    x = _check_images(images)
+    omegas = list(omegas) if omegas is not None else _levels(x.shape[-1])
+    return [lowpass(x, int(omega)).flatten(1) for omega in omegas]
+
+
+def build_sequences(images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """The three sequences of §4.2 for ``(N, C, S, S)`` images: ``{"raster" | "scale" | "spectral": [t1..t4]}``."""
+    return {"raster": raster_tokens(images), "scale": scale_tokens(images), "spectral": spectral_tokens(images)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# R^2 (Eq. 10)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _standardize(columns: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` -> float64 columns with zero mean and unit *norm* (so ``Z_a.T @ Z_b`` is the correlation);
+    constant columns become zeros (correlation 0)."""
+    x = columns.double()
+    centered = x - x.mean(dim=0, keepdim=True)
+    norm = centered.pow(2).sum(dim=0).sqrt()
+    scale = x.abs().amax(dim=0) * (x.shape[0] ** 0.5)
+    constant = norm <= CONSTANT_RTOL * scale
+    return torch.where(constant, torch.zeros_like(centered), centered / torch.where(constant, 1.0, norm))
+
+
+def r2_avg(target: torch.Tensor, context: torch.Tensor | Sequence[torch.Tensor],
+           chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+    """Eq. 10: ``mean_m max_n corr(target[:, m], context[:, n])^2`` across the ``N`` samples.
+
+    Args:
+        target: ``(N, M)`` elements of ``t_i`` (one row per image).
+        context: ``(N, K)`` elements of ``t_<i``, or a list of such blocks (concatenated along columns).
+        chunk_size: target columns per matmul (memory ``chunk_size x K`` float64).
+
+    Returns:
+        ``R^2_avg`` in [0, 1]; constant elements have ``R^2 = 0``.
+    """
+    blocks = [context] if isinstance(context, torch.Tensor) else list(context)
+    if target.dim() != 2 or any(block.dim() != 2 or block.shape[0] != target.shape[0] for block in blocks):
+        raise ValueError(f"r2_avg needs (N, M) target and (N, K) context with the same N, got "
+                         f"{tuple(target.shape)} and {[tuple(block.shape) for block in blocks]}.")
+    z_target = _standardize(target)
+    z_context = [_standardize(block) for block in blocks]
+    best = torch.zeros(z_target.shape[1], dtype=torch.float64)
+    for start in range(0, z_target.shape[1], chunk_size):
+        chunk = z_target[:, start:start + chunk_size].T.contiguous()  # (m, N)
+        for block in z_context:
+            r2 = (chunk @ block).pow_(2).amax(dim=1)
+            best[start:start + chunk_size] = torch.maximum(best[start:start + chunk_size], r2)
+    return float(best.clamp_(max=1.0).mean())
+
+
+def causality_table(images: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    progress: bool = True) -> dict[str, list[float]]:
+    """Table 1 for ``(N, C, S, S)`` images (any fixed float scale; correlations are scale-invariant).
+
+    Returns:
+        ``{"raster" | "scale" | "spectral": [R2(t2;t1), R2(t3;t1,t2), R2(t4;t1,t2,t3), average]}``.
+    """
+    sequences = build_sequences(images)
+    table = {}
+    with tqdm(total=len(SEQUENCE_TYPES) * (NUM_TOKENS - 1), desc="R^2", disable=not progress) as bar:
+        for name in SEQUENCE_TYPES:
+            tokens = sequences[name]
+            rows = []
+            for i in range(1, NUM_TOKENS):
+                rows.append(r2_avg(tokens[i], tokens[:i], chunk_size=chunk_size))
+                bar.update(1)
+            table[name] = rows + [float(np.mean(rows))]
+    return table
+
+
+def format_table(table: dict[str, list[float]], num_images: int | None = None, source: str | None = None) -> str:
+    """Markdown table of ``table`` beside the paper's Table 1 (cell: ``ours (paper)``)."""
+    header = ["Correlation type"] + [f"{SEQUENCE_LABELS[name]} ours (paper)" for name in SEQUENCE_TYPES]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row, row_name in enumerate(ROW_NAMES):
+        cells = [f"{table[name][row]:.3f} ({PAPER_TABLE_1[name][row]:.3f})" for name in SEQUENCE_TYPES]
+        lines.append("| " + " | ".join([row_name] + cells) + " |")
+    caption = []
+    if source is not None:
+        caption.append(f"data: {source}")
+    if num_images is not None:
+        caption.append(f"{num_images} images")
+    caption.append("paper: CIFAR-100 test set, 10,000 images (SpectralAR Table 1)")
+    return "\n".join(lines) + "\n\n" + "; ".join(caption) + "."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_cifar100_validation(num_images: int | None = None, cache_dir: str | None = None) -> torch.Tensor:
+    """CIFAR-100's 10,000 test images as ``(N, 3, 32, 32)`` float32 in [-1, 1] (via ``datasets``).
+
+    Raises:
+        OSError: the dataset cannot be loaded (offline, no cache); use :func:`offline_natural_crops` instead.
+    """
+    import datasets
+
+    from ..training.data import numpy_to_pixel_values
+
+    try:
+        dataset = datasets.load_dataset(CIFAR100_DATASET, split=CIFAR100_SPLIT, cache_dir=cache_dir)
+    except Exception as error:  # offline: ConnectionError, DatasetNotFoundError, OSError, ... depending on versions
+        raise OSError(f"Could not load {CIFAR100_DATASET!r} ({type(error).__name__}: {error}). Connect to the Hugging "
+                      f"Face Hub (or pre-fill the datasets cache), or use `offline_natural_crops(n)`.") from error
+    if num_images is not None:
+        dataset = dataset.select(range(min(num_images, len(dataset))))
+    array = np.stack([np.asarray(image.convert("RGB")) for image in dataset[CIFAR100_IMAGE_COLUMN]])
+    return numpy_to_pixel_values(array)
+
+
+def offline_natural_crops(n: int, seed: int = 0, size: int = PAPER_IMAGE_SIZE,
+                          scale: tuple[float, float] = OFFLINE_CROP_SCALE) -> torch.Tensor:
+    """``n`` random ``size x size`` crops of real photos, ``(n, 3, size, size)`` float32 in [-1, 1].
+
+    Photos: scikit-image's bundled photos (``OFFLINE_PHOTOS``), plus scikit-learn's ``load_sample_images()`` when
+    scikit-learn is installed. Grayscale photos are replicated to RGB.
+    """
+    from PIL import Image
+
+    from ..training.data import load_sample_photos, random_crops
+
+    photos = load_sample_photos(OFFLINE_PHOTOS)
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        pass
+    else:
+        photos += [Image.fromarray(image).convert("RGB") for image in load_sample_images().images]
+    return random_crops(photos, n, size, scale=scale, seed=seed)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """CLI: print Table 1 on CIFAR-100 (when reachable) or on offline photo crops; returns the markdown."""
+    parser = argparse.ArgumentParser(description="SpectralAR §4.2 causality (R^2) analysis, Table 1.")
+    parser.add_argument("--num_images", type=int, default=10_000, help="number of images (paper: 10,000)")
+    parser.add_argument("--data", choices=("auto", "cifar100", "crops"), default="auto",
+                        help="auto: CIFAR-100 test split when reachable, else offline photo crops")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the offline crops")
+    parser.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE)
+    args = parser.parse_args(argv)
+
+    images, source = None, None
+    if args.data in ("auto", "cifar100"):
+        try:
+            images, source = load_cifar100_validation(args.num_images), f"{CIFAR100_DATASET} ({CIFAR100_SPLIT})"
+        except OSError as error:
+            if args.data == "cifar100":
+                raise
+            logger.warning("%s Falling back to offline photo crops.", error)
+    if images is None:
+        images = offline_natural_crops(args.num_images, seed=args.seed)
+        source = f"random 32x32 crops of real photos (scikit-image), seed {args.seed}"
+    table = causality_table(images, chunk_size=args.chunk_size)
+    text = format_table(table, num_images=images.shape[0], source=source)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

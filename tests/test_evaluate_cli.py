@@ -1,0 +1,109 @@
+"""`spectralar-hf evaluate`: JSON reports for tokenizers and pipelines (with a stand-in FID network), errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import blob_images, write_idx_dataset
+from torch import nn
+
+from spectralar_hf import (
+    SpectralARConfig,
+    SpectralARForCausalLM,
+    SpectralARPipeline,
+    SpectralTokenizer,
+    SpectralTokenizerConfig,
+)
+from spectralar_hf.cli import main
+from spectralar_hf.evaluation.report import generate_images
+
+
+class StandIn(nn.Module):
+    """A tiny TorchScript stand-in for Inception: (N, 3, H, W) -> (N, 6) features."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 5, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    torch.manual_seed(0)
+    torch.jit.script(StandIn().eval()).save(str(root / "standin.pt"))
+    (root / "idx").mkdir()
+    write_idx_dataset(root / "idx", np.stack(blob_images(30, seed=1)), np.arange(30) % 3)
+    tokenizer = SpectralTokenizer(SpectralTokenizerConfig.from_preset("tiny-32", num_channels=1))
+    tokenizer.save_pretrained(root / "tokenizer")
+    transformer = SpectralARForCausalLM(SpectralARConfig.from_preset("tiny", num_classes=3))
+    SpectralARPipeline(tokenizer=tokenizer, transformer=transformer).save_pretrained(root / "pipeline")
+    return root
+
+
+def run(capsys, *args):
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr()
+
+
+def test_evaluate_tokenizer_report(setup, capsys):
+    report_path, plot = setup / "tok.json", setup / "tok.png"
+    status, out = run(capsys, "evaluate", "tokenizer", setup / "tokenizer", "--idx-data-dir", setup / "idx",
+                      "--num-images", 12, "--prefixes", 1, 4, 16, "--fid", "--inception", setup / "standin.pt",
+                      "--report", report_path, "--plot", plot)
+    assert status == 0, out.err
+    report = json.loads(report_path.read_text())
+    assert report["num_images"] == 12 and {"psnr", "ssim", "rfid"} <= set(report)
+    assert [row["num_tokens"] for row in report["prefixes"]] == [1, 4, 16]
+    assert [row["omega"] for row in report["prefixes"]] == [1, 4, 32]
+    assert report["prefixes"][-1]["psnr_full"] == pytest.approx(report["psnr"], abs=1e-4)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_pipeline_report_is_deterministic(setup, capsys):
+    reports = []
+    for name in ("a", "b"):
+        status, out = run(capsys, "evaluate", "pipeline", setup / "pipeline", "--idx-data-dir", setup / "idx",
+                          "--num-images", 9, "--samples-per-class", 3, "--truncation", 4, 8, "--floor-split", "train",
+                          "--inception", setup / "standin.pt", "--report", setup / f"{name}.json")
+        assert status == 0, out.err
+        reports.append(json.loads((setup / f"{name}.json").read_text()))
+    first, second = reports
+    assert first["num_samples"] == 9 and first["classes"] == [0, 1, 2]
+    assert {"gfid", "precision", "recall", "fid_floor"} <= set(first)
+    assert [row["num_tokens"] for row in first["truncation"]] == [4, 8]
+    assert first["gfid"] == second["gfid"] and first["truncation"] == second["truncation"]
+
+
+def test_truncated_samples_are_prefixes_of_the_full_ones(setup):
+    pipe = SpectralARPipeline.from_pretrained(setup / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    full = generate_images(pipe, [0, 1, 2, 0], batch_size=3, seed=5)
+    again = generate_images(pipe, [0, 1, 2, 0], batch_size=3, seed=5)
+    assert full.shape == (4, 1, 32, 32) and torch.equal(full, again)
+    codes = pipe([0, 1, 2], output_type="pt", generator=torch.Generator().manual_seed(5)).codes
+    short = pipe([0, 1, 2], output_type="pt", num_tokens=4, generator=torch.Generator().manual_seed(5)).codes
+    assert torch.equal(short, codes[:, :4])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("tokenizer", "TOK", "--idx-data-dir", "/nonexistent"), "is not a directory"),
+        (("tokenizer", "TOK"), "give exactly one of"),
+        (("pipeline", "PIPE", "--idx-data-dir", "IDX", "--inception", "/nonexistent.pt"), "does not exist"),
+        (("pipeline", "TOK", "--idx-data-dir", "IDX"), "not a SpectralARPipeline directory"),
+        (("tokenizer",), "needs a checkpoint directory"),
+    ],
+)
+def test_evaluate_errors(setup, capsys, args, message):
+    places = {"TOK": setup / "tokenizer", "PIPE": setup / "pipeline", "IDX": setup / "idx"}
+    status, out = run(capsys, "evaluate", *[places.get(a, a) for a in args], "--report", setup / "x.json")
+    lines = [line for line in out.err.strip().splitlines() if line]
+    assert status == 2 and len(lines) == 1 and message in lines[0], out.err
