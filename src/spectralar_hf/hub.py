@@ -68,7 +68,7 @@ def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=Non
             "import torch\n"
             "from spectralar_hf import FARPipeline\n\n"
             f'pipe = FARPipeline.from_pretrained("{repo_id}")\n'
-            "images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps=10, guidance_scale=3.0,\n"
+            "images = pipe(class_labels=[0, 1, 2, 3], guidance_scale=3.0,  # outer steps: config default\n"
             "              generator=torch.Generator().manual_seed(0)).images\n"
             "strip = pipe(class_labels=[0], return_intermediates=True).intermediates  # one image per level"
         )
@@ -77,7 +77,7 @@ def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=Non
             "from transformers import AutoModel\n"
             "import spectralar_hf  # registers the model classes\n\n"
             f'model = AutoModel.from_pretrained("{repo_id}")\n'
-            "latents = model.sample([0, 1], num_steps=10, guidance_scale=3.0)  # decode with the VAE it was trained on"
+            "latents = model.sample([0, 1], guidance_scale=3.0)  # decode with the VAE it was trained on"
         )
     if generator_config is not None and tokenizer_config is not None:
         return (

@@ -458,15 +458,19 @@ def far_mask_ratio_range(level: int | torch.Tensor, num_levels: int,
 
 
 def far_level_schedule(num_steps: int, num_levels: int) -> list[int]:
-    """Input level of each outer inference step: ``floor(k F / n)`` for ``k = 0 .. n - 1``.
+    """Frequency level reached by each outer inference step: ``floor((k + 1) F / n)`` for ``k = 0 .. n - 1``.
 
-    Starts at 0 (the blank input), strictly increasing (``n <= F``), spread evenly over ``[0, F)``; ``n = F`` gives
-    every level ``0 .. F - 1`` (the training-time maximum of ``F`` steps, §5.2).
+    Strictly increasing (``n <= F``), spread evenly over ``[1, F]`` and ending at ``F`` (the last step's output is the
+    full latent); ``n = F`` gives every level ``1 .. F`` (the training-time maximum of ``F`` steps, §5.2). Outer step
+    ``k`` takes as input the previous sample filtered to level ``schedule[k - 1]`` (level 0, the blank input, for
+    ``k = 0``) and its sample filtered to ``schedule[k]`` is the next step's input.
     """
+    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+        raise ValueError(f"num_levels must be a positive int, got {num_levels!r}.")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_levels:
         raise ValueError(f"num_steps must be an int in [1, {num_levels}] (at most F = num_levels outer steps), got "
                          f"{num_steps!r}.")
-    return [k * num_levels // num_steps for k in range(num_steps)]
+    return [(k + 1) * num_levels // num_steps for k in range(num_steps)]
 
 
 def far_diffusion_steps(num_steps: int, first: int = 40, last: int = 100) -> list[int]:

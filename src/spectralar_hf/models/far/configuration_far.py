@@ -1,0 +1,201 @@
+"""Configuration of FAR, frequency progressive autoregression with continuous tokens (FAR §4-5; MAR's backbone)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from ...spectral import FAR_FILTER_KINDS
+from ..generator.configuration_spectralar import imagenet_id2label
+
+GUIDANCE_SCHEDULES = ("constant", "linear")
+INFERENCE_MASK_SCHEDULES = ("none", "cosine")
+
+# FAR-B/L/H (FAR §5.1, Table 1; anchors: sizes of the reference code) on MAR's KL-16 latents (16 x 16 x 16 for
+# 256 px ImageNet). "small" and "tiny" are for CPU demos and tests on 8 x 8 latents.
+_IMAGENET = dict(latent_channels=16, latent_size=16, num_classes=1000)
+FAR_PRESETS: dict[str, dict[str, Any]] = {
+    "far-b": dict(**_IMAGENET, hidden_size=768, encoder_layers=12, decoder_layers=12, num_attention_heads=12,
+                  head_depth=6, head_width=1024),
+    "far-l": dict(**_IMAGENET, hidden_size=1024, encoder_layers=16, decoder_layers=16, num_attention_heads=16,
+                  head_depth=3, head_width=1024),
+    "far-h": dict(**_IMAGENET, hidden_size=1280, encoder_layers=20, decoder_layers=20, num_attention_heads=16,
+                  head_depth=3, head_width=1024),
+    "small": dict(latent_channels=4, latent_size=8, num_classes=10, class_buffer_size=16, hidden_size=256,
+                  encoder_layers=4, decoder_layers=4, num_attention_heads=4, head_depth=3, head_width=256),
+    "tiny": dict(latent_channels=4, latent_size=8, num_classes=10, class_buffer_size=4, hidden_size=64,
+                 encoder_layers=1, decoder_layers=1, num_attention_heads=2, head_depth=2, head_width=64),
+}
+
+
+@strict
+class FARConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`FARTransformer`]: MAR's bidirectional encoder-decoder over (filtered, masked) latent tokens
+    with a buffer of class tokens, and a MAR AdaLN-MLP diffusion head that models every token of the full latent.
+
+    Args:
+        latent_channels (`int`, defaults to 16): `C` of the VAE latents (MAR's KL-16: 16).
+        latent_size (`int`, defaults to 16): `H = W` of the latents (16 for 256 px images with KL-16).
+        patch_size (`int`, defaults to 1): latent pixels per token side; 1 = one token per latent pixel (MAR with
+            KL-16). Tokens have `C * patch_size**2` values.
+        num_classes (`int`, defaults to 1000): number of classes; class id `num_classes` is the null class (a learned
+            embedding, trained through `class_dropout_prob`) used for classifier-free guidance.
+        class_buffer_size (`int`, defaults to 64): copies of the class embedding prepended to the sequence (MAR's
+            buffer).
+        hidden_size / encoder_layers / decoder_layers / num_attention_heads / mlp_ratio: transformer sizes (FAR-B
+            768/12/12/12, FAR-L 1024/16/16/16, FAR-H 1280/20/20/16, MLP ratio 4).
+        head_depth (`int`), head_width (`int`): residual AdaLN blocks and width of the diffusion MLP (FAR-B 6/1024,
+            FAR-L and FAR-H 3/1024; Table 2).
+        num_train_timesteps (`int`, defaults to 1000), beta_schedule (`str`, defaults to `"squaredcos_cap_v2"`): the
+            DDPM noise schedule of the head (diffusers `DDPMScheduler`: cosine, 1000 steps, epsilon prediction,
+            learned-range variance).
+        class_dropout_prob (`float`, defaults to 0.1): probability that a training label becomes the null class.
+            0 means the model has no trained null class, so no CFG.
+        mask_min_ratio (`float`, defaults to 0.7): `r_0`, the lowest masked fraction at the lowest level; `r_i` falls
+            linearly to 0 at the highest level (frequency-aware mask, §4.3); `use_mask=False` trains without
+            masking.
+        use_mask (`bool`, defaults to `True`): mask `[r_i, 1]` of the input tokens in training (ratio from a normal
+            truncated to `[r_i, 1]`, mean 1.0, std `mask_ratio_std`, MAR).
+        mask_ratio_std (`float`, defaults to 0.25).
+        num_levels (`int`, *optional*): `F`, the frequency levels; default `latent_size` (`min(H, W)`).
+        filter_kind (`str`, defaults to `"downsample"`): `"downsample"` (type (a), the paper's default) or
+            `"fourier"` (type (b), Eq. 4); see `spectralar_hf.spectral.frequency_filter`.
+        loss_weighting (`bool`, defaults to `True`): the frequency-aware loss weight `1 + sin(pi/2 * i/F)` (FTL).
+        diffusion_batch_mul (`int`, defaults to 4): each token's target is repeated this many times with different
+            noise and timesteps in the loss (MAR).
+        dropout / attention_dropout (`float`, defaults to 0.0): on the transformer's MLP/attention outputs and
+            attention weights (MAR: 0.1 for its large models).
+        layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02).
+        id2label (`dict[int, str]`, *optional*): class names, used by the pipeline to accept class names.
+        num_inference_steps, diffusion_steps, guidance_scale, guidance_schedule, temperature, inference_mask_schedule:
+            sampling defaults saved with the model (the pipeline uses them when a call leaves them out):
+            10 outer steps (at most `num_levels`), frequency-aware inner steps (`"linear"` 40 -> 100, or an int),
+            CFG scale `1.0` (off),
+            `"constant"` / `"linear"` ramp, noise temperature (a float or `[start, end]` over the outer steps) and
+            the inference mask (`"none"`, or `"cosine"`: MAR's cosine schedule of masked input tokens).
+    """
+
+    model_type = "far"
+
+    latent_channels: int = 16
+    latent_size: int = 16
+    patch_size: int = 1
+    num_classes: int = 1000
+    class_buffer_size: int = 64
+    hidden_size: int = 768
+    encoder_layers: int = 12
+    decoder_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_ratio: float | int = 4.0
+    head_depth: int = 6
+    head_width: int = 1024
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    class_dropout_prob: float | int = 0.1
+    use_mask: bool = True
+    mask_min_ratio: float | int = 0.7
+    mask_ratio_std: float | int = 0.25
+    num_levels: int | None = None
+    filter_kind: str = "downsample"
+    loss_weighting: bool = True
+    diffusion_batch_mul: int = 4
+    dropout: float | int = 0.0
+    attention_dropout: float | int = 0.0
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    num_inference_steps: int | None = None
+    diffusion_steps: str | int = "linear"
+    guidance_scale: float | int = 1.0
+    guidance_schedule: str = "constant"
+    temperature: float | int | list[float] = 1.0
+    inference_mask_schedule: str = "none"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if min(self.latent_channels, self.latent_size, self.patch_size, self.num_classes) < 1:
+            raise ValueError(
+                f"latent_channels ({self.latent_channels}), latent_size ({self.latent_size}), patch_size "
+                f"({self.patch_size}) and num_classes ({self.num_classes}) must be positive."
+            )
+        if self.latent_size % self.patch_size != 0:
+            raise ValueError(f"latent_size {self.latent_size} is not divisible by patch_size {self.patch_size}.")
+        if self.num_attention_heads < 1 or self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}."
+            )
+        if self.class_buffer_size < 1 or self.encoder_layers < 1 or self.decoder_layers < 1:
+            raise ValueError("class_buffer_size, encoder_layers and decoder_layers must be >= 1.")
+        if self.head_depth < 1 or self.head_width < 1:
+            raise ValueError(f"head_depth ({self.head_depth}) and head_width ({self.head_width}) must be >= 1.")
+        if self.num_levels is None:
+            self.num_levels = self.latent_size
+        if not 1 <= self.num_levels <= self.latent_size:
+            raise ValueError(f"num_levels must lie in [1, latent_size = {self.latent_size}], got {self.num_levels}.")
+        if self.filter_kind not in FAR_FILTER_KINDS:
+            raise ValueError(f"filter_kind must be one of {FAR_FILTER_KINDS}, got {self.filter_kind!r}.")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob must lie in [0, 1), got {self.class_dropout_prob}.")
+        if not 0.0 <= self.mask_min_ratio <= 1.0 or self.mask_ratio_std <= 0:
+            raise ValueError(f"mask_min_ratio must lie in [0, 1] and mask_ratio_std be > 0, got "
+                             f"{self.mask_min_ratio} and {self.mask_ratio_std}.")
+        if self.diffusion_batch_mul < 1 or self.num_train_timesteps < 2:
+            raise ValueError("diffusion_batch_mul must be >= 1 and num_train_timesteps >= 2.")
+        if self.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"):
+            raise ValueError(f"beta_schedule {self.beta_schedule!r} is not a DDPMScheduler schedule.")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}.")
+        if self.inference_mask_schedule not in INFERENCE_MASK_SCHEDULES:
+            raise ValueError(f"inference_mask_schedule must be one of {INFERENCE_MASK_SCHEDULES}, got "
+                             f"{self.inference_mask_schedule!r}.")
+        if not (self.diffusion_steps == "linear" or (isinstance(self.diffusion_steps, int)
+                                                     and self.diffusion_steps >= 1)):
+            raise ValueError(f"diffusion_steps must be 'linear' or a positive int, got {self.diffusion_steps!r}.")
+        if self.num_inference_steps is None:
+            self.num_inference_steps = min(10, self.num_levels)
+        if not 1 <= self.num_inference_steps <= self.num_levels:
+            raise ValueError(f"num_inference_steps must lie in [1, num_levels = {self.num_levels}], got "
+                             f"{self.num_inference_steps}.")
+        if self.id2label is not None and len(self.id2label) != self.num_classes:
+            raise ValueError(f"id2label names {len(self.id2label)} classes but num_classes is {self.num_classes}.")
+        if self.id2label is None:
+            kwargs["num_labels"] = self.num_classes  # transformers' default names, LABEL_0 .. LABEL_{C-1}
+        super().__post_init__(**kwargs)
+
+    @property
+    def null_class_id(self) -> int:
+        """Class id of the unconditional (null) class: `num_classes`."""
+        return self.num_classes
+
+    @property
+    def has_null_class(self) -> bool:
+        """Whether the null class was trained (class dropout > 0), i.e. whether CFG is meaningful."""
+        return self.class_dropout_prob > 0
+
+    @property
+    def tokens_per_side(self) -> int:
+        return self.latent_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per latent: `(latent_size / patch_size) ** 2`."""
+        return self.tokens_per_side**2
+
+    @property
+    def token_dim(self) -> int:
+        """Values per token: `latent_channels * patch_size ** 2`."""
+        return self.latent_channels * self.patch_size**2
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "FARConfig":
+        """Build a named configuration (see `FAR_PRESETS`); keyword arguments override fields."""
+        if name not in FAR_PRESETS:
+            raise ValueError(f"Unknown FAR preset {name!r}; available: {sorted(FAR_PRESETS)}.")
+        values = copy.deepcopy(FAR_PRESETS[name])
+        if values["num_classes"] == 1000 and "id2label" not in overrides and overrides.get("num_classes", 1000) == 1000:
+            values["id2label"] = dict(imagenet_id2label())
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,742 @@
+"""FAR: next-frequency prediction with continuous tokens (FAR §4.2-4.3) on MAR's encoder-decoder and diffusion head.
+
+Training (`FARTransformer.forward`), for a batch of VAE latents `x` `(B, C, H, W)`:
+
+1. a random input level `i` per sample in `0 .. F-1`, input `x_i = frequency_filter(x, i)` (level 0 = zeros);
+2. a fraction of the input tokens drawn from a normal (mean 1, std 0.25) truncated to `[r_i, 1]` is masked, `r_i`
+   linear from 0.7 at level 0 to 0 at level `F - 1` (frequency-aware mask);
+3. the encoder sees `[class buffer; visible tokens]`, the decoder `[buffer; all tokens, a learned mask token at
+   the masked places]` (MAR's two stages, bidirectional attention) and outputs one condition vector per token;
+4. the diffusion head learns `p(x | x_i)`: the FULL latent at every token (DMS), with diffusers' `DDPMScheduler`
+   (cosine, 1000 steps) for the noise, epsilon-MSE plus the variational bound of the learned-range variance
+   (improved DDPM's hybrid loss), each token repeated `diffusion_batch_mul` times (MAR);
+5. each sample's loss is weighted by `w_i = 1 + sin(pi/2 * i/F)` (FTL); labels are dropped to the null class with
+   probability `class_dropout_prob` (CFG).
+
+Sampling (`FARTransformer.sample`): outer steps over the levels of `far_level_schedule` (10 by default, any number up
+to `F` without retraining); at each step the previous full-latent sample is filtered to the step's level, the
+transformer gives the conditions and the head samples the full latent with `T_s` inner steps (40 -> 100 linear, or
+constant) of a respaced 1000-step schedule, with CFG inside the head and a noise temperature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from ...hub import SpectralARHubMixin
+from ...spectral import far_diffusion_steps, far_level_schedule, far_loss_weight, far_mask_ratio_range, frequency_filter
+from .configuration_far import GUIDANCE_SCHEDULES, INFERENCE_MASK_SCHEDULES, FARConfig
+
+
+def build_noise_scheduler(config: FARConfig) -> DDPMScheduler:
+    """The diffusers `DDPMScheduler` of a FAR head: `num_train_timesteps` / `beta_schedule` of the config (MAR:
+    cosine, 1000), epsilon prediction, learned-range variance, no clipping (latents are unbounded) and `"linspace"`
+    spacing, so a respaced schedule of `T` steps runs from 999 to 0 like improved DDPM's `space_timesteps` (MAR)."""
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                         prediction_type="epsilon", variance_type="learned_range", clip_sample=False,
+                         timestep_spacing="linspace")
+
+
+def check_scheduler(scheduler: DDPMScheduler, config: FARConfig) -> None:
+    """Raise `ValueError` unless `scheduler` is the noise schedule the head was trained with."""
+    if not isinstance(scheduler, DDPMScheduler):
+        raise ValueError(f"FAR needs a diffusers DDPMScheduler, got {type(scheduler).__name__}.")
+    s = scheduler.config
+    expected = {"num_train_timesteps": config.num_train_timesteps, "beta_schedule": config.beta_schedule,
+                "prediction_type": "epsilon", "variance_type": "learned_range"}
+    wrong = {key: s.get(key) for key, value in expected.items() if s.get(key) != value}
+    if wrong:
+        raise ValueError(f"The scheduler does not match the transformer's noise schedule: got {wrong}, expected "
+                         f"{ {key: expected[key] for key in wrong} } (use build_noise_scheduler(transformer.config)).")
+
+
+class DiffusionTables:
+    """Gaussian-diffusion coefficients (improved DDPM) of the timesteps `timesteps` (ascending) of a schedule with
+    cumulative products `alphas_cumprod`: the full training schedule, or a respaced one for sampling (betas
+    recomputed between consecutive kept timesteps, as improved DDPM's respacing and diffusers' `step()` do).
+
+    All tables are float64 `(T,)` tensors on `alphas_cumprod`'s device.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor | None = None):
+        acp_all = alphas_cumprod.double()
+        self.timesteps = torch.arange(len(acp_all), device=acp_all.device) if timesteps is None else timesteps
+        acp = acp_all[self.timesteps]
+        acp_prev = torch.cat([acp.new_ones(1), acp[:-1]])
+        betas = 1.0 - acp / acp_prev
+        self.sqrt_recip_acp = torch.sqrt(1.0 / acp)
+        self.sqrt_recipm1_acp = torch.sqrt(1.0 / acp - 1.0)
+        posterior_variance = betas * (1.0 - acp_prev) / (1.0 - acp)
+        # log of the posterior variance with its first (zero) entry replaced by the second (improved DDPM)
+        clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]]) if len(acp) > 1 else posterior_variance
+        self.posterior_log_variance = torch.log(clipped.clamp(min=1e-20))
+        self.log_betas = torch.log(betas.clamp(min=1e-20))
+        self.mean_coef_x0 = betas * torch.sqrt(acp_prev) / (1.0 - acp)
+        self.mean_coef_xt = (1.0 - acp_prev) * torch.sqrt(1.0 - betas) / (1.0 - acp)
+
+    def _take(self, table: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return table.to(like.device)[index].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    def predict_x0(self, x_t: torch.Tensor, index: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self._take(self.sqrt_recip_acp, index, x_t) * x_t - self._take(self.sqrt_recipm1_acp, index, x_t) * eps
+
+    def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self._take(self.mean_coef_x0, index, x_t) * x0 + self._take(self.mean_coef_xt, index, x_t) * x_t
+
+    def model_log_variance(self, raw: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Learned-range variance: `raw` in about [-1, 1] interpolates between the posterior and the beta log-var."""
+        fraction = (raw + 1.0) / 2.0
+        return fraction * self._take(self.log_betas, index, raw) + (1 - fraction) * self._take(
+            self.posterior_log_variance, index, raw)
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+@dataclass
+class FAROutput(ModelOutput):
+    """Output of [`FARTransformer.forward`] (one training step).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): `mean_b(w_b * l_b)`, `l_b` the sample's mean per-token loss
+            (epsilon MSE + variational bound, improved DDPM), `w_b` the frequency-aware weight of its level.
+        mse_loss, vb_loss (`torch.FloatTensor` of shape `()`): unweighted means of the two parts.
+        sample_losses (`torch.FloatTensor` of shape `(B,)`): `l_b` before weighting.
+        loss_weights (`torch.FloatTensor` of shape `(B,)`): `w_b` (all ones with `loss_weighting=False`).
+        levels (`torch.LongTensor` of shape `(B,)`): each sample's input level `i`.
+        mask_ratios (`torch.FloatTensor` of shape `(B,)`), mask (`torch.BoolTensor` of shape `(B, L)`): the masked
+            fraction and the masked input tokens (True = masked).
+        class_labels (`torch.LongTensor` of shape `(B,)`): labels after class dropout (`num_classes` = null).
+        inputs (`torch.FloatTensor` of shape `(B, C, H, W)`): the filtered inputs `x_i`.
+        target (`torch.FloatTensor` of shape `(B, C, H, W)`): what the head was trained to model: the full latent.
+    """
+
+    loss: torch.FloatTensor | None = None
+    mse_loss: torch.FloatTensor | None = None
+    vb_loss: torch.FloatTensor | None = None
+    sample_losses: torch.FloatTensor | None = None
+    loss_weights: torch.FloatTensor | None = None
+    levels: torch.LongTensor | None = None
+    mask_ratios: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
+    class_labels: torch.LongTensor | None = None
+    inputs: torch.FloatTensor | None = None
+    target: torch.FloatTensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Transformer (MAR's encoder-decoder)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FARAttention(nn.Module):
+    def __init__(self, config: FARConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = config.attention_dropout
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, head_dim)
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=None if key_mask is None else key_mask[:, None, None, :],
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+class FARBlock(GradientCheckpointingLayer):
+    """Pre-LN bidirectional transformer block (timm's ViT `Block`, as MAR)."""
+
+    def __init__(self, config: FARConfig):
+        super().__init__()
+        width = config.hidden_size
+        self.norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attn = FARAttention(config)
+        self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        inner = int(width * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        hidden_states = hidden_states + self.dropout(self.attn(self.norm1(hidden_states), key_mask))
+        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diffusion head (MAR's SimpleMLPAdaLN) with the level embedding of FAR
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+# transformers only calls `_init_weights` on modules that own parameters, so linears with a special initialisation
+# carry it as an attribute (read by `FARPreTrainedModel._init_weights`).
+_INIT_ATTRIBUTE = "_far_init"
+
+
+def _with_init(linear: nn.Linear, kind: str) -> nn.Linear:
+    setattr(linear, _INIT_ATTRIBUTE, kind)  # "zeros" (AdaLN-zero, final layer) or "normal" (time MLP, MAR)
+    return linear
+
+
+class FARHeadBlock(nn.Module):
+    """Residual AdaLN block: `x + gate * MLP(modulate(LN(x), shift, scale))`, (shift, scale, gate) from `y`."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), _with_init(nn.Linear(width, 3 * width), "zeros"))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(_modulate(self.norm(x), shift, scale))
+
+
+class FARHeadFinalLayer(nn.Module):
+    def __init__(self, width: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = _with_init(nn.Linear(width, out_channels), "zeros")
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), _with_init(nn.Linear(width, 2 * width), "zeros"))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm(x), shift, scale))
+
+
+class FARDiffusionHead(nn.Module):
+    """MAR's denoising MLP (SimpleMLPAdaLN) over single tokens, conditioned on the transformer's vector and the level.
+
+    `y = TimeMLP(sinusoid(t)) + Linear(z) + LevelEmbedding(i)` drives every residual AdaLN block and the final AdaLN
+    layer, whose `2 * token_dim` outputs are the predicted noise and the learned-range variance interpolation.
+    AdaLN layers and the final linear layer start at zero (the head initially predicts `eps = 0`, variance midway).
+    """
+
+    def __init__(self, config: FARConfig):
+        super().__init__()
+        width = config.head_width
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)  # MAR: [cos, sin], 256 freqs
+        self.time_embedding = TimestepEmbedding(256, width)
+        _with_init(self.time_embedding.linear_1, "normal")
+        _with_init(self.time_embedding.linear_2, "normal")
+        self.condition_embedding = nn.Linear(config.hidden_size, width)
+        self.level_embedding = nn.Embedding(config.num_levels, width)
+        self.input_proj = nn.Linear(config.token_dim, width)
+        self.blocks = nn.ModuleList(FARHeadBlock(width) for _ in range(config.head_depth))
+        self.final_layer = FARHeadFinalLayer(width, 2 * config.token_dim)
+
+    def embed_condition(self, condition: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """`(N, hidden_size)` transformer outputs and `(N,)` levels -> `(N, head_width)` (reused over inner steps)."""
+        return self.condition_embedding(condition) + self.level_embedding(levels)
+
+    def embed_time(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.time_embedding(self.time_proj(timesteps).to(dtype))
+
+    def denoise(self, x_t: torch.Tensor, time_embedding: torch.Tensor,
+                condition_embedding: torch.Tensor) -> torch.Tensor:
+        y = time_embedding + condition_embedding
+        hidden = self.input_proj(x_t)
+        for block in self.blocks:
+            hidden = block(hidden, y)
+        return self.final_layer(hidden, y)
+
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor,
+                levels: torch.Tensor) -> torch.Tensor:
+        """`(N, token_dim)` noisy tokens, `(N,)` timesteps, `(N, hidden_size)` conditions, `(N,)` levels ->
+        `(N, 2 * token_dim)`: predicted noise, then the variance interpolation."""
+        return self.denoise(x_t, self.embed_time(timesteps, x_t.dtype), self.embed_condition(condition, levels))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class FARPreTrainedModel(PreTrainedModel):
+    config: FARConfig
+    config_class = FARConfig
+    base_model_prefix = "far"
+    main_input_name = "latents"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["FARBlock"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """MAR's initialisation: Xavier-uniform linears with zero bias, N(0, 0.02) embeddings / positions / mask
+        token, N(0, 0.02) time MLP, zero AdaLN modulations and final layer of the head."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            kind = getattr(module, _INIT_ATTRIBUTE, "xavier")
+            if kind == "zeros":
+                init.zeros_(module.weight)
+            elif kind == "normal":
+                init.normal_(module.weight, std=std)
+            else:
+                init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, FARTransformer):
+            for parameter in (module.encoder_position_embedding, module.decoder_position_embedding,
+                              module.diffusion_position_embedding, module.mask_token):
+                init.normal_(parameter, std=std)
+
+
+class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
+    """FAR's transformer (MAR's two-stage encoder-decoder) with its diffusion head: class-conditional next-frequency
+    prediction of continuous latent tokens.
+
+    Why a transformers `PreTrainedModel` (not diffusers' `ModelMixin` + `ConfigMixin`): every model of this package
+    is one, so the config system (`PreTrainedConfig` with presets and validation, `AutoConfig`/`AutoModel`
+    registration), `save_pretrained` / `from_pretrained` / `push_to_hub` with our model card, initialisation
+    (`_init_weights`), gradient checkpointing and SDPA handling are the same as for the SpectralAR models. The head
+    is a submodule, so one `config.json` + `model.safetensors` holds the whole learned part. The VAE and the noise
+    scheduler stay diffusers objects (`AutoencoderKL`, `DDPMScheduler`) in `FARPipeline`; diffusers' pipeline loader
+    handles a `PreTrainedModel` component (model_index.json names it `["spectralar_hf", "FARTransformer"]`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from spectralar_hf import FARConfig, FARTransformer
+    >>> model = FARTransformer(FARConfig.from_preset("tiny"))           # 4 x 8 x 8 latents, 10 classes
+    >>> latents = torch.randn(2, 4, 8, 8)
+    >>> loss = model(latents, class_labels=torch.tensor([3, 7])).loss   # one training step: loss.backward()
+    >>> samples = model.eval().sample([3, 7], num_steps=4, diffusion_steps=10,
+    ...                               generator=torch.Generator().manual_seed(0))  # (2, 4, 8, 8)
+    ```
+    """
+
+    def __init__(self, config: FARConfig):
+        super().__init__(config)
+        width, length, buffer = config.hidden_size, config.num_tokens, config.class_buffer_size
+        # the last row is the null class (MAR's fake latent)
+        self.class_embedding = nn.Embedding(config.num_classes + 1, width)
+        self.token_embedding = nn.Linear(config.token_dim, width)  # MAR's z_proj
+        self.encoder_position_embedding = nn.Parameter(torch.empty(1, buffer + length, width))
+        self.encoder_input_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)  # MAR's z_proj_ln
+        self.encoder_layers = nn.ModuleList(FARBlock(config) for _ in range(config.encoder_layers))
+        self.encoder_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.decoder_embedding = nn.Linear(width, width)
+        self.mask_token = nn.Parameter(torch.empty(1, 1, width))
+        self.decoder_position_embedding = nn.Parameter(torch.empty(1, buffer + length, width))
+        self.decoder_layers = nn.ModuleList(FARBlock(config) for _ in range(config.decoder_layers))
+        self.decoder_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.diffusion_position_embedding = nn.Parameter(torch.empty(1, length, width))
+        self.diffusion_head = FARDiffusionHead(config)
+        self._noise_scheduler: DDPMScheduler | None = None
+        self._tables: DiffusionTables | None = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule (built lazily from the config, never on the meta device)."""
+        if self._noise_scheduler is None:
+            self._noise_scheduler = build_noise_scheduler(self.config)
+        return self._noise_scheduler
+
+    def _training_tables(self) -> DiffusionTables:
+        if self._tables is None:
+            self._tables = DiffusionTables(self.noise_scheduler.alphas_cumprod)
+        return self._tables
+
+    def patchify(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` -> `(B, L, C * p * p)` tokens in raster order (MAR's layout)."""
+        batch, channels, height, width = latents.shape
+        p = self.config.patch_size
+        x = latents.reshape(batch, channels, height // p, p, width // p, p)
+        return torch.einsum("nchpwq->nhwcpq", x).reshape(batch, (height // p) * (width // p), channels * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`patchify`."""
+        config = self.config
+        p, side, channels = config.patch_size, config.tokens_per_side, config.latent_channels
+        x = tokens.reshape(tokens.shape[0], side, side, channels, p, p)
+        return torch.einsum("nhwcpq->nchpwq", x).reshape(tokens.shape[0], channels, side * p, side * p)
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        config = self.config
+        expected = (config.latent_channels, config.latent_size, config.latent_size)
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 4 or tuple(latents.shape[1:]) != expected:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"latents must have shape (B, {expected[0]}, {expected[1]}, {expected[2]}) "
+                             f"(latent_channels, latent_size, latent_size of this model), got {shape}.")
+        if not torch.is_floating_point(latents):
+            raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}.")
+
+    def _check_class_labels(self, class_labels, allow_null: bool = True) -> torch.LongTensor:
+        config = self.config
+        labels = torch.as_tensor(class_labels, device=self.device)
+        if labels.dim() == 0:
+            labels = labels.unsqueeze(0)
+        if labels.dim() != 1 or torch.is_floating_point(labels) or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be a 1D sequence of integer class ids, got {tuple(labels.shape)} "
+                             f"{labels.dtype}.")
+        high = config.num_classes if allow_null else config.num_classes - 1
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > high):
+            raise ValueError(
+                f"class id out of range: got values in [{int(labels.min())}, {int(labels.max())}] but this model has "
+                f"{config.num_classes} classes (ids 0..{config.num_classes - 1}"
+                + (f", {config.null_class_id} = null class" if allow_null else "") + ")."
+            )
+        return labels.long()
+
+    def _random(self, shape: tuple[int, ...], generator: torch.Generator | None, kind: str = "rand",
+                high: int | None = None) -> torch.Tensor:
+        """Random numbers from `generator` (on its device) moved to the model's device."""
+        device = generator.device if generator is not None else self.device
+        if kind == "randint":
+            values = torch.randint(0, high, shape, generator=generator, device=device)
+        elif kind == "randn":
+            values = torch.randn(shape, generator=generator, device=device)
+        else:
+            values = torch.rand(shape, generator=generator, device=device)
+        return values.to(self.device)
+
+    def _mask_from_counts(self, num_masked: torch.Tensor, generator: torch.Generator | None) -> torch.BoolTensor:
+        """`(B, L)` masks with `num_masked[b]` uniformly chosen masked tokens (True) in row `b`."""
+        scores = self._random((num_masked.shape[0], self.config.num_tokens), generator)
+        rank = scores.argsort(dim=1).argsort(dim=1)
+        return rank < num_masked.unsqueeze(1)
+
+    def sample_mask(self, levels: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> tuple[torch.BoolTensor, torch.Tensor]:
+        """Frequency-aware training mask: a ratio from N(1, std) truncated to `[r_i, 1]` per sample (inverse CDF),
+        `ceil(L * ratio)` random tokens masked (MAR). Returns `(mask (B, L), ratios (B,))`."""
+        config = self.config
+        low, high = far_mask_ratio_range(levels.float().cpu(), config.num_levels, config.mask_min_ratio)
+        low = low.double()
+        mean, std = 1.0, float(config.mask_ratio_std)
+        normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0,
+                                                                                               dtype=torch.float64))
+        cdf_low = normal.cdf((low - mean) / std)
+        cdf_high = normal.cdf(torch.tensor((high - mean) / std, dtype=torch.float64))
+        uniform = self._random((levels.shape[0],), generator).cpu().double()
+        ratios = mean + std * normal.icdf(cdf_low + uniform * (cdf_high - cdf_low))
+        ratios = torch.minimum(torch.maximum(ratios, low), torch.tensor(high, dtype=torch.float64))
+        num_masked = torch.ceil(config.num_tokens * ratios).long().clamp(0, config.num_tokens)
+        return self._mask_from_counts(num_masked.to(self.device), generator), ratios.float().to(self.device)
+
+    # ------------------------------------------------------------------ transformer
+
+    def conditions(self, tokens: torch.Tensor, class_labels: torch.LongTensor,
+                   mask: torch.BoolTensor | None = None) -> torch.Tensor:
+        """MAR's encoder-decoder: `(B, L, token_dim)` input tokens, `(B,)` labels (null = `num_classes`), optional
+        `(B, L)` mask (True = masked) -> `(B, L, hidden_size)` condition vectors for the head.
+
+        Masked tokens are dropped before the encoder (rows with fewer visible tokens are padded and the padding is
+        excluded from attention), and replaced by the learned mask token before the decoder.
+        """
+        config = self.config
+        batch, buffer = tokens.shape[0], config.class_buffer_size
+        hidden = self.token_embedding(tokens)
+        classes = self.class_embedding(class_labels).unsqueeze(1).expand(-1, buffer, -1).to(hidden.dtype)
+        hidden = self.encoder_input_norm(torch.cat([classes, hidden], dim=1) + self.encoder_position_embedding)
+        order = valid = None
+        if mask is not None and bool(mask.any()):
+            keep = torch.cat([mask.new_ones(batch, buffer), ~mask], dim=1)
+            counts = keep.sum(dim=1)
+            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(counts.max())]
+            hidden = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            valid = torch.arange(order.shape[1], device=hidden.device).unsqueeze(0) < counts.unsqueeze(1)
+        for layer in self.encoder_layers:
+            hidden = layer(hidden, valid)
+        hidden = self.decoder_embedding(self.encoder_norm(hidden))
+        if order is not None:
+            mask_tokens = self.mask_token.to(hidden.dtype).expand(batch, buffer + config.num_tokens, -1)
+            hidden = torch.where(valid.unsqueeze(-1), hidden, self.mask_token.to(hidden.dtype))
+            hidden = mask_tokens.scatter(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]), hidden)
+        hidden = hidden + self.decoder_position_embedding
+        for layer in self.decoder_layers:
+            hidden = layer(hidden, None)
+        return self.decoder_norm(hidden)[:, buffer:] + self.diffusion_position_embedding
+
+    # ------------------------------------------------------------------ training
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        class_labels: torch.Tensor | list[int],
+        levels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool | None = None,
+    ) -> FAROutput | tuple:
+        """One FAR training step's loss (see the module docstring).
+
+        Args:
+            latents: `(B, C, H, W)` scaled VAE latents (the full latent `x`, the DMS target).
+            class_labels: `(B,)` class ids (`num_classes` = null class allowed).
+            levels: `(B,)` input levels in `[0, F)`; default uniform random per sample.
+            generator: `torch.Generator` for every random choice of the step (levels, class dropout, masks,
+                timesteps, noise).
+
+        Returns:
+            [`FAROutput`].
+        """
+        config = self.config
+        self._check_latents(latents)
+        labels = self._check_class_labels(class_labels)
+        batch = latents.shape[0]
+        if labels.shape[0] != batch:
+            raise ValueError(f"class_labels has {labels.shape[0]} entries for a batch of {batch} latents.")
+        if levels is None:
+            levels = self._random((batch,), generator, "randint", config.num_levels)
+        else:
+            levels = torch.as_tensor(levels, device=self.device).long().reshape(-1)
+            if levels.shape[0] != batch or int(levels.min()) < 0 or int(levels.max()) >= config.num_levels:
+                raise ValueError(f"levels must be {batch} input levels in [0, {config.num_levels}), got "
+                                 f"{levels.tolist()}.")
+        if self.training and config.class_dropout_prob > 0:
+            dropped = self._random((batch,), generator) < config.class_dropout_prob
+            labels = torch.where(dropped, torch.full_like(labels, config.null_class_id), labels)
+
+        target = latents  # DMS: the head always models the full latent x, whatever the input level
+        inputs = frequency_filter(latents, levels, config.num_levels, config.filter_kind)
+        if config.use_mask:
+            mask, ratios = self.sample_mask(levels, generator)
+        else:
+            mask, ratios = torch.zeros(batch, config.num_tokens, dtype=torch.bool, device=self.device), \
+                torch.zeros(batch, device=self.device)
+        condition = self.conditions(self.patchify(inputs), labels, mask)  # (B, L, D)
+
+        repeat = config.diffusion_batch_mul
+        length = config.num_tokens
+        x0 = self.patchify(target).reshape(batch * length, -1).repeat(repeat, 1)
+        condition = condition.reshape(batch * length, -1).repeat(repeat, 1)
+        token_levels = levels.repeat_interleave(length).repeat(repeat)
+        rows = x0.shape[0]
+        timesteps = self._random((rows,), generator, "randint", config.num_train_timesteps)
+        noise = self._random(tuple(x0.shape), generator, "randn").to(x0.dtype)
+        x_t = self.noise_scheduler.add_noise(x0, noise, timesteps)
+        output = self.diffusion_head(x_t, timesteps, condition, token_levels)
+        eps, raw_variance = output.float().chunk(2, dim=-1)
+        mse = (noise.float() - eps).pow(2).mean(dim=-1)
+        vb = self._variational_bound(x0.float(), x_t.float(), timesteps, eps.detach(), raw_variance)
+        per_row = (mse + vb).view(repeat, batch, length)
+        sample_losses = per_row.mean(dim=(0, 2))
+        weights = far_loss_weight(levels, config.num_levels).to(sample_losses) if config.loss_weighting \
+            else torch.ones_like(sample_losses)
+        loss = (weights * sample_losses).mean()
+        result = FAROutput(loss=loss, mse_loss=mse.mean(), vb_loss=vb.mean(), sample_losses=sample_losses,
+                           loss_weights=weights, levels=levels, mask_ratios=ratios, mask=mask, class_labels=labels,
+                           inputs=inputs, target=target)
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+    def _variational_bound(self, x0: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor, eps: torch.Tensor,
+                           raw_variance: torch.Tensor) -> torch.Tensor:
+        """Improved DDPM's `L_vlb` term for the learned variance, in bits per dimension, per row: the KL between the
+        true posterior and the model's step at `t > 0`, the Gaussian negative log-likelihood of `x0` at `t = 0`
+        (continuous latents, so no discretised likelihood). The mean is computed from the detached `eps`
+        (stop-gradient: this term trains only the variance)."""
+        tables = self._training_tables()
+        true_mean = tables.posterior_mean(x0, x_t, timesteps)
+        true_log_variance = tables._take(tables.posterior_log_variance, timesteps, x_t)
+        model_mean = tables.posterior_mean(tables.predict_x0(x_t, timesteps, eps), x_t, timesteps)
+        model_log_variance = tables.model_log_variance(raw_variance, timesteps)
+        kl = _normal_kl(true_mean, true_log_variance, model_mean, model_log_variance).mean(dim=-1)
+        nll = 0.5 * (math.log(2 * math.pi) + model_log_variance
+                     + (x0 - model_mean) ** 2 * torch.exp(-model_log_variance)).mean(dim=-1)
+        return torch.where(timesteps == 0, nll, kl) / math.log(2.0)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        class_labels: torch.Tensor | list[int],
+        num_steps: int | None = None,
+        diffusion_steps: str | int | Sequence[int] | None = None,
+        guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
+        temperature: float | Sequence[float] | None = None,
+        mask_schedule: str | None = None,
+        generator: torch.Generator | None = None,
+        scheduler: DDPMScheduler | None = None,
+        callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        """Sample latents coarse to fine (next-frequency prediction).
+
+        Args:
+            class_labels: `(B,)` class ids (`num_classes` = null class for unconditional samples).
+            num_steps: outer steps `n` in `[1, F]`; step `k` produces the full latent, filtered to level
+                `far_level_schedule(n, F)[k]` for the next step (step 0's input is blank, level 0).
+            diffusion_steps: inner steps of the head per outer step: `"linear"` (frequency-aware, 40 at the first
+                level to 100 at the last, §4.3), an int (constant, e.g. MAR's 100), or one int per outer step.
+            guidance_scale: classifier-free guidance `g` (`1.0` = off, the identity): the head's noise prediction is
+                `g * eps_c - (g - 1) * eps_u`, i.e. the paper's `(1 + w) x_c - w x_u` with `w = g - 1` (FAR's default
+                cfg 3.0 is `guidance_scale=3.0`). Conditional and null-class rows run as ONE batch through the
+                transformer and the head, with shared noise (MAR).
+            guidance_schedule: `"constant"`, or `"linear"`: outer step `k` uses `1 + (g - 1) * (k + 1) / n`.
+            temperature: scale of the noise std of every inner step (MAR); a float, or `(start, end)` linear over
+                the outer steps (the reference uses 0.8 -> 1.0).
+            mask_schedule: `"none"` (every input token visible), or `"cosine"`: at outer step `k`, a random
+                `floor(L * cos(pi/2 * (k + 1) / n))` of the input tokens are masked (the paper's inference mask,
+                appendix C and its diversity analysis; MAR's cosine schedule).
+            generator: `torch.Generator` for reproducible samples.
+            scheduler: the `DDPMScheduler` whose `set_timesteps` and `alphas_cumprod` drive the inner loop (the
+                pipeline's); default `build_noise_scheduler(config)`.
+            callback: called as `callback(step, level, latents)` after each outer step with the full latent sampled
+                at that step and the level it will be filtered to; a returned tensor of the same shape replaces it.
+
+        Every setting left `None` comes from the sampling defaults saved in the config (`num_inference_steps`,
+        `diffusion_steps`, `guidance_scale`, `guidance_schedule`, `temperature`, `inference_mask_schedule`).
+
+        Returns:
+            `(B, C, H, W)` latents (in the scaled latent space the model was trained on).
+        """
+        config = self.config
+        num_steps = config.num_inference_steps if num_steps is None else num_steps
+        diffusion_steps = config.diffusion_steps if diffusion_steps is None else diffusion_steps
+        guidance_scale = config.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_schedule = config.guidance_schedule if guidance_schedule is None else guidance_schedule
+        temperature = config.temperature if temperature is None else temperature
+        mask_schedule = config.inference_mask_schedule if mask_schedule is None else mask_schedule
+        labels = self._check_class_labels(class_labels, allow_null=True)
+        levels = far_level_schedule(num_steps, config.num_levels)
+        inner_steps = self._inner_steps(diffusion_steps, num_steps)
+        temperatures = self._temperatures(temperature, num_steps)
+        if guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}.")
+        if mask_schedule not in INFERENCE_MASK_SCHEDULES:
+            raise ValueError(f"mask_schedule must be one of {INFERENCE_MASK_SCHEDULES}, got {mask_schedule!r}.")
+        use_cfg = guidance_scale != 1.0
+        if use_cfg and not config.has_null_class:
+            raise ValueError("This model was trained without class dropout (class_dropout_prob = 0), so it has no "
+                             "null class for classifier-free guidance; use guidance_scale=1.0.")
+        if scheduler is None:
+            scheduler = build_noise_scheduler(config)
+        else:
+            check_scheduler(scheduler, config)
+
+        batch = labels.shape[0]
+        rows = torch.cat([labels, torch.full_like(labels, config.null_class_id)]) if use_cfg else labels
+        dtype = self.dtype
+        latents = torch.zeros(batch, config.latent_channels, config.latent_size, config.latent_size,
+                              device=self.device, dtype=torch.float32)
+        for step, next_level in enumerate(levels):
+            level = levels[step - 1] if step > 0 else 0  # the input level: blank first, then the previous output
+            inputs = frequency_filter(latents, level, config.num_levels, config.filter_kind)  # level 0: zeros
+            tokens = self.patchify(inputs).to(dtype)
+            mask = None
+            if mask_schedule == "cosine":
+                count = math.floor(config.num_tokens * math.cos(math.pi / 2 * (step + 1) / num_steps))
+                mask = self._mask_from_counts(torch.full((batch,), count, device=self.device), generator)
+            if use_cfg:
+                tokens, mask = torch.cat([tokens, tokens]), None if mask is None else torch.cat([mask, mask])
+            condition = self.conditions(tokens, rows, mask)
+            scale = guidance_scale
+            if use_cfg and guidance_schedule == "linear":
+                scale = 1.0 + (guidance_scale - 1.0) * (step + 1) / num_steps
+            sampled = self._sample_tokens(condition, level, inner_steps[step], scale if use_cfg else 1.0,
+                                          temperatures[step], scheduler, generator)
+            latents = self.unpatchify(sampled)
+            if callback is not None:
+                replaced = callback(step, next_level, latents)
+                if replaced is not None:
+                    if not isinstance(replaced, torch.Tensor) or replaced.shape != latents.shape:
+                        raise ValueError(f"A callback may only return latents of shape {tuple(latents.shape)}.")
+                    latents = replaced.to(latents)
+        return latents
+
+    def _inner_steps(self, diffusion_steps, num_steps: int) -> list[int]:
+        if isinstance(diffusion_steps, str):
+            if diffusion_steps != "linear":
+                raise ValueError(f"diffusion_steps must be 'linear', an int or one int per outer step, got "
+                                 f"{diffusion_steps!r}.")
+            steps = far_diffusion_steps(num_steps)
+        elif isinstance(diffusion_steps, int) and not isinstance(diffusion_steps, bool):
+            steps = [diffusion_steps] * num_steps
+        else:
+            steps = [int(value) for value in diffusion_steps]
+            if len(steps) != num_steps:
+                raise ValueError(f"diffusion_steps gives {len(steps)} values for {num_steps} outer steps.")
+        if min(steps) < 1 or max(steps) > self.config.num_train_timesteps:
+            raise ValueError(f"diffusion_steps must lie in [1, {self.config.num_train_timesteps}], got {steps}.")
+        return steps
+
+    @staticmethod
+    def _temperatures(temperature, num_steps: int) -> list[float]:
+        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+            values = [float(temperature)] * num_steps
+        else:
+            pair = [float(value) for value in temperature]
+            if len(pair) != 2:
+                raise ValueError(f"temperature must be a float or a (start, end) pair, got {temperature!r}.")
+            start, end = pair
+            values = [end if num_steps == 1 else start + (end - start) * k / (num_steps - 1) for k in range(num_steps)]
+        if min(values) <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        return values
+
+    def _sample_tokens(self, condition: torch.Tensor, level: int, num_inference_steps: int, guidance_scale: float,
+                       temperature: float, scheduler: DDPMScheduler, generator: torch.Generator | None
+                       ) -> torch.Tensor:
+        """Run the head's reverse diffusion for every token at once: `(R, L, D)` conditions (R = B, or 2B with CFG:
+        conditional rows first) -> `(B, L, token_dim)` sampled full-latent tokens.
+
+        The step is written here from the scheduler's tables (`set_timesteps` picks the respaced timesteps,
+        `alphas_cumprod` gives the coefficients) instead of calling `DDPMScheduler.step`, because `step` draws its
+        noise internally and so cannot apply MAR's temperature (a factor on the noise std, not on the variance
+        prediction), and because CFG must combine the two halves' noise predictions before the step.
+        """
+        config = self.config
+        head = self.diffusion_head
+        use_cfg = guidance_scale != 1.0
+        rows, length = condition.shape[0], condition.shape[1]
+        batch = rows // 2 if use_cfg else rows
+        dtype = condition.dtype
+        flat = condition.reshape(rows * length, -1)
+        condition_embedding = head.embed_condition(flat, torch.full((rows * length,), level, device=flat.device))
+        scheduler.set_timesteps(num_inference_steps, device="cpu")
+        timesteps = scheduler.timesteps.flip(0).long()  # ascending
+        tables = DiffusionTables(scheduler.alphas_cumprod, timesteps)
+        x = randn_tensor((batch * length, config.token_dim), generator=generator, device=self.device,
+                         dtype=torch.float32)
+        for index in range(len(timesteps) - 1, -1, -1):
+            time_embedding = head.embed_time(timesteps[index : index + 1].to(self.device), dtype)
+            model_input = torch.cat([x, x]) if use_cfg else x
+            output = head.denoise(model_input.to(dtype), time_embedding, condition_embedding).float()
+            eps, raw_variance = output.chunk(2, dim=-1)
+            if use_cfg:
+                eps_conditional, eps_unconditional = eps.chunk(2)
+                eps = guidance_scale * eps_conditional - (guidance_scale - 1.0) * eps_unconditional
+                raw_variance = raw_variance.chunk(2)[0]  # the conditional rows' variance (MAR)
+            step = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
+            mean = tables.posterior_mean(tables.predict_x0(x, step, eps), x, step)
+            if index == 0:
+                x = mean
+                continue
+            log_variance = tables.model_log_variance(raw_variance, step)
+            noise = randn_tensor(tuple(x.shape), generator=generator, device=self.device, dtype=torch.float32)
+            x = mean + torch.exp(0.5 * log_variance) * noise * temperature
+        return x.view(batch, length, config.token_dim)
