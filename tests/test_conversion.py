@@ -7,7 +7,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from spectralar_hf.evaluation import LPIPS

@@ -71,12 +71,13 @@ def test_evaluate_pipeline_report_is_deterministic(setup, capsys):
     for name in ("a", "b"):
         status, out = run(capsys, "evaluate", "pipeline", setup / "pipeline", "--idx-data-dir", setup / "idx",
                           "--num-images", 9, "--samples-per-class", 3, "--truncation", 4, 8, "--floor-split", "train",
-                          "--inception", setup / "standin.pt", "--report", setup / f"{name}.json")
+                          "--knn-split", "train", "--knn-images", 30, "--inception", setup / "standin.pt", "--report", setup / f"{name}.json")
         assert status == 0, out.err
         reports.append(json.loads((setup / f"{name}.json").read_text()))
     first, second = reports
     assert first["num_samples"] == 9 and first["classes"] == [0, 1, 2]
     assert {"gfid", "precision", "recall", "fid_floor"} <= set(first)
+    assert 0 <= first["knn_accuracy"] <= 1 and 0 <= first["knn_accuracy_real"] <= 1
     assert [row["num_tokens"] for row in first["truncation"]] == [4, 8]
     assert first["gfid"] == second["gfid"] and first["truncation"] == second["truncation"]
 

@@ -518,3 +518,47 @@ def test_real_inception_network():
     assert features.shape == (3, 2048) and torch.isfinite(features).all() and (features >= 0).all()
     # With 3 images the 2048 x 2048 covariance has rank 2; the eigen-decomposition handles it.
     assert abs(fid_from_features(features, features)) < 1e-3
+
+
+def _brute_force_knn(images: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor, k: int) -> list[int]:
+    predictions = []
+    for image in images.double():
+        order = sorted(range(len(reference)), key=lambda j: float(((reference[j].double() - image) ** 2).sum()))[:k]
+        votes: dict[int, int] = {}
+        for j in order:
+            votes[int(labels[j])] = votes.get(int(labels[j]), 0) + 1
+        best = max(votes.values())
+        tied = {c for c, v in votes.items() if v == best}
+        predictions.append(next(int(labels[j]) for j in order if int(labels[j]) in tied))  # nearest among the tied
+    return predictions
+
+
+def test_knn_predict_matches_brute_force_and_separates_clusters():
+    from spectralar_hf.evaluation import knn_class_agreement, knn_predict
+
+    generator = torch.Generator().manual_seed(21)
+    reference, queries = torch.randn(40, 2, 3, 3, generator=generator), torch.randn(25, 2, 3, 3, generator=generator)
+    labels = torch.randint(0, 4, (40,), generator=generator)
+    for k in (1, 2, 4):  # k = 2 and 4 produce ties, resolved towards the nearest neighbour
+        assert knn_predict(queries, reference, labels, k=k, chunk_size=7).tolist() == \
+            _brute_force_knn(queries, reference, labels, k)
+
+    centres = torch.randn(3, 16, generator=generator) * 10
+    reference_labels = torch.arange(60) % 3
+    reference = centres[reference_labels] + torch.randn(60, 16, generator=generator)
+    query_labels = torch.arange(30) % 3
+    queries = centres[query_labels] + torch.randn(30, 16, generator=generator)
+    assert knn_class_agreement(queries, query_labels, reference, reference_labels) == 1.0
+    assert knn_class_agreement(queries, (query_labels + 1) % 3, reference, reference_labels) == 0.0
+
+
+def test_knn_bad_inputs():
+    from spectralar_hf.evaluation import knn_class_agreement, knn_predict
+
+    reference, labels = torch.zeros(5, 4), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="k must lie in"):
+        knn_predict(torch.zeros(2, 4), reference, labels, k=6)
+    with pytest.raises(ValueError, match="same per-image shape"):
+        knn_predict(torch.zeros(2, 3), reference, labels)
+    with pytest.raises(ValueError, match="labels must be"):
+        knn_class_agreement(torch.zeros(2, 4), [0], reference, labels)

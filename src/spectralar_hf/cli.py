@@ -6,7 +6,7 @@
     spectralar-hf info CHECKPOINT
     spectralar-hf evaluate tokenizer CHECKPOINT --idx-data-dir DIR [--num-images 1000] [--fid] --report r.json
     spectralar-hf evaluate pipeline PIPELINE --idx-data-dir DIR --samples-per-class 100 [--truncation 8 16]
-                           [--floor-split train] --report r.json
+                           [--floor-split train] [--knn-split train] --report r.json
     spectralar-hf evaluate causality [--num-images 10000]
     spectralar-hf model-card --template
 
@@ -176,6 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.target != "causality" and args.checkpoint is None:
         raise CLIError(f"evaluate {args.target} needs a checkpoint directory")
     from .evaluation.curves import format_markdown_table, plot_curve
+    from .evaluation.classification import knn_class_agreement
     from .evaluation.report import (evaluate_pipeline, evaluate_tokenizer, load_evaluation_images, reference_fid,
                                     write_report)
 
@@ -200,19 +201,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         pipe = _load_pipeline(args.checkpoint)
         config = pipe.tokenizer.config
         extractor = _extractor(args)
-        reference, _ = load_evaluation_images(config.image_size, config.num_channels, split=args.split,
-                                              num_images=args.num_images, seed=args.seed, **sources)
+        reference, reference_labels = load_evaluation_images(config.image_size, config.num_channels,
+                                                             split=args.split, num_images=args.num_images,
+                                                             seed=args.seed, **sources)
+        classifier = None
+        if args.knn_split:
+            classifier = load_evaluation_images(config.image_size, config.num_channels, split=args.knn_split,
+                                                num_images=args.knn_images, seed=args.seed + 2, **sources)
+            if classifier[1] is None or reference_labels is None:
+                raise CLIError(f"--knn-split needs a labelled dataset; {args.knn_split!r} / {args.split!r} have no "
+                               f"label column")
         sampling = dict(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         report = {"checkpoint": args.checkpoint, "split": args.split, **sources,
                   **evaluate_pipeline(pipe, reference, args.samples_per_class, args.classes, extractor,
-                                      args.truncation or (), seed=args.seed, **sampling)}
+                                      args.truncation or (), seed=args.seed, classifier_reference=classifier,
+                                      **sampling)}
+        if classifier is not None:  # the ceiling: the same classifier on the real reference images
+            report["knn_accuracy_real"] = knn_class_agreement(reference, reference_labels, *classifier)
         if args.floor_split:
             other, _ = load_evaluation_images(config.image_size, config.num_channels, split=args.floor_split,
                                               num_images=len(reference), seed=args.seed + 1, **sources)
             report["fid_floor"] = reference_fid(other, reference, extractor)
             report["fid_floor_splits"] = [args.floor_split, args.split]
-        summary = {k: report[k] for k in ("gfid", "precision", "recall", "fid_floor") if k in report}
+        summary = {k: report[k] for k in ("gfid", "precision", "recall", "fid_floor", "knn_accuracy",
+                                          "knn_accuracy_real") if k in report}
         table = format_markdown_table(report["truncation"]) if report["truncation"] else ""
         curve = ("num_tokens", ["fid"], "FID")
     write_report(args.report, report)
@@ -316,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--top-p", type=float, default=None)
     evaluate.add_argument("--truncation", type=int, nargs="+", default=None, help="pipeline: FID at these lengths")
     evaluate.add_argument("--floor-split", default=None, help="pipeline: also FID(this split vs --split)")
+    evaluate.add_argument("--knn-split", default=None,
+                          help="pipeline: also the class agreement of the samples under a pixel k-NN classifier on "
+                               "this split (and of the real --split images, the ceiling)")
+    evaluate.add_argument("--knn-images", type=int, default=10000, help="pipeline: k-NN reference images")
     evaluate.add_argument("--causality-data", choices=["auto", "cifar100", "crops"], default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--report", default="outputs/evaluation.json")

@@ -14,6 +14,7 @@ from importlib import import_module
 _EXPORTS = {
     "causality": ("PAPER_TABLE_1", "build_sequences", "causality_table", "format_table", "load_cifar100_validation",
                   "offline_natural_crops", "r2_avg"),
+    "classification": ("knn_class_agreement", "knn_predict"),
     "curves": ("format_markdown_table", "plot_curve", "tokenizer_prefix_curve", "truncation_curve"),
     "fid": ("InceptionFeatureExtractor", "ReferenceBatch", "compute_fid", "compute_inception_score",
             "extract_features", "feature_statistics", "fid_from_features", "frechet_distance", "get_default_extractor",
@@ -60,6 +61,8 @@ __all__ = [
     "get_default_extractor",
     "get_statistics",
     "inception_score",
+    "knn_class_agreement",
+    "knn_predict",
     "load_cifar100_validation",
     "load_reference_batch",
     "load_statistics",

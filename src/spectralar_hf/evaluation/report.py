@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .classification import knn_class_agreement
 from .curves import tokenizer_prefix_curve
 from .fid import extract_features, feature_statistics, frechet_distance
 from .manifold import precision_recall
@@ -109,13 +110,16 @@ def evaluate_pipeline(
     truncation: Sequence[int] = (),
     batch_size: int = 64,
     seed: int = 0,
+    classifier_reference: tuple[torch.Tensor, torch.Tensor] | None = None,
     **sampling: Any,
 ) -> dict[str, Any]:
     """Generation quality of a `SpectralARPipeline` against `reference_images` `(N, C, S, S)` in [-1, 1].
 
     Generates `samples_per_class` images of every class (or of `classes`) with the sampling settings `sampling`
     (`guidance_scale`, `top_k`, ...) and reports `gfid`, improved `precision` / `recall` (k = 3) on Inception
-    features, and `truncation`: FID of the same samples decoded from only their first k tokens.
+    features, and `truncation`: FID of the same samples decoded from only their first k tokens. With
+    `classifier_reference = (images, labels)` also `knn_accuracy`: the fraction of samples that a pixel-space k-NN
+    classifier on those images assigns to the class they were generated for.
     """
     classes = list(range(pipe.transformer.config.num_classes)) if classes is None else list(classes)
     class_ids = [c for c in classes for _ in range(samples_per_class)]
@@ -130,6 +134,8 @@ def evaluate_pipeline(
         "gfid": frechet_distance(*feature_statistics(features), *reference_stats),
         "precision": float(scores["precision"]), "recall": float(scores["recall"]),
     }
+    if classifier_reference is not None:
+        report["knn_accuracy"] = knn_class_agreement(samples, class_ids, *classifier_reference)
     rows = []
     for k in truncation:
         truncated = generate_images(pipe, class_ids, batch_size, seed, num_tokens=int(k), **sampling)
