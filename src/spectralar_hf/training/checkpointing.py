@@ -59,6 +59,25 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
     return final
 
 
+class DataProgress:
+    """How many micro-batches a run has consumed, saved with its checkpoints (`register_for_checkpointing`).
+
+    With gradient accumulation the position in the data is NOT `global_step * gradient_accumulation_steps`:
+    accelerate also takes an optimizer step at the end of every epoch (`sync_with_dataloader`), so an epoch of `n`
+    batches gives `ceil(n / accumulation)` steps. A resumed run computes its epoch and the batches to skip from this
+    counter instead.
+    """
+
+    def __init__(self) -> None:
+        self.micro_step = 0
+
+    def state_dict(self) -> dict:
+        return {"micro_step": self.micro_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.micro_step = int(state["micro_step"])
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line (a training log record) to `path`."""
     with open(path, "a", encoding="utf-8") as handle:
@@ -66,13 +85,19 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def resume_from_checkpoint(accelerator, output_dir: str | Path, choice: str | None) -> int:
-    """Restore a run: `choice` is None (fresh start), "latest" or a `checkpoint-N` path. Returns the step N.
+    """Restore a run: `choice` is None (fresh start), "latest", a `checkpoint-N` directory path, or a bare
+    `checkpoint-N` name inside `output_dir` (as in diffusers' scripts). Returns the step N.
 
     Raises `ValueError` when no complete checkpoint matches.
     """
     if not choice:
         return 0
-    path = latest_checkpoint(output_dir) if choice == "latest" else Path(choice)
+    if choice == "latest":
+        path = latest_checkpoint(output_dir)
+    else:
+        path = Path(choice)
+        if not path.is_dir() and path.parent == Path(".") and (Path(output_dir) / choice).is_dir():
+            path = Path(output_dir) / choice
     if path is None or not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
         raise ValueError(f"--resume_from_checkpoint {choice!r}: no complete checkpoint found in {output_dir}; start "
                          f"without it or point to a checkpoint-N directory.")
