@@ -40,7 +40,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"spectralar_hf": ["data/*.json"]},
+    package_data={"spectralar_hf": ["data/*.json", "data/*.md"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
