@@ -36,7 +36,13 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralARConfig, SpectralARForCausalLM, SpectralARPipeline, SpectralTokenizer
-from spectralar_hf.training.checkpointing import append_jsonl, resume_from_checkpoint, save_checkpoint, start_run
+from spectralar_hf.training.checkpointing import (
+    DataProgress,
+    append_jsonl,
+    resume_from_checkpoint,
+    save_checkpoint,
+    start_run,
+)
 from spectralar_hf.training.optim import decay_parameter_groups
 from spectralar_hf.visualization import prefix_strip
 
@@ -202,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
+    accelerator.register_for_checkpointing(progress_state)
     start_run(accelerator, output_dir, args, "train_generator")
     global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
     if global_step:
@@ -210,9 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="generator",
                     disable=not accelerator.is_local_main_process)
     model.train()
-    micro_step = global_step * args.gradient_accumulation_steps
     while global_step < args.max_train_steps:
-        epoch, skip = divmod(micro_step, len(loader))
+        # not global_step * accumulation: accelerate also steps at every epoch end (see DataProgress)
+        epoch, skip = divmod(progress_state.micro_step, len(loader))
         loader.set_epoch(epoch)
         for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
             codes, labels = batch["codes"].long(), batch["label"].long()
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            micro_step += 1
+            progress_state.micro_step += 1
             if not accelerator.sync_gradients:
                 continue
             global_step += 1

@@ -9,11 +9,12 @@ Data (exactly one):
   --dataset_name NAME        any `datasets` id with an image column (needs the Hub or a local cache)
   --train_data_dir DIR       an image folder (`datasets` "imagefolder")
   --idx_data_dir DIR         MNIST-format IDX files, e.g. Fashion-MNIST from Debian's dataset-fashion-mnist
-  --sample_photos            endless random crops of the real photos that ship with scikit-image (offline)
+  --sample_photos            endless random crops of the real photos that ship with scikit-image (offline; a
+                             resumed run restarts this stream, so it is not bit-identical to an uninterrupted one)
 
 Examples:
   # offline, CPU: the demo tokenizer on Fashion-MNIST at 32x32
-  python examples/train_tokenizer.py --idx_data_dir /usr/share/datasets/fashion-mnist --preset small-32-gray \
+  python examples/train_tokenizer.py --idx_data_dir /usr/share/datasets/fashion-mnist --preset fmnist-32 \
       --learning_rate 1e-3 --use_ema --max_train_steps 8000 --output_dir runs/fmnist-tokenizer
 
   # 8 GPUs, bf16: the paper's tokenizer on ImageNet with perceptual and GAN losses
@@ -44,9 +45,16 @@ from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.spectral import lowpass
-from spectralar_hf.training.checkpointing import append_jsonl, resume_from_checkpoint, save_checkpoint, start_run
+from spectralar_hf.training.checkpointing import (
+    DataProgress,
+    append_jsonl,
+    resume_from_checkpoint,
+    save_checkpoint,
+    start_run,
+)
 from spectralar_hf.training.data import (
     SKIMAGE_PHOTOS,
+    AugmentedImages,
     ImageTransform,
     PhotoCropDataset,
     collate_pixel_values,
@@ -54,7 +62,6 @@ from spectralar_hf.training.data import (
     load_idx_dataset,
     load_image_dataset,
     load_sample_photos,
-    with_transform,
 )
 from spectralar_hf.training.losses import (
     LeCAMRegularizer,
@@ -170,7 +177,10 @@ def build_model(args: argparse.Namespace) -> SpectralTokenizer:
 
 
 def build_dataset(args: argparse.Namespace, config: SpectralTokenizerConfig, rank: int):
-    """A map-style `datasets.Dataset` yielding `pixel_values`, or an endless `PhotoCropDataset`."""
+    """A map-style `AugmentedImages` yielding `pixel_values`, or an endless `PhotoCropDataset`.
+
+    The random crop / flip of image `i` in epoch `e` are seeded with `(seed, e, i)` (see `AugmentedImages`): they
+    need no generator state in the checkpoints, so a resumed run sees the same augmented images."""
     if args.sample_photos:
         names = [name for name in SKIMAGE_PHOTOS if name not in set(args.exclude_photos)]
         return PhotoCropDataset(load_sample_photos(names), config.image_size, tuple(args.photo_crop_scale),
@@ -183,9 +193,8 @@ def build_dataset(args: argparse.Namespace, config: SpectralTokenizerConfig, ran
     if args.max_train_samples is not None:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
     image_column = find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
-    transform = ImageTransform(config.image_size, config.num_channels, args.random_crop, args.random_flip,
-                               generator=np.random.default_rng([args.seed, rank]))
-    return with_transform(dataset, transform, image_column)
+    transform = ImageTransform(config.image_size, config.num_channels, args.random_crop, args.random_flip)
+    return AugmentedImages(dataset, image_column, transform, args.seed)
 
 
 def validation_batch(dataset, args: argparse.Namespace, config: SpectralTokenizerConfig) -> torch.Tensor:
@@ -194,7 +203,9 @@ def validation_batch(dataset, args: argparse.Namespace, config: SpectralTokenize
         stream = iter(PhotoCropDataset(dataset.photos, config.image_size, dataset.scale, seed=args.seed + 1,
                                        num_channels=config.num_channels))
         return torch.stack([next(stream)["pixel_values"] for _ in range(4)])
-    return torch.stack([dataset[i]["pixel_values"] for i in range(min(4, len(dataset)))])
+    plain = AugmentedImages(dataset.dataset, dataset.image_column, ImageTransform(config.image_size,
+                                                                                  config.num_channels), args.seed)
+    return torch.stack([plain[i]["pixel_values"] for i in range(min(4, len(plain)))])
 
 
 def load_lpips(args: argparse.Namespace, device: torch.device):
@@ -259,11 +270,14 @@ def main(argv: list[str] | None = None) -> None:
         lecam = LeCAMRegularizer().to(accelerator.device)
         discriminator, d_optimizer = accelerator.prepare(discriminator, d_optimizer)
         accelerator.register_for_checkpointing(lecam)
+    accumulated = (model, discriminator) if use_gan else (model,)
     if restarter is not None:
         accelerator.register_for_checkpointing(restarter)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
+    accelerator.register_for_checkpointing(progress_state)
     start_run(accelerator, output_dir, args, "train_tokenizer")
     global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
     if global_step:
@@ -272,16 +286,19 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="tokenizer",
                     disable=not accelerator.is_local_main_process)
     model.train()
-    micro_step = global_step * args.gradient_accumulation_steps
     while global_step < args.max_train_steps:
         epoch_loader = loader
-        if finite:
-            epoch, skip = divmod(micro_step, len(loader))
+        if finite:  # not global_step * accumulation: accelerate also steps at every epoch end (DataProgress)
+            epoch, skip = divmod(progress_state.micro_step, len(loader))
             loader.set_epoch(epoch)
+            dataset.set_epoch(epoch)
             epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in epoch_loader:
             gan_active = use_gan and global_step >= args.discriminator_start
-            with accelerator.accumulate(model):
+            # ONE accumulate context for both networks: two contexts per micro-batch would advance accelerate's
+            # accumulation counter twice (the tokenizer would then only step at epoch ends) and could leave
+            # discriminator gradients pending across a checkpoint (not saved, so a resume would not be exact).
+            with accelerator.accumulate(*accumulated):
                 output = model(batch["pixel_values"])
                 loss = output.loss
                 logs = {"reconstruction_loss": output.reconstruction_loss.detach().item()}
@@ -304,8 +321,7 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            if gan_active:
-                with accelerator.accumulate(discriminator):
+                if gan_active:  # the discriminator sees the reconstruction detached: no gradient into the tokenizer
                     real = discriminator(output.target.detach())
                     fake = discriminator(output.reconstruction.detach())
                     d_loss = hinge_discriminator_loss(real, fake)
@@ -314,10 +330,10 @@ def main(argv: list[str] | None = None) -> None:
                     accelerator.backward(d_loss)
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-                    d_optimizer.step()
+                    d_optimizer.step()  # prepared optimizers step / zero_grad on sync steps only
                     d_optimizer.zero_grad(set_to_none=True)
-                logs["discriminator_loss"] = d_loss.detach().item()
-            micro_step += 1
+                    logs["discriminator_loss"] = d_loss.detach().item()
+            progress_state.micro_step += 1
             if not accelerator.sync_gradients:
                 continue
             global_step += 1

@@ -77,7 +77,13 @@ from spectralar_hf.training.checkpointing import (
     save_checkpoint,
     start_run,
 )
-from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
+from spectralar_hf.training.data import (
+    AugmentedImages,
+    ImageTransform,
+    find_column,
+    load_idx_dataset,
+    load_image_dataset,
+)
 from spectralar_hf.training.losses import (
     LeCAMRegularizer,
     PatchDiscriminator,
@@ -272,27 +278,6 @@ def build_vae(args: argparse.Namespace) -> AutoencoderKL:
 def sample_size(vae: AutoencoderKL) -> int:
     size = vae.config.sample_size
     return int(size[0] if isinstance(size, (list, tuple)) else size)
-
-
-class AugmentedImages(torch.utils.data.Dataset):
-    """`{"pixel_values": (C, S, S)}` of a `datasets.Dataset`'s images; the random crop / flip of image `i` in epoch
-    `e` come from a generator seeded with `(seed, e, i)`, so they do not depend on which images were loaded before
-    (a resumed run that skips batches sees the same images as an uninterrupted one)."""
-
-    def __init__(self, dataset, image_column: str, transform: ImageTransform, seed: int):
-        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        transform = copy.copy(self.transform)
-        transform.rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        return {"pixel_values": transform(self.dataset[int(index)][self.image_column])}
 
 
 def load_images(args: argparse.Namespace):

@@ -1,8 +1,13 @@
 """The accelerate training scripts on tiny generated data: learning, exact resume after SIGKILL, pretokenize
-output, a real 2-process launch, and clear errors for bad arguments."""
+output, a real 2-process launch, and clear errors for bad arguments.
+
+The scripts run in subprocesses on one thread; in the resume tests only the run that is killed is a subprocess, the
+uninterrupted and the resumed runs are in-process calls of `main()` (also on one thread, so that they match the
+subprocess bit for bit), which saves the imports of a process start per run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +27,7 @@ TOKENIZER_SCRIPT = str(ROOT / "examples" / "train_tokenizer.py")
 PRETOKENIZE_SCRIPT = str(ROOT / "examples" / "pretokenize.py")
 GENERATOR_SCRIPT = str(ROOT / "examples" / "train_generator.py")
 TINY_TOKENIZER = ["--preset", "tiny-32", "--config_overrides", '{"num_channels": 1, "codebook_size": 64}']
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run(script: str, *args, check: bool = True, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -31,6 +36,20 @@ def run(script: str, *args, check: bool = True, launcher: list[str] | None = Non
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return result
+
+
+def run_in_process(script: str, *args) -> None:
+    """`script`'s main() in this process on one thread, then accelerate's singletons are reset for the next run."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_script(script).main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
 
 
 def losses(output_dir: Path) -> dict[int, float]:
@@ -80,14 +99,21 @@ def test_tokenizer_script_learns_on_a_fixed_batch(trained_tokenizer):
 
 
 def kill_after_checkpoint(command_args: list, checkpoint: Path, script: str) -> None:
+    """Run `script`, SIGKILL it once `checkpoint` exists, then drop everything it wrote after that checkpoint, so
+    that `--resume_from_checkpoint latest` really starts there."""
     process = subprocess.Popen([sys.executable, script, *map(str, command_args)], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoint.exists(), "the run ended before writing its checkpoint"
+    _, stderr = process.communicate()
+    assert checkpoint.exists(), f"the run ended before writing its checkpoint:\n{stderr[-3000:]}"
+    step = int(checkpoint.name.split("-")[1])
+    for path in checkpoint.parent.iterdir():
+        later = path.name.startswith("checkpoint-") and int(path.name.split("-")[1]) > step
+        if later or path.name in ("tokenizer", "pipeline"):
+            shutil.rmtree(path)
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -96,16 +122,23 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
-def test_tokenizer_script_resume_after_sigkill_is_exact(image_folder, tmp_path):
-    common = ["--max_train_steps", 12, "--checkpointing_steps", 6, "--use_ema", "--gan_weight", 0.1,
-              "--discriminator_start", 3, "--lecam_weight", 0.001, "--discriminator_channels", 16,
-              "--discriminator_stages", 2]
-    run(TOKENIZER_SCRIPT, *tokenizer_args(image_folder, tmp_path / "straight", *common))
+# 24 images, batch 8: 3 batches an epoch. Without accumulation the checkpoint at step 4 is one batch into the second
+# epoch. With accumulation 2 accelerate also steps at each epoch end (2 steps an epoch), so step 3 is 5 batches in,
+# not 3 * 2; random crop + flip and the GAN (from step 2, so both optimizers step in one accumulation) are on.
+@pytest.mark.parametrize("steps,checkpoint,extra", [
+    (8, 4, ["--discriminator_start", 3]),
+    (6, 3, ["--discriminator_start", 2, "--gradient_accumulation_steps", 2, "--random_flip", "--random_crop"]),
+], ids=["accumulation-1", "accumulation-2-augmented"])
+def test_tokenizer_script_resume_after_sigkill_is_exact(image_folder, tmp_path, steps, checkpoint, extra):
+    common = ["--max_train_steps", steps, "--checkpointing_steps", checkpoint, "--use_ema", "--gan_weight", 0.1,
+              "--lecam_weight", 0.001, "--discriminator_channels", 16, "--discriminator_stages", 2, *extra]
+    run_in_process(TOKENIZER_SCRIPT, *tokenizer_args(image_folder, tmp_path / "straight", *common))
     interrupted = tokenizer_args(image_folder, tmp_path / "killed", *common)
-    kill_after_checkpoint(interrupted, tmp_path / "killed" / "checkpoint-6", TOKENIZER_SCRIPT)
-    run(TOKENIZER_SCRIPT, *interrupted, "--resume_from_checkpoint", "latest")
+    kill_after_checkpoint(interrupted, tmp_path / "killed" / f"checkpoint-{checkpoint}", TOKENIZER_SCRIPT)
+    run_in_process(TOKENIZER_SCRIPT, *interrupted, "--resume_from_checkpoint", "latest")
     assert_same_weights(tmp_path / "straight" / "tokenizer" / "model.safetensors",
                         tmp_path / "killed" / "tokenizer" / "model.safetensors")
+    assert "discriminator_loss" in json.loads((tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +198,18 @@ def test_generator_script_learns_saves_a_pipeline(codes_dir, tmp_path):
     assert list((output / "samples").glob("samples-*.png"))
 
 
-def test_generator_script_resume_after_sigkill_is_exact(codes_dir, tmp_path):
-    common = ["--max_train_steps", 12, "--checkpointing_steps", 6, "--use_ema"]
-    run(GENERATOR_SCRIPT, *generator_args(codes_dir, tmp_path / "straight", *common))
+# 48 sequences. Batch 8: 6 batches an epoch, the checkpoint at step 4 is in the middle of the first. Batch 16 with
+# accumulation 2: 3 batches and (with the step at the epoch end) 2 steps an epoch, step 3 is 5 batches in, not 3 * 2.
+@pytest.mark.parametrize("steps,checkpoint,extra", [
+    (8, 4, []),
+    (6, 3, ["--train_batch_size", 16, "--gradient_accumulation_steps", 2]),
+], ids=["accumulation-1", "accumulation-2"])
+def test_generator_script_resume_after_sigkill_is_exact(codes_dir, tmp_path, steps, checkpoint, extra):
+    common = ["--max_train_steps", steps, "--checkpointing_steps", checkpoint, "--use_ema", *extra]
+    run_in_process(GENERATOR_SCRIPT, *generator_args(codes_dir, tmp_path / "straight", *common))
     interrupted = generator_args(codes_dir, tmp_path / "killed", *common)
-    kill_after_checkpoint(interrupted, tmp_path / "killed" / "checkpoint-6", GENERATOR_SCRIPT)
-    run(GENERATOR_SCRIPT, *interrupted, "--resume_from_checkpoint", "latest")
+    kill_after_checkpoint(interrupted, tmp_path / "killed" / f"checkpoint-{checkpoint}", GENERATOR_SCRIPT)
+    run_in_process(GENERATOR_SCRIPT, *interrupted, "--resume_from_checkpoint", "latest")
     assert_same_weights(tmp_path / "straight" / "pipeline" / "transformer" / "model.safetensors",
                         tmp_path / "killed" / "pipeline" / "transformer" / "model.safetensors")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import struct
@@ -200,6 +201,31 @@ class ImageTransform:
         if self.random_flip and self.rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return numpy_to_pixel_values(np.asarray(image)[None])[0]
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """`{"pixel_values": (C, S, S)}` of a `datasets.Dataset`'s images through an `ImageTransform` whose random crop /
+    flip of image `i` in epoch `e` come from a generator seeded with `(seed, e, i)`.
+
+    The augmentation then depends neither on which images were loaded before nor on a generator state that a
+    checkpoint would have to carry: a resumed run that skips batches sees the same images as an uninterrupted one,
+    and DataLoader workers do not repeat each other's draws. Call `set_epoch` at the start of every epoch.
+    """
+
+    def __init__(self, dataset, image_column: str, transform: ImageTransform, seed: int):
+        self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        transform = copy.copy(self.transform)
+        transform.rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        return {"pixel_values": transform(self.dataset[int(index)][self.image_column])}
 
 
 def load_image_dataset(
