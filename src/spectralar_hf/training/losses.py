@@ -51,6 +51,22 @@ def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+def adaptive_adversarial_weight(reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor,
+                                last_layer_weight: torch.Tensor, max_weight: float = 1e4,
+                                eps: float = 1e-4) -> torch.Tensor:
+    """VQGAN's adaptive GAN weight: `||grad_W L_rec|| / (||grad_W L_adv|| + eps)`, clamped to `[0, max_weight]`
+    and detached, with `W` the decoder's last layer. Multiplied into the adversarial term it keeps the GAN gradient
+    at the scale of the reconstruction gradient, whatever the discriminator's current logit scale.
+
+    Both losses must still have their graphs (the gradients are taken with `retain_graph=True`; nothing is written
+    to `.grad`). Returns a scalar tensor.
+    """
+    reconstruction_grad, = torch.autograd.grad(reconstruction_loss, last_layer_weight, retain_graph=True)
+    adversarial_grad, = torch.autograd.grad(adversarial_loss, last_layer_weight, retain_graph=True)
+    weight = reconstruction_grad.norm() / (adversarial_grad.norm() + eps)
+    return weight.clamp(0.0, max_weight).detach()
+
+
 class LeCAMRegularizer(nn.Module):
     """LeCAM regularisation (Tseng et al. 2021): keeps discriminator outputs near EMAs of the opposite class.
 
