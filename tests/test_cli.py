@@ -108,7 +108,7 @@ def test_info(checkpoint, pipeline_dir, capsys):
         (("generate", "{pipeline}", "--classes", "12"), "class id out of range"),
         (("generate", "{pipeline}", "--classes", "1", "--num-tokens", "17"), "num_tokens must be a multiple"),
         (("generate", "{pipeline}", "--classes", "1", "--num-per-class", "0"), "--num-per-class must be >= 1"),
-        (("generate", "{checkpoint}", "--classes", "1"), "not a SpectralARPipeline directory"),
+        (("generate", "{checkpoint}", "--classes", "1"), "not a pipeline directory"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(checkpoint, photo, pipeline_dir, tmp_path, capsys, args, message):

@@ -2,6 +2,7 @@
 
     spectralar-hf generate PIPELINE --classes 0 Sneaker [--num-per-class 4] [--seed 0] [--guidance-scale 2.0]
                            [--top-k 100] [--top-p 0.95] [--num-tokens 24] [--output grid.png] [--strip strip.png]
+                           (FAR: [--num-inference-steps 10] [--diffusion-steps linear|100])
     spectralar-hf reconstruct CHECKPOINT IMAGE [--prefixes 1 2 4 8 16 32] [--output strip.png]
     spectralar-hf info CHECKPOINT
     spectralar-hf evaluate tokenizer CHECKPOINT --idx-data-dir DIR [--num-images 1000] [--fid] --report r.json
@@ -10,9 +11,9 @@
     spectralar-hf evaluate causality [--num-images 10000]
     spectralar-hf model-card --template
 
-PIPELINE is a directory saved by `SpectralARPipeline.save_pretrained`; CHECKPOINT is such a directory or a
-tokenizer directory (config.json + model.safetensors). Bad paths or arguments print a one-line error and exit
-with status 2.
+PIPELINE is a directory saved by `SpectralARPipeline.save_pretrained` or `FARPipeline.save_pretrained` (`generate`,
+`evaluate pipeline` and `info`); CHECKPOINT is a SpectralAR pipeline directory or a tokenizer directory
+(config.json + model.safetensors). Bad paths or arguments print a one-line error and exit with status 2.
 """
 
 from __future__ import annotations
@@ -50,17 +51,62 @@ def _load_tokenizer(path: str):
 
 
 def _load_pipeline(path: str):
-    from .pipelines import SpectralARPipeline
+    """A `SpectralARPipeline` or a `FARPipeline`, by the class named in model_index.json."""
+    from .pipelines import FARPipeline, SpectralARPipeline
 
     root = Path(path)
     if not root.exists():
         raise CLIError(f"pipeline {path!r} does not exist")
     if not (root / "model_index.json").is_file():
-        raise CLIError(f"{path!r} is not a SpectralARPipeline directory (no model_index.json); "
-                       f"`generate` needs a tokenizer and a transformer")
-    pipe = SpectralARPipeline.from_pretrained(root)
+        raise CLIError(f"{path!r} is not a pipeline directory (no model_index.json); `generate` needs a "
+                       f"SpectralARPipeline (tokenizer + transformer) or a FARPipeline (vae + transformer + scheduler)")
+    class_name = json.loads((root / "model_index.json").read_text()).get("_class_name")
+    pipelines = {"SpectralARPipeline": SpectralARPipeline, "FARPipeline": FARPipeline}
+    if class_name not in pipelines:
+        raise CLIError(f"{path!r} holds a {class_name!r}; spectralar-hf works with {sorted(pipelines)}")
+    pipe = pipelines[class_name].from_pretrained(root)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _is_far(pipe) -> bool:
+    from .pipelines import FARPipeline
+
+    return isinstance(pipe, FARPipeline)
+
+
+def _sampling_arguments(pipe, args: argparse.Namespace) -> dict:
+    """The sampling flags that apply to this pipeline; a flag of the other kind of pipeline is an error."""
+    sampling = dict(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
+                    temperature=args.temperature)
+    own = ("num_inference_steps", "diffusion_steps") if _is_far(pipe) else ("top_k", "top_p", "num_tokens")
+    foreign = ("top_k", "top_p", "num_tokens") if _is_far(pipe) else ("num_inference_steps", "diffusion_steps")
+    given = [name for name in foreign if getattr(args, name, None) is not None]
+    if given:
+        kind = "a FARPipeline" if _is_far(pipe) else "a SpectralARPipeline"
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CLIError(f"{flags} do(es) not apply to {kind}; FAR takes --num-inference-steps / --diffusion-steps, "
+                       f"SpectralAR takes --top-k / --top-p / --num-tokens")
+    sampling.update({name: getattr(args, name) for name in own if hasattr(args, name)})
+    return sampling
+
+
+def _diffusion_steps(value: str) -> str | int:
+    if value == "linear":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'linear' or an int, got {value!r}") from None
+
+
+def _image_geometry(pipe) -> tuple[int, int]:
+    """(image side, channels) of the pipeline's images."""
+    if _is_far(pipe):
+        config = pipe.vae.config
+        size = config.sample_size[0] if isinstance(config.sample_size, (list, tuple)) else config.sample_size
+        return int(size), int(config.out_channels)
+    return pipe.tokenizer.config.image_size, pipe.tokenizer.config.num_channels
 
 
 def _load_image(path: str, size: int, channels: int) -> torch.Tensor:
@@ -83,7 +129,11 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def cmd_info(args: argparse.Namespace) -> None:
     if (Path(args.checkpoint) / "model_index.json").is_file():
-        _print_generator_info(_load_pipeline(args.checkpoint).transformer, args.checkpoint)
+        pipe = _load_pipeline(args.checkpoint)
+        if _is_far(pipe):
+            _print_far_info(pipe, args.checkpoint)
+            return
+        _print_generator_info(pipe.transformer, args.checkpoint)
     tokenizer = _load_tokenizer(args.checkpoint)
     config = tokenizer.config
     parameters = sum(p.numel() for p in tokenizer.parameters())
@@ -112,6 +162,25 @@ def _print_generator_info(transformer, path: str) -> None:
           + ", ".join(f"{i}={name}" for i, name in enumerate(names[:20])) + (" ..." if len(names) > 20 else ""))
 
 
+def _print_far_info(pipe, path: str) -> None:
+    config = pipe.transformer.config
+    vae = pipe.vae.config
+    size, channels = _image_geometry(pipe)
+    parameters = sum(p.numel() for p in pipe.transformer.parameters())
+    names = [config.id2label[i] for i in range(config.num_classes)] if config.id2label else []
+    print(f"FAR pipeline: {path}")
+    print(f"  vae: {size}x{size}, {channels} channel(s) -> {config.latent_channels} x {config.latent_size} x "
+          f"{config.latent_size} latents, scaling_factor {vae.scaling_factor:.4f}")
+    print(f"  transformer: width {config.hidden_size}, {config.encoder_layers}+{config.decoder_layers} blocks, "
+          f"{config.num_attention_heads} heads, head {config.head_depth} x {config.head_width}, F = "
+          f"{config.num_levels} levels ({config.filter_kind}), {parameters / 1e6:.2f}M parameters")
+    print(f"  sampling defaults: {config.num_inference_steps} outer steps, diffusion steps {config.diffusion_steps}, "
+          f"guidance {config.guidance_scale} ({config.guidance_schedule}), temperature {config.temperature}")
+    print(f"  classes ({config.num_classes}; null class {config.null_class_id} "
+          f"{'trained' if config.has_null_class else 'untrained: no CFG'}): "
+          + ", ".join(f"{i}={name}" for i, name in enumerate(names[:20])) + (" ..." if len(names) > 20 else ""))
+
+
 def _parse_classes(values: list[str]) -> list[int | str]:
     return [int(value) if value.lstrip("-").isdigit() else value for value in values]
 
@@ -129,9 +198,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     except ValueError as error:
         raise CLIError(str(error).splitlines()[0]) from None
     labels = [c for c in ids for _ in range(args.num_per_class)]
-    output = pipe(labels, guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
-                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_tokens=args.num_tokens,
-                  generator=torch.Generator().manual_seed(args.seed), return_intermediates=args.strip is not None)
+    output = pipe(labels, generator=torch.Generator().manual_seed(args.seed),
+                  return_intermediates=args.strip is not None, **_sampling_arguments(pipe, args))
     names = pipe.transformer.config.id2label or {}
     rows = [output.images[i * args.num_per_class : (i + 1) * args.num_per_class] for i in range(len(ids))]
     row_labels = [str(names.get(i, i)).split(",")[0] for i in ids]
@@ -139,11 +207,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.strip is not None:
         steps = len(output.intermediates)
         chosen = sorted({round(f * (steps - 1)) for f in (0, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1)})
-        step_size = pipe.transformer.config.tokens_per_step
+        if _is_far(pipe):
+            from .spectral import far_level_schedule
+
+            config = pipe.transformer.config
+            levels = far_level_schedule(steps, config.num_levels)
+            column_labels = [f"level {levels[s]}/{config.num_levels}" for s in chosen]
+        else:
+            step_size = pipe.transformer.config.tokens_per_step
+            column_labels = [f"{(s + 1) * step_size} tokens" for s in chosen]
         strip_rows = [[output.intermediates[s][i * args.num_per_class] for s in chosen] for i in range(len(ids))]
-        _save(prefix_strip(strip_rows, row_labels=row_labels,
-                           column_labels=[f"{(s + 1) * step_size} tokens" for s in chosen]), args.strip)
-    print(f"generated {len(labels)} images of classes {ids} (codes {tuple(output.codes.shape)})")
+        _save(prefix_strip(strip_rows, row_labels=row_labels, column_labels=column_labels), args.strip)
+    shape = tuple((output.latents if _is_far(pipe) else output.codes).shape)
+    print(f"generated {len(labels)} images of classes {ids} ({'latents' if _is_far(pipe) else 'codes'} {shape})")
 
 
 def _save(image, path: str) -> None:
@@ -199,20 +275,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         curve = ("num_tokens", ["psnr_target", "psnr_full"], "PSNR (dB)")
     else:
         pipe = _load_pipeline(args.checkpoint)
-        config = pipe.tokenizer.config
+        image_size, num_channels = _image_geometry(pipe)
+        sampling = _sampling_arguments(pipe, args)
+        if args.truncation and _is_far(pipe):
+            raise CLIError("--truncation (FID of token prefixes) applies to SpectralAR pipelines only")
         extractor = _extractor(args)
-        reference, reference_labels = load_evaluation_images(config.image_size, config.num_channels,
+        reference, reference_labels = load_evaluation_images(image_size, num_channels,
                                                              split=args.split, num_images=args.num_images,
                                                              seed=args.seed, **sources)
         classifier = None
         if args.knn_split:
-            classifier = load_evaluation_images(config.image_size, config.num_channels, split=args.knn_split,
+            classifier = load_evaluation_images(image_size, num_channels, split=args.knn_split,
                                                 num_images=args.knn_images, seed=args.seed + 2, **sources)
             if classifier[1] is None or reference_labels is None:
                 raise CLIError(f"--knn-split needs a labelled dataset; {args.knn_split!r} / {args.split!r} have no "
                                f"label column")
-        sampling = dict(guidance_scale=args.guidance_scale, guidance_schedule=args.guidance_schedule,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         report = {"checkpoint": args.checkpoint, "split": args.split, **sources,
                   **evaluate_pipeline(pipe, reference, args.samples_per_class, args.classes, extractor,
                                       args.truncation or (), seed=args.seed, classifier_reference=classifier,
@@ -220,7 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if classifier is not None:  # the ceiling: the same classifier on the real reference images
             report["knn_accuracy_real"] = knn_class_agreement(reference, reference_labels, *classifier)
         if args.floor_split:
-            other, _ = load_evaluation_images(config.image_size, config.num_channels, split=args.floor_split,
+            other, _ = load_evaluation_images(image_size, num_channels, split=args.floor_split,
                                               num_images=len(reference), seed=args.seed + 1, **sources)
             report["fid_floor"] = reference_fid(other, reference, extractor)
             report["fid_floor_splits"] = [args.floor_split, args.split]
@@ -283,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="class-conditional samples as a labelled PNG grid")
-    generate.add_argument("checkpoint", help="a SpectralARPipeline directory")
+    generate.add_argument("checkpoint", help="a SpectralARPipeline or FARPipeline directory")
     generate.add_argument("--classes", nargs="+", required=True, help="class ids or names")
     generate.add_argument("--num-per-class", type=int, default=4)
     generate.add_argument("--seed", type=int, default=0)
@@ -293,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", type=int, default=None)
     generate.add_argument("--top-p", type=float, default=None)
     generate.add_argument("--num-tokens", type=int, default=None, help="truncated generation: decode only k tokens")
+    generate.add_argument("--num-inference-steps", type=int, default=None, help="FAR: outer (frequency) steps")
+    generate.add_argument("--diffusion-steps", type=_diffusion_steps, default=None,
+                          help="FAR: inner steps per outer step, 'linear' (40 -> 100) or an int")
     generate.add_argument("--output", default="outputs/samples.png")
     generate.add_argument("--strip", default=None, help="also write the coarse-to-fine strip to this PNG")
     generate.set_defaults(handler=cmd_generate)
@@ -327,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=None)
     evaluate.add_argument("--top-k", type=int, default=None)
     evaluate.add_argument("--top-p", type=float, default=None)
+    evaluate.add_argument("--num-inference-steps", type=int, default=None, help="FAR: outer (frequency) steps")
+    evaluate.add_argument("--diffusion-steps", type=_diffusion_steps, default=None,
+                          help="FAR: inner steps per outer step, 'linear' (40 -> 100) or an int")
     evaluate.add_argument("--truncation", type=int, nargs="+", default=None, help="pipeline: FID at these lengths")
     evaluate.add_argument("--floor-split", default=None, help="pipeline: also FID(this split vs --split)")
     evaluate.add_argument("--knn-split", default=None,
