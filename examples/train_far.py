@@ -17,6 +17,13 @@
    a FARPipeline (the VAE, the EMA transformer, the DDPM scheduler) in OUTPUT_DIR/pipeline whose sampling defaults
    (--num_inference_steps, --diffusion_steps, --guidance_scale, ...) are saved in the transformer's config.
 
+Text-to-image (FAR §5.3): with --text_encoder (a local transformers model directory with its tokenizer, frozen) the
+transformer is text-conditional only (cross_attention_dim = the encoder's hidden size, num_classes = 0): every batch's
+captions are encoded once under torch.no_grad and their last hidden layer enters the blocks through cross-attention.
+Captions come from a dataset column (--caption_column, stored in the latent cache) or from the class names
+(--caption_template "a photo of a {label}", any data source, also the IDX loader). The saved pipeline holds the text
+encoder and its tokenizer.
+
 Data (exactly one): --dataset_name (any `datasets` id with image and label columns), --train_data_dir (an image
 folder, one sub-folder per class) or --idx_data_dir (MNIST-format IDX files). Images are resized (shorter side) and
 centre-cropped to the VAE's sample_size.
@@ -26,6 +33,11 @@ Examples:
   python examples/train_far.py --vae runs/fmnist-vae/vae --idx_data_dir /usr/share/datasets/fashion-mnist --flip \
       --preset small --use_ema --learning_rate 5e-4 --max_train_steps 10000 --guidance_scale 2.0 \
       --output_dir runs/fmnist-far
+
+  # text-to-image on the same data: captions from the class names, a local text encoder (e.g. a Qwen2 or BERT dir)
+  python examples/train_far.py --vae runs/fmnist-vae/vae --idx_data_dir /usr/share/datasets/fashion-mnist --flip \
+      --text_encoder models/text-encoder --caption_template "a photo of a {label}" --preset small --use_ema \
+      --learning_rate 5e-4 --max_train_steps 10000 --guidance_scale 2.0 --output_dir runs/fmnist-far-text
 
   # 8 GPUs, bf16: FAR-B on ImageNet latents of a KL-16 VAE (diffusers format)
   accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/train_far.py \
@@ -52,6 +64,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from transformers import AutoModel, AutoTokenizer
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -59,7 +72,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from spectralar_hf import FARConfig, FARPipeline, FARTransformer, build_noise_scheduler
-from spectralar_hf.pipelines.pipeline_far import check_components, vae_scale_factor
+from spectralar_hf.pipelines.pipeline_far import check_components, encode_prompt, vae_scale_factor
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
@@ -118,6 +131,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help='JSON of FARConfig fields, e.g. \'{"hidden_size": 128, "diffusion_batch_mul": 2}\'')
     model.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune this FARTransformer")
 
+    text = parser.add_argument_group("text conditioning (FAR §5.3, text-to-image)")
+    text.add_argument("--text_encoder", default=None,
+                      help="a local transformers model directory with its tokenizer (frozen); its last hidden layer "
+                           "conditions a text-only transformer through cross-attention")
+    text.add_argument("--caption_column", default=None, help="a dataset column with one caption per image")
+    text.add_argument("--caption_template", default=None,
+                      help='captions from the class names, e.g. "a photo of a {label}"')
+    text.add_argument("--max_sequence_length", type=int, default=None,
+                      help="truncate captions to N tokens (default: the tokenizer's model_max_length)")
+    text.add_argument("--validation_prompts", nargs="*", default=None,
+                      help="prompts of the sample grids (default: the template filled with the validation classes' "
+                           "names, or the first distinct captions)")
+
     sampling = parser.add_argument_group("sampling defaults saved in the transformer's config (and used for grids)")
     sampling.add_argument("--num_inference_steps", type=int, default=None, help="outer (frequency) steps")
     sampling.add_argument("--diffusion_steps", type=diffusion_steps_argument, default=None,
@@ -126,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sampling.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
     sampling.add_argument("--temperature", type=float, nargs="+", default=None, help="a float or START END")
     sampling.add_argument("--mask_schedule", choices=["none", "cosine"], default=None, help="inference mask")
+    sampling.add_argument("--sample_clip_range", type=float, default=None,
+                          help="clamp the head's x0 prediction to [-R, R] when sampling (default: no clipping)")
 
     optim = parser.add_argument_group("optimisation (defaults: FAR / MAR)")
     optim.add_argument("--train_batch_size", type=int, default=64, help="per device")
@@ -182,6 +210,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if len(args.temperature) > 2 or min(args.temperature) <= 0:
             parser.error("--temperature takes one value or START END, all > 0")
         args.temperature = args.temperature[0] if len(args.temperature) == 1 else list(args.temperature)
+    if args.text_encoder is not None:
+        if not os.path.isdir(args.text_encoder):
+            parser.error(f"--text_encoder {args.text_encoder!r} does not exist or is not a directory (a local "
+                         f"transformers model directory with its tokenizer)")
+        if (args.caption_column is None) == (args.caption_template is None):
+            parser.error("--text_encoder needs exactly one caption source: --caption_column or --caption_template")
+    elif args.caption_column is not None or args.caption_template is not None or args.validation_prompts:
+        parser.error("--caption_column, --caption_template and --validation_prompts need --text_encoder")
+    if args.caption_template is not None:
+        try:
+            filled = args.caption_template.format(label="x")
+        except (KeyError, IndexError, ValueError):
+            filled = None
+        if filled is None or "{label}" not in args.caption_template:
+            parser.error(f"--caption_template must contain {{label}} and no other fields, got "
+                         f"{args.caption_template!r}")
+    if args.max_sequence_length is not None and args.max_sequence_length < 1:
+        parser.error("--max_sequence_length must be >= 1")
     if args.config_overrides is not None:
         try:
             args.config_overrides = json.loads(args.config_overrides)
@@ -243,6 +289,18 @@ def load_source(args: argparse.Namespace) -> tuple[datasets.Dataset, str, str]:
     return dataset, image_column, label_column
 
 
+def load_text_encoder(path: str):
+    """A frozen transformers text encoder (`AutoModel`, eval mode, no gradients) and its tokenizer from a local
+    directory."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        text_encoder = AutoModel.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"--text_encoder {path!r} is not a transformers model directory with a tokenizer "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    return text_encoder.eval().requires_grad_(False), tokenizer
+
+
 def cache_settings(args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, num_images: int) -> dict[str, Any]:
     """What a latent cache depends on (the VAE's config and weights, the data, the flags); a cache is reused only
     when these match."""
@@ -252,7 +310,7 @@ def cache_settings(args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, 
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 24), b""):
                 digest.update(chunk)
-    return {
+    settings = {
         "vae_config": json.loads(json.dumps(vae_config, default=list)),
         "vae_weights_sha256": digest.hexdigest(),
         "data": {"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name,
@@ -263,6 +321,9 @@ def cache_settings(args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, 
         "flip": args.flip,
         "latent_distribution": args.latent_distribution,
     }
+    if args.caption_column is not None:  # only then are captions cached (caches made without it stay valid)
+        settings["caption_column"] = args.caption_column
+    return settings
 
 
 def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, latents_dir: Path,
@@ -299,6 +360,8 @@ def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL
         out: dict[str, list] = {"latents": [], "label": [], "flipped": []}
         if store_std:
             out["latents_std"] = []
+        if args.caption_column is not None:
+            out["caption"] = []
         for images, flipped in [(pixels, False)] + ([(pixels.flip(-1), True)] if args.flip else []):
             posterior = vae.encode(images).latent_dist
             out["latents"] += list(((posterior.mean.float() - shift) * scaling).cpu().numpy())
@@ -306,6 +369,8 @@ def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL
                 out["latents_std"] += list((posterior.std.float() * scaling).cpu().numpy())
             out["label"] += [int(label) for label in batch[label_column]]
             out["flipped"] += [flipped] * len(images)
+            if args.caption_column is not None:
+                out["caption"] += [str(caption) for caption in batch[args.caption_column]]
         return out
 
     shape = (channels, side, side)
@@ -314,6 +379,8 @@ def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL
                 "flipped": datasets.Value("bool")}
     if store_std:
         features["latents_std"] = datasets.Array3D(shape=shape, dtype="float32")
+    if args.caption_column is not None:
+        features["caption"] = datasets.Value("string")
     partial = latents_dir.parent / f".{latents_dir.name}.partial"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while caching
@@ -362,22 +429,33 @@ def class_names(dataset: datasets.Dataset, label_column: str) -> dict[int, str]:
     return {i: str(i) for i in range(int(labels.max()) + 1)}
 
 
-def build_model(args: argparse.Namespace, vae: AutoencoderKL, names: dict[int, str]) -> FARTransformer:
-    """A FARTransformer whose latent geometry comes from the VAE and whose classes come from the data."""
+def build_model(args: argparse.Namespace, vae: AutoencoderKL, names: dict[int, str],
+                cross_attention_dim: int | None = None) -> FARTransformer:
+    """A FARTransformer whose latent geometry comes from the VAE and whose classes come from the data, or, with a
+    text encoder of hidden size `cross_attention_dim`, a text-only one (`num_classes = 0`)."""
     if args.pretrained_model_name_or_path:
         model = FARTransformer.from_pretrained(args.pretrained_model_name_or_path)
-        if model.config.num_classes < len(names):
+        if model.config.cross_attention_dim != cross_attention_dim:
+            raise ValueError(f"The pretrained transformer has cross_attention_dim {model.config.cross_attention_dim} "
+                             f"but the text encoder's hidden size is {cross_attention_dim}"
+                             + (" (no --text_encoder given)." if cross_attention_dim is None else "."))
+        if cross_attention_dim is None and model.config.num_classes < len(names):
             raise ValueError(f"The pretrained transformer has {model.config.num_classes} classes but the data has "
                              f"{len(names)}.")
         return model
     _, channels, side = vae_geometry(vae)
     overrides = dict(args.config_overrides or {})
-    for name, value in (("latent_channels", channels), ("latent_size", side), ("num_classes", len(names))):
+    num_classes = len(names) if cross_attention_dim is None else 0
+    for name, value in (("latent_channels", channels), ("latent_size", side), ("num_classes", num_classes)):
         if name in overrides and overrides[name] != value:
-            raise ValueError(f"--config_overrides sets {name} = {overrides[name]} but the "
-                             f"{'data has' if name == 'num_classes' else 'VAE makes latents with'} {value}; the "
+            where = ("a text-conditional model (--text_encoder) has" if cross_attention_dim is not None else
+                     "data has") if name == "num_classes" else "VAE makes latents with"
+            raise ValueError(f"--config_overrides sets {name} = {overrides[name]} but the {where} {value}; the "
                              f"VAE's latents are {channels} x {side} x {side}.")
-    fields = dict(latent_channels=channels, latent_size=side, num_classes=len(names), id2label=names)
+    fields = dict(latent_channels=channels, latent_size=side, num_classes=num_classes,
+                  id2label=names if cross_attention_dim is None else None)
+    if cross_attention_dim is not None:
+        fields["cross_attention_dim"] = cross_attention_dim
     fields.update(overrides)
     try:
         config = FARConfig.from_preset(args.preset, **fields)
@@ -390,10 +468,13 @@ def set_sampling_defaults(config: FARConfig, args: argparse.Namespace) -> None:
     """Write the sampling flags into the transformer's config (FARPipeline's defaults); checked."""
     values = {"num_inference_steps": args.num_inference_steps, "diffusion_steps": args.diffusion_steps,
               "guidance_scale": args.guidance_scale, "guidance_schedule": args.guidance_schedule,
-              "temperature": args.temperature, "inference_mask_schedule": args.mask_schedule}
+              "temperature": args.temperature, "inference_mask_schedule": args.mask_schedule,
+              "sample_clip_range": args.sample_clip_range}
     for name, value in values.items():
         if value is not None:
             setattr(config, name, value)
+    if config.sample_clip_range is not None and not config.sample_clip_range > 0:
+        raise ValueError(f"--sample_clip_range must be > 0, got {config.sample_clip_range}.")
     if not 1 <= config.num_inference_steps <= config.num_levels:
         raise ValueError(f"--num_inference_steps must lie in [1, num_levels = {config.num_levels}], got "
                          f"{config.num_inference_steps}.")
@@ -416,11 +497,24 @@ def main(argv: list[str] | None = None) -> None:
     # Everything that can be wrong with the arguments is checked before the (possibly long) latent caching.
     vae, vae_dir = load_vae(args.vae)
     source, image_column, label_column = load_source(args)
+    names = class_names(source, label_column)
+    text_encoder = tokenizer = None
+    if args.text_encoder is not None:
+        text_encoder, tokenizer = load_text_encoder(args.text_encoder)
+        if args.caption_column is not None:
+            find_column(source, args.caption_column, (), "caption")
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
-    model = build_model(args, vae, class_names(source, label_column))
+    hidden_size = None if text_encoder is None else getattr(text_encoder.config.get_text_config(), "hidden_size", None)
+    if text_encoder is not None and hidden_size is None:
+        raise ValueError(f"Cannot read the hidden size of the text encoder {args.text_encoder!r} (no hidden_size in "
+                         f"its config).")
+    model = build_model(args, vae, names, hidden_size)
     set_sampling_defaults(model.config, args)
     noise_scheduler = build_noise_scheduler(model.config)
-    check_components(vae, model, noise_scheduler)  # latent channels and side of the VAE vs the transformer
+    # latent channels and side of the VAE vs the transformer; the text encoder's hidden size vs cross_attention_dim
+    check_components(vae, model, noise_scheduler, text_encoder, tokenizer)
+    captions = None if args.caption_template is None else {
+        index: args.caption_template.format(label=name) for index, name in names.items()}
     rows = len(source) * (2 if args.flip else 1)
     if rows < args.train_batch_size:
         raise ValueError(f"The dataset gives {rows} latents, fewer than one batch of {args.train_batch_size}; "
@@ -439,7 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     latents = build_latent_cache(accelerator, args, vae, vae_dir, latents_dir, source, image_column, label_column)
     columns = ["latents", "label"] + (["latents_std"] if args.latent_distribution == "sample" else [])
     loader = torch.utils.data.DataLoader(
-        latents.with_format("torch", columns=columns), batch_size=args.train_batch_size, shuffle=True,
+        latents.with_format("torch", columns=columns + (["caption"] if args.caption_column else []),
+                            output_all_columns=False), batch_size=args.train_batch_size, shuffle=True,
         drop_last=True, num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
     )
 
@@ -454,6 +549,8 @@ def main(argv: list[str] | None = None) -> None:
                    model_cls=FARTransformer, model_config=model.config.to_dict()) if args.use_ema else None
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     vae.to(accelerator.device)
+    if text_encoder is not None:
+        text_encoder.to(accelerator.device)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -474,8 +571,13 @@ def main(argv: list[str] | None = None) -> None:
             x = batch["latents"].float()
             if args.latent_distribution == "sample":
                 x = x + batch["latents_std"].float() * torch.randn_like(x)
+            condition = {"class_labels": batch["label"].long()}
+            if text_encoder is not None:  # frozen: encoded once per batch, no gradients
+                texts = list(batch["caption"]) if captions is None else [captions[int(i)] for i in batch["label"]]
+                states, mask = encode_prompt(text_encoder, tokenizer, texts, args.max_sequence_length)
+                condition = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
             with accelerator.accumulate(model):
-                output = model(x, class_labels=batch["label"].long())
+                output = model(x, **condition)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -499,7 +601,8 @@ def main(argv: list[str] | None = None) -> None:
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir, global_step)
+                log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir, global_step,
+                            text_encoder, tokenizer, source)
             if global_step >= args.max_train_steps:
                 break
 
@@ -509,36 +612,66 @@ def main(argv: list[str] | None = None) -> None:
         if ema is not None:
             ema.copy_to(final.parameters())
         final.eval()
-        pipeline = FARPipeline(vae=vae, transformer=final, scheduler=noise_scheduler)
+        pipeline = FARPipeline(vae=vae, transformer=final, scheduler=noise_scheduler, text_encoder=text_encoder,
+                               tokenizer=tokenizer)
         pipeline.save_pretrained(output_dir / "pipeline")
-        log_samples(accelerator, model, None, vae, noise_scheduler, args, output_dir, global_step)
+        log_samples(accelerator, model, None, vae, noise_scheduler, args, output_dir, global_step, text_encoder,
+                    tokenizer, source)
         if args.push_to_hub:
             hub_datasets = [args.dataset_name] if args.dataset_name else None
             pipeline.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=hub_datasets)
     accelerator.end_training()
 
 
+def validation_prompts(args: argparse.Namespace, source: datasets.Dataset, label_column: str) -> list[str]:
+    """The prompts of the text-to-image grids: --validation_prompts, else the template filled with the validation
+    classes' names, else the first (up to 10) distinct captions of the data."""
+    if args.validation_prompts:
+        return list(args.validation_prompts)
+    if args.caption_template is not None:
+        names = class_names(source, label_column)
+        classes = args.validation_classes or list(range(min(len(names), 10)))
+        return [args.caption_template.format(label=names.get(c, str(c))) for c in classes]
+    prompts: list[str] = []
+    for caption in source[args.caption_column]:
+        if str(caption) not in prompts:
+            prompts.append(str(caption))
+        if len(prompts) == 10:
+            break
+    return prompts
+
+
 @torch.no_grad()
-def log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir: Path, step: int) -> None:
-    """A labelled grid of class-conditional samples (fixed seed) through FARPipeline, with the EMA weights."""
+def log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir: Path, step: int, text_encoder=None,
+                tokenizer=None, source: datasets.Dataset | None = None) -> None:
+    """A labelled grid of class-conditional (or, with a text encoder, text-conditional) samples (fixed seed) through
+    FARPipeline, with the EMA weights."""
     transformer = accelerator.unwrap_model(model)
     if ema is not None:
         ema.store(transformer.parameters())
         ema.copy_to(transformer.parameters())
     was_training = transformer.training
     transformer.eval()
-    pipeline = FARPipeline(vae=vae, transformer=transformer, scheduler=noise_scheduler)
+    pipeline = FARPipeline(vae=vae, transformer=transformer, scheduler=noise_scheduler, text_encoder=text_encoder,
+                           tokenizer=tokenizer)
     pipeline.set_progress_bar_config(disable=True)
     config = transformer.config
-    classes = args.validation_classes or list(range(min(config.num_classes, 10)))
     per_class = args.validation_images_per_class
-    images = pipeline([c for c in classes for _ in range(per_class)],
-                      num_inference_steps=args.validation_num_inference_steps,
-                      diffusion_steps=args.validation_diffusion_steps,
-                      generator=torch.Generator().manual_seed(args.seed)).images
-    names = config.id2label or {}
-    grid = prefix_strip([images[i * per_class : (i + 1) * per_class] for i in range(len(classes))],
-                        row_labels=[str(names.get(c, c)).split(",")[0] for c in classes], min_cell=64)
+    settings = dict(num_inference_steps=args.validation_num_inference_steps,
+                    diffusion_steps=args.validation_diffusion_steps, generator=torch.Generator().manual_seed(args.seed))
+    if text_encoder is not None:
+        label_column = find_column(source, args.label_column, ("label", "labels", "class"), "label")
+        rows = validation_prompts(args, source, label_column)
+        images = pipeline(prompt=[p for p in rows for _ in range(per_class)],
+                          max_sequence_length=args.max_sequence_length, **settings).images
+        row_labels = [p if len(p) <= 40 else p[:37] + "..." for p in rows]
+    else:
+        rows = args.validation_classes or list(range(min(config.num_classes, 10)))
+        images = pipeline([c for c in rows for _ in range(per_class)], **settings).images
+        names = config.id2label or {}
+        row_labels = [str(names.get(c, c)).split(",")[0] for c in rows]
+    grid = prefix_strip([images[i * per_class : (i + 1) * per_class] for i in range(len(rows))],
+                        row_labels=row_labels, min_cell=64)
     (output_dir / "samples").mkdir(parents=True, exist_ok=True)
     grid.save(output_dir / "samples" / f"samples-{step:07d}.png")
     for tracker in accelerator.trackers:

@@ -1,4 +1,4 @@
-"""`FARPipeline`: class-conditional next-frequency image generation (FAR) with a diffusers VAE."""
+"""`FARPipeline`: class- or text-conditional next-frequency image generation (FAR) with a diffusers VAE."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any, Callable
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hub import build_model_card, push_folder_to_hub
 from ..models.far import FARTransformer, check_scheduler
@@ -16,6 +18,8 @@ from ..spectral import far_level_schedule, frequency_filter
 from .pipeline_spectralar import LIBRARY_NAME, SpectralARPipeline
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+COMPONENTS = ("vae", "transformer", "scheduler", "text_encoder", "tokenizer")
+NO_MAX_LENGTH = 1_000_000  # tokenizers without a real limit report model_max_length = 1e30
 
 
 @dataclass
@@ -41,8 +45,11 @@ def vae_scale_factor(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def check_components(vae: AutoencoderKL, transformer: FARTransformer, scheduler: DDPMScheduler) -> None:
-    """Raise `ValueError` when the three components cannot work together (the VAE config is the truth)."""
+def check_components(vae: AutoencoderKL, transformer: FARTransformer, scheduler: DDPMScheduler,
+                     text_encoder: PreTrainedModel | None = None,
+                     tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    """Raise `ValueError` when the components cannot work together (the VAE config is the truth for the latents, the
+    transformer's `cross_attention_dim` for the text encoder)."""
     if not isinstance(vae, AutoencoderKL) or not isinstance(transformer, FARTransformer):
         raise ValueError(f"FARPipeline needs a diffusers AutoencoderKL and a FARTransformer, got "
                          f"{type(vae).__name__} and {type(transformer).__name__}.")
@@ -58,12 +65,59 @@ def check_components(vae: AutoencoderKL, transformer: FARTransformer, scheduler:
                          f"{sample_size}px images (downsampling {factor}) but the transformer expects latent_size "
                          f"{config.latent_size}.")
     check_scheduler(scheduler, config)
+    if (text_encoder is None) != (tokenizer is None):
+        raise ValueError("FARPipeline needs both a text_encoder and its tokenizer, or neither (then prompts must come "
+                         "as prompt_embeds).")
+    if text_encoder is None:
+        return
+    if not isinstance(text_encoder, PreTrainedModel) or not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise ValueError(f"text_encoder must be a transformers PreTrainedModel and tokenizer a transformers tokenizer, "
+                         f"got {type(text_encoder).__name__} and {type(tokenizer).__name__}.")
+    if config.cross_attention_dim is None:
+        raise ValueError("The transformer has no cross-attention (cross_attention_dim is None): it is class-"
+                         "conditional only and cannot use a text encoder; train it with cross_attention_dim = the "
+                         "text encoder's hidden size.")
+    hidden_size = getattr(text_encoder.config.get_text_config(), "hidden_size", None)
+    if hidden_size is not None and hidden_size != config.cross_attention_dim:
+        raise ValueError(f"The text encoder's hidden size {hidden_size} differs from the transformer's "
+                         f"cross_attention_dim {config.cross_attention_dim}; use the text encoder it was trained with.")
+
+
+@torch.no_grad()
+def encode_prompt(text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str | list[str],
+                  max_sequence_length: int | None = None) -> tuple[torch.Tensor, torch.LongTensor]:
+    """Tokenize `prompt` (padded on the right to the longest prompt, so a prompt's states do not depend on the
+    batch; truncated to `max_sequence_length`, default `tokenizer.model_max_length`) and run the text encoder.
+
+    Returns:
+        `(prompt_embeds, prompt_attention_mask)`: the encoder's `last_hidden_state` `(B, T, hidden_size)` over all
+        tokens (FAR §5.3) and the `(B, T)` attention mask (1 = real token), on the encoder's device.
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(text, str) for text in prompts):
+        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+    if tokenizer.pad_token is None:
+        raise ValueError(f"The tokenizer ({type(tokenizer).__name__}) has no pad token, so prompts of different "
+                         f"lengths cannot be batched; set tokenizer.pad_token (e.g. to tokenizer.eos_token).")
+    max_length = tokenizer.model_max_length if max_sequence_length is None else max_sequence_length
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_sequence_length must be >= 1, got {max_length}.")
+    truncate = max_length is not None and max_length < NO_MAX_LENGTH
+    inputs = tokenizer(prompts, padding="longest", padding_side="right", truncation=truncate,
+                       max_length=max_length if truncate else None, return_tensors="pt")
+    device = text_encoder.device
+    output = text_encoder(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device))
+    states = getattr(output, "last_hidden_state", None)
+    if states is None:
+        raise ValueError(f"The text encoder ({type(text_encoder).__name__}) returned no last_hidden_state; use a model "
+                         f"whose output has it (e.g. AutoModel, T5EncoderModel, not a *ForCausalLM).")
+    return states, inputs["attention_mask"].to(device)
 
 
 class FARPipeline(DiffusionPipeline):
     r"""
-    Class-conditional image generation with FAR (frequency progressive autoregression, continuous tokens): the
-    transformer and its diffusion head generate VAE latents from low to high frequency, the VAE decodes them.
+    Class- or text-conditional image generation with FAR (frequency progressive autoregression, continuous tokens):
+    the transformer and its diffusion head generate VAE latents from low to high frequency, the VAE decodes them.
 
     Args:
         vae ([`~diffusers.AutoencoderKL`]): the continuous tokenizer (its `config.scaling_factor` maps its latents to
@@ -71,6 +125,12 @@ class FARPipeline(DiffusionPipeline):
         transformer ([`FARTransformer`]): the next-frequency predictor with its diffusion head.
         scheduler ([`~diffusers.DDPMScheduler`]): the head's noise schedule (cosine, 1000 steps, learned-range
             variance; `build_noise_scheduler(transformer.config)`).
+        text_encoder ([`~transformers.PreTrainedModel`], *optional*): for a text-conditional transformer
+            (`cross_attention_dim` set, FAR §5.3): any transformers model whose output has `last_hidden_state`
+            `(B, T, cross_attention_dim)` (e.g. `BertModel`, `T5EncoderModel`, `Qwen2Model` as in the paper). Frozen;
+            only used to encode prompts.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*): the text encoder's tokenizer (needs a pad
+            token).
 
     Example:
 
@@ -81,38 +141,57 @@ class FARPipeline(DiffusionPipeline):
     >>> out = pipe(["Sneaker", "Bag"], guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
     ...            return_intermediates=True)
     >>> out.images[0].save("sneaker.png")
+    >>> text_pipe = FARPipeline.from_pretrained("runs/far-text/pipeline")  # saved with text_encoder + tokenizer
+    >>> image = text_pipe(prompt="a photo of a Sneaker", guidance_scale=3.0).images[0]
     ```
     """
 
-    model_cpu_offload_seq = "transformer->vae"
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, vae: AutoencoderKL, transformer: FARTransformer, scheduler: DDPMScheduler):
+    def __init__(self, vae: AutoencoderKL, transformer: FARTransformer, scheduler: DDPMScheduler,
+                 text_encoder: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None):
         super().__init__()
-        check_components(vae, transformer, scheduler)
-        self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler)
+        check_components(vae, transformer, scheduler, text_encoder, tokenizer)
+        self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, text_encoder=text_encoder,
+                              tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ registration (model_index.json)
 
     def register_modules(self, **kwargs) -> None:
-        """vae / scheduler as diffusers records them (`["diffusers", ...]`); the transformer as
-        `["spectralar_hf", "FARTransformer"]` so `from_pretrained` survives refactors."""
+        """Record the components in model_index.json: vae / scheduler / text_encoder / tokenizer as diffusers records
+        them (`["diffusers", ...]`, `["transformers", ...]`), the transformer as `["spectralar_hf",
+        "FARTransformer"]` so `from_pretrained` survives refactors. Absent text components are not recorded, so a
+        class-conditional pipeline's model_index.json names only vae, transformer and scheduler."""
         for name, module in kwargs.items():
-            if name == "transformer":
-                library = (None, None) if module is None else (LIBRARY_NAME, type(module).__name__)
-                self.register_to_config(**{name: library})
-                object.__setattr__(self, name, module)
+            recorded = name in getattr(self, "_internal_dict", {})
+            if module is None and name in self._optional_components and not recorded:
+                object.__setattr__(self, name, None)
+                continue
+            if module is None:
+                library = (None, None)
+            elif name == "transformer":
+                library = (LIBRARY_NAME, type(module).__name__)
             else:
-                super().register_modules(**{name: module})
+                library = _fetch_class_library_tuple(module)
+            self.register_to_config(**{name: library})
+            object.__setattr__(self, name, module)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("vae", "transformer", "scheduler") and name in self.__dict__:
-            parts = {key: getattr(self, key) for key in ("vae", "transformer", "scheduler")}
+        if name in COMPONENTS and name in self.__dict__:
+            parts = {key: getattr(self, key) for key in COMPONENTS}
             parts[name] = value
             check_components(**parts)
             self.register_modules(**{name: value})
             return
         super().__setattr__(name, value)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """All five components by name (`text_encoder` / `tokenizer` are `None` in a class-conditional pipeline), to
+        build another pipeline from the same weights: `FARPipeline(**pipe.components)`."""
+        return {name: getattr(self, name) for name in COMPONENTS}
 
     @property
     def vae_scale_factor(self) -> int:
@@ -127,6 +206,43 @@ class FARPipeline(DiffusionPipeline):
     labels = SpectralARPipeline.labels
     get_label_ids = SpectralARPipeline.get_label_ids
     _class_ids = SpectralARPipeline._class_ids
+
+    # ------------------------------------------------------------------ text (FAR §5.3)
+
+    def encode_prompt(self, prompt: str | list[str], max_sequence_length: int | None = None
+                      ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """`encode_prompt(self.text_encoder, self.tokenizer, prompt, max_sequence_length)`: `(prompt_embeds
+        (B, T, hidden_size), prompt_attention_mask (B, T))`."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("This pipeline has no text_encoder / tokenizer, so it cannot encode a prompt: build it "
+                             "with FARPipeline(..., text_encoder=..., tokenizer=...), or pass prompt_embeds and "
+                             "prompt_attention_mask from the text encoder the transformer was trained with.")
+        return encode_prompt(self.text_encoder, self.tokenizer, prompt, max_sequence_length)
+
+    def _text_inputs(self, class_labels, prompt, prompt_embeds, prompt_attention_mask, max_sequence_length
+                     ) -> dict[str, torch.Tensor]:
+        """Check how class labels and text combine for this transformer; the text keyword arguments of `sample`."""
+        config = self.transformer.config
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either prompt or prompt_embeds, not both.")
+        if prompt_attention_mask is not None and prompt_embeds is None:
+            raise ValueError("prompt_attention_mask was given without prompt_embeds.")
+        has_text = prompt is not None or prompt_embeds is not None
+        if has_text and not config.is_text_conditional:
+            raise ValueError("The transformer has no cross-attention (cross_attention_dim is None): it is class-"
+                             "conditional only, so it cannot take prompt / prompt_embeds; pass class_labels.")
+        if config.is_text_conditional and not has_text:
+            raise ValueError(f"The transformer is text-conditional (cross_attention_dim = "
+                             f"{config.cross_attention_dim}): pass prompt (with this pipeline's text encoder) or "
+                             f"prompt_embeds and prompt_attention_mask.")
+        if class_labels is not None and config.num_classes == 0:
+            raise ValueError("The transformer has no classes (num_classes = 0: text-conditional only); pass the text "
+                             "as prompt=..., not class_labels.")
+        if not has_text:
+            return {}
+        if prompt is not None:
+            prompt_embeds, prompt_attention_mask = self.encode_prompt(prompt, max_sequence_length)
+        return {"encoder_hidden_states": prompt_embeds, "encoder_attention_mask": prompt_attention_mask}
 
     # ------------------------------------------------------------------ generation
 
@@ -149,7 +265,7 @@ class FARPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        class_labels: int | str | list[int | str] | torch.Tensor,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
         num_inference_steps: int | None = None,
         diffusion_steps: str | int | list[int] | None = None,
         guidance_scale: float | None = None,
@@ -162,12 +278,18 @@ class FARPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[["FARPipeline", int, None, dict], dict | None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_intermediates: bool = False,
+        prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
     ) -> FARPipelineOutput | tuple:
         r"""
-        Generate images of the given classes.
+        Generate images of the given classes and/or prompts.
 
         Args:
             class_labels: class ids, class names (see `labels` / `get_label_ids`), or a mix; one image per entry.
+                Required for a class-conditional transformer; for a text-conditional one optional (one per prompt)
+                and only when it has classes (`num_classes > 0`).
             num_inference_steps: outer (frequency) steps, in `[1, F]` (default 10, at most F); any number works
                 without retraining.
             diffusion_steps: inner diffusion steps of the head per outer step: `"linear"` (frequency-aware, 40 at the
@@ -187,6 +309,12 @@ class FARPipeline(DiffusionPipeline):
                 filtered to the next level.
             callback_on_step_end_tensor_inputs: tensors passed to the callback; only `["latents"]`.
             return_intermediates: also return one image per outer step (coarse-to-fine strip).
+            prompt: text-conditional transformers only (FAR §5.3): one image per prompt, encoded by `text_encoder`
+                (its last hidden layer over all tokens, see `encode_prompt`). With CFG the unconditional rows see
+                only the learned null text token (and the null class).
+            prompt_embeds: instead of `prompt`: precomputed `(B, T, cross_attention_dim)` text states.
+            prompt_attention_mask: `(B, T)` mask of `prompt_embeds` (1 = real token; default all real).
+            max_sequence_length: truncate prompts to this many tokens (default `tokenizer.model_max_length`).
 
         `None` settings come from the sampling defaults saved in `transformer.config`.
 
@@ -199,7 +327,12 @@ class FARPipeline(DiffusionPipeline):
                              f"got {inputs}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        labels = self._class_ids(class_labels)
+        text_inputs = self._text_inputs(class_labels, prompt, prompt_embeds, prompt_attention_mask,
+                                        max_sequence_length)
+        labels = None if class_labels is None else self._class_ids(class_labels)
+        if labels is not None and text_inputs and labels.shape[0] != text_inputs["encoder_hidden_states"].shape[0]:
+            raise ValueError(f"class_labels gives {labels.shape[0]} entries but there are "
+                             f"{text_inputs['encoder_hidden_states'].shape[0]} prompts; pass one class per prompt.")
         settings = self._sampling_settings(num_steps=num_inference_steps, diffusion_steps=diffusion_steps,
                                            guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
                                            temperature=temperature, mask_schedule=mask_schedule)
@@ -219,7 +352,7 @@ class FARPipeline(DiffusionPipeline):
                 return replaced
 
             latents = self.transformer.sample(labels, generator=generator, scheduler=self.scheduler,
-                                              callback=on_step, **settings)
+                                              callback=on_step, **settings, **text_inputs)
 
         intermediates = None
         if return_intermediates:
@@ -280,8 +413,8 @@ class FARPipeline(DiffusionPipeline):
         metrics: dict[str, float] | None = None,
         summary: str | None = None,
     ) -> str:
-        """Upload the pipeline (model_index.json, vae/, transformer/, scheduler/) with our model card; returns the
-        commit URL."""
+        """Upload the pipeline (model_index.json, vae/, transformer/, scheduler/, and text_encoder/ + tokenizer/ when
+        present) with our model card; returns the commit URL."""
         card = self.model_card(repo_id, datasets=datasets, metrics=metrics, summary=summary)
         return push_folder_to_hub(self.save_pretrained, repo_id, card, token=token, private=private,
                                   commit_message=commit_message, revision=revision, create_pr=create_pr)

@@ -43,7 +43,8 @@ class FARConfig(PreTrainedConfig):
         patch_size (`int`, defaults to 1): latent pixels per token side; 1 = one token per latent pixel (MAR with
             KL-16). Tokens have `C * patch_size**2` values.
         num_classes (`int`, defaults to 1000): number of classes; class id `num_classes` is the null class (a learned
-            embedding, trained through `class_dropout_prob`) used for classifier-free guidance.
+            embedding, trained through `class_dropout_prob`) used for classifier-free guidance. A text-conditional
+            model (`cross_attention_dim` set) may have `num_classes=0`: text only, every row uses the null embedding.
         class_buffer_size (`int`, defaults to 64): copies of the class embedding prepended to the sequence (MAR's
             buffer).
         hidden_size / encoder_layers / decoder_layers / num_attention_heads / mlp_ratio: transformer sizes (FAR-B
@@ -53,8 +54,16 @@ class FARConfig(PreTrainedConfig):
         num_train_timesteps (`int`, defaults to 1000), beta_schedule (`str`, defaults to `"squaredcos_cap_v2"`): the
             DDPM noise schedule of the head (diffusers `DDPMScheduler`: cosine, 1000 steps, epsilon prediction,
             learned-range variance).
-        class_dropout_prob (`float`, defaults to 0.1): probability that a training label becomes the null class.
-            0 means the model has no trained null class, so no CFG.
+        class_dropout_prob (`float`, defaults to 0.1): probability that a training sample's condition is dropped:
+            its label becomes the null class and, with text conditioning, its text is hidden (only the null text
+            token stays visible). One draw per sample drops both, so the dropped samples train exactly the
+            unconditional branch of classifier-free guidance. 0 means the model has no trained unconditional branch,
+            so no CFG.
+        cross_attention_dim (`int`, *optional*): hidden size of the text encoder's states (FAR §5.3, text-to-image:
+            the last hidden layer of a transformers text encoder over all text tokens). When set, every encoder and
+            decoder block gets a cross-attention sublayer after its self-attention whose keys and values are
+            projected from `(B, T, cross_attention_dim)` text states, preceded by a learned null text token that is
+            always visible. `None` (default): class-conditional only (no cross-attention parameters).
         mask_min_ratio (`float`, defaults to 0.7): `r_0`, the lowest masked fraction at the lowest level; `r_i` falls
             linearly to 0 at the highest level (frequency-aware mask, §4.3); `use_mask=False` trains without
             masking.
@@ -77,6 +86,12 @@ class FARConfig(PreTrainedConfig):
             CFG scale `1.0` (off),
             `"constant"` / `"linear"` ramp, noise temperature (a float or `[start, end]` over the outer steps) and
             the inference mask (`"none"`, or `"cosine"`: MAR's cosine schedule of masked input tokens).
+        sample_clip_range (`float`, *optional*): clamp the head's predicted clean latent `x0` to
+            `[-sample_clip_range, sample_clip_range]` at every inner step (the `clip_sample` / `clip_sample_range` of
+            the `DDPMScheduler` built from this config). `None` (the papers' setting: MAR and FAR do not clip
+            latents). Useful for short trainings: the cosine schedule's first step (t = 999, alpha_bar ~ 2e-9)
+            multiplies the head's noise-prediction error by ~1e3 in the sampled latent; a range of about the
+            data's largest |latent| (e.g. 4 for unit-std latents) keeps such samples in range.
     """
 
     model_type = "far"
@@ -96,6 +111,7 @@ class FARConfig(PreTrainedConfig):
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     class_dropout_prob: float | int = 0.1
+    cross_attention_dim: int | None = None
     use_mask: bool = True
     mask_min_ratio: float | int = 0.7
     mask_ratio_std: float | int = 0.25
@@ -113,14 +129,22 @@ class FARConfig(PreTrainedConfig):
     guidance_schedule: str = "constant"
     temperature: float | int | list[float] = 1.0
     inference_mask_schedule: str = "none"
+    sample_clip_range: float | int | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        if min(self.latent_channels, self.latent_size, self.patch_size, self.num_classes) < 1:
+        if min(self.latent_channels, self.latent_size, self.patch_size) < 1:
             raise ValueError(
-                f"latent_channels ({self.latent_channels}), latent_size ({self.latent_size}), patch_size "
-                f"({self.patch_size}) and num_classes ({self.num_classes}) must be positive."
+                f"latent_channels ({self.latent_channels}), latent_size ({self.latent_size}) and patch_size "
+                f"({self.patch_size}) must be positive."
             )
+        if self.cross_attention_dim is not None and (isinstance(self.cross_attention_dim, bool)
+                                                     or self.cross_attention_dim < 1):
+            raise ValueError(f"cross_attention_dim must be a positive int (the hidden size of the text encoder's "
+                             f"states) or None (class-conditional only), got {self.cross_attention_dim!r}.")
+        if self.num_classes < (0 if self.is_text_conditional else 1):
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes} (only a text-conditional model, "
+                             f"cross_attention_dim set, may have num_classes = 0).")
         if self.latent_size % self.patch_size != 0:
             raise ValueError(f"latent_size {self.latent_size} is not divisible by patch_size {self.patch_size}.")
         if self.num_attention_heads < 1 or self.hidden_size % self.num_attention_heads != 0:
@@ -148,6 +172,8 @@ class FARConfig(PreTrainedConfig):
             raise ValueError(f"beta_schedule {self.beta_schedule!r} is not a DDPMScheduler schedule.")
         if self.guidance_schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}.")
+        if self.sample_clip_range is not None and not self.sample_clip_range > 0:
+            raise ValueError(f"sample_clip_range must be > 0 (or None for no clipping), got {self.sample_clip_range}.")
         if self.inference_mask_schedule not in INFERENCE_MASK_SCHEDULES:
             raise ValueError(f"inference_mask_schedule must be one of {INFERENCE_MASK_SCHEDULES}, got "
                              f"{self.inference_mask_schedule!r}.")
@@ -172,8 +198,14 @@ class FARConfig(PreTrainedConfig):
 
     @property
     def has_null_class(self) -> bool:
-        """Whether the null class was trained (class dropout > 0), i.e. whether CFG is meaningful."""
+        """Whether the unconditional branch (null class, and null text with text conditioning) was trained (class
+        dropout > 0), i.e. whether CFG is meaningful."""
         return self.class_dropout_prob > 0
+
+    @property
+    def is_text_conditional(self) -> bool:
+        """Whether the blocks have cross-attention to text states (`cross_attention_dim` is set)."""
+        return self.cross_attention_dim is not None
 
     @property
     def tokens_per_side(self) -> int:

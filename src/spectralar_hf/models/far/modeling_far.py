@@ -13,6 +13,12 @@ Training (`FARTransformer.forward`), for a batch of VAE latents `x` `(B, C, H, W
 5. each sample's loss is weighted by `w_i = 1 + sin(pi/2 * i/F)` (FTL); labels are dropped to the null class with
    probability `class_dropout_prob` (CFG).
 
+Text conditioning (FAR §5.3, text-to-image; `config.cross_attention_dim` set): the last hidden layer of a text encoder
+over all text tokens `(B, T, cross_attention_dim)` enters every encoder and decoder block through a cross-attention
+sublayer after the self-attention. A learned null text token is prepended to the text and is always visible, so a
+sample whose text is dropped (training, same draw as the class dropout) or an unconditional CFG row (sampling)
+attends to the null token only.
+
 Sampling (`FARTransformer.sample`): outer steps over the levels of `far_level_schedule` (10 by default, any number up
 to `F` without retraining); at each step the previous full-latent sample is filtered to the step's level, the
 transformer gives the conditions and the head samples the full latent with `T_s` inner steps (40 -> 100 linear, or
@@ -43,11 +49,13 @@ from .configuration_far import GUIDANCE_SCHEDULES, INFERENCE_MASK_SCHEDULES, FAR
 
 def build_noise_scheduler(config: FARConfig) -> DDPMScheduler:
     """The diffusers `DDPMScheduler` of a FAR head: `num_train_timesteps` / `beta_schedule` of the config (MAR:
-    cosine, 1000), epsilon prediction, learned-range variance, no clipping (latents are unbounded) and `"linspace"`
-    spacing, so a respaced schedule of `T` steps runs from 999 to 0 like improved DDPM's `space_timesteps` (MAR)."""
+    cosine, 1000), epsilon prediction, learned-range variance, `"linspace"` spacing, so a respaced schedule of `T`
+    steps runs from 999 to 0 like improved DDPM's `space_timesteps` (MAR), and x0 clipping only when the config sets
+    `sample_clip_range` (MAR / FAR: none, latents are unbounded)."""
+    clip_range = config.sample_clip_range
     return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         prediction_type="epsilon", variance_type="learned_range", clip_sample=False,
-                         timestep_spacing="linspace")
+                         prediction_type="epsilon", variance_type="learned_range", clip_sample=clip_range is not None,
+                         clip_sample_range=float(clip_range or 1.0), timestep_spacing="linspace")
 
 
 def check_scheduler(scheduler: DDPMScheduler, config: FARConfig) -> None:
@@ -121,6 +129,8 @@ class FAROutput(ModelOutput):
         mask_ratios (`torch.FloatTensor` of shape `(B,)`), mask (`torch.BoolTensor` of shape `(B, L)`): the masked
             fraction and the masked input tokens (True = masked).
         class_labels (`torch.LongTensor` of shape `(B,)`): labels after class dropout (`num_classes` = null).
+        text_dropped (`torch.BoolTensor` of shape `(B,)`, text-conditional models only): samples whose text was
+            dropped (only the null text token visible).
         inputs (`torch.FloatTensor` of shape `(B, C, H, W)`): the filtered inputs `x_i`.
         target (`torch.FloatTensor` of shape `(B, C, H, W)`): what the head was trained to model: the full latent.
     """
@@ -136,6 +146,7 @@ class FAROutput(ModelOutput):
     class_labels: torch.LongTensor | None = None
     inputs: torch.FloatTensor | None = None
     target: torch.FloatTensor | None = None
+    text_dropped: torch.BoolTensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,21 +174,59 @@ class FARAttention(nn.Module):
         return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
 
 
+class FARCrossAttention(nn.Module):
+    """Multi-head attention of the sequence (queries, `hidden_size`) to text states (keys and values projected from
+    `cross_attention_dim`). The output projection starts at zero, so a new cross-attention sublayer is initially the
+    identity of its residual branch (a class-conditional checkpoint can be fine-tuned into a text-conditional one)."""
+
+    def __init__(self, config: FARConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.q = nn.Linear(config.hidden_size, config.hidden_size)
+        self.kv = nn.Linear(config.cross_attention_dim, 2 * config.hidden_size)
+        self.proj = _with_init(nn.Linear(config.hidden_size, config.hidden_size), "zeros")
+        self.attention_dropout = config.attention_dropout
+
+    def forward(self, hidden_states: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        """`(B, L, hidden_size)` queries, `(B, S, cross_attention_dim)` context, `(B, S)` bool mask (True = visible;
+        at least one visible per row) -> `(B, L, hidden_size)`."""
+        batch, length, width = hidden_states.shape
+        query = self.q(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        key, value = self.kv(context).view(batch, context.shape[1], 2, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4).unbind(0)  # (B, heads, S, head_dim)
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=context_mask[:, None, None, :],
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+
+
 class FARBlock(GradientCheckpointingLayer):
-    """Pre-LN bidirectional transformer block (timm's ViT `Block`, as MAR)."""
+    """Pre-LN bidirectional transformer block (timm's ViT `Block`, as MAR); with `config.cross_attention_dim` set, a
+    pre-LN cross-attention sublayer to the text follows the self-attention (FAR §5.3)."""
 
     def __init__(self, config: FARConfig):
         super().__init__()
         width = config.hidden_size
         self.norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.attn = FARAttention(config)
+        if config.cross_attention_dim is not None:  # no submodules at all otherwise (checkpoint compatibility)
+            self.norm_cross = nn.LayerNorm(width, eps=config.layer_norm_eps)
+            self.cross_attn = FARCrossAttention(config)
         self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
         inner = int(width * config.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width))
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, L, hidden_size)` -> same; `key_mask` `(B, L)` (True = attend), `context` `(B, S, cross_attention_dim)`
+        text states with the null token first and `context_mask` `(B, S)` (text-conditional blocks only)."""
         hidden_states = hidden_states + self.dropout(self.attn(self.norm1(hidden_states), key_mask))
+        if context is not None:
+            hidden_states = hidden_states + self.dropout(
+                self.cross_attn(self.norm_cross(hidden_states), context, context_mask))
         return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states)))
 
 
@@ -307,6 +356,8 @@ class FARPreTrainedModel(PreTrainedModel):
             for parameter in (module.encoder_position_embedding, module.decoder_position_embedding,
                               module.diffusion_position_embedding, module.mask_token):
                 init.normal_(parameter, std=std)
+            if module.config.cross_attention_dim is not None:
+                init.normal_(module.null_text_embedding, std=std)
 
 
 class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
@@ -321,6 +372,11 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
     scheduler stay diffusers objects (`AutoencoderKL`, `DDPMScheduler`) in `FARPipeline`; diffusers' pipeline loader
     handles a `PreTrainedModel` component (model_index.json names it `["spectralar_hf", "FARTransformer"]`).
 
+    With `config.cross_attention_dim` set it is also text-conditional (FAR §5.3): `forward` and `sample` take the
+    text encoder's last hidden states `encoder_hidden_states` `(B, T, cross_attention_dim)` and their
+    `encoder_attention_mask` `(B, T)` (1 = real token); `class_labels` may then be left out (every row uses the null
+    class embedding).
+
     Example:
 
     ```python
@@ -331,6 +387,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
     >>> loss = model(latents, class_labels=torch.tensor([3, 7])).loss   # one training step: loss.backward()
     >>> samples = model.eval().sample([3, 7], num_steps=4, diffusion_steps=10,
     ...                               generator=torch.Generator().manual_seed(0))  # (2, 4, 8, 8)
+    >>> text_model = FARTransformer(FARConfig.from_preset("tiny", num_classes=0, cross_attention_dim=32))
+    >>> states, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.long)  # a text encoder's outputs
+    >>> loss = text_model(latents, encoder_hidden_states=states, encoder_attention_mask=mask).loss
     ```
     """
 
@@ -339,6 +398,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         width, length, buffer = config.hidden_size, config.num_tokens, config.class_buffer_size
         # the last row is the null class (MAR's fake latent)
         self.class_embedding = nn.Embedding(config.num_classes + 1, width)
+        if config.cross_attention_dim is not None:  # FAR §5.3: text states, with a learned null token prepended
+            self.text_norm = nn.LayerNorm(config.cross_attention_dim, eps=config.layer_norm_eps)
+            self.null_text_embedding = nn.Parameter(torch.empty(1, 1, config.cross_attention_dim))
         self.token_embedding = nn.Linear(config.token_dim, width)  # MAR's z_proj
         self.encoder_position_embedding = nn.Parameter(torch.empty(1, buffer + length, width))
         self.encoder_input_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)  # MAR's z_proj_ln
@@ -395,6 +457,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
 
     def _check_class_labels(self, class_labels, allow_null: bool = True) -> torch.LongTensor:
         config = self.config
+        if config.num_classes == 0:
+            raise ValueError("This model has no classes (num_classes = 0: text-conditional only); leave class_labels "
+                             "out and condition on encoder_hidden_states.")
         labels = torch.as_tensor(class_labels, device=self.device)
         if labels.dim() == 0:
             labels = labels.unsqueeze(0)
@@ -409,6 +474,57 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 + (f", {config.null_class_id} = null class" if allow_null else "") + ")."
             )
         return labels.long()
+
+    def _null_class_rows(self, batch: int | None) -> torch.LongTensor:
+        """`(batch,)` null-class ids: the class input of a text-conditional model when `class_labels` is omitted."""
+        if not self.config.is_text_conditional or batch is None:
+            raise ValueError("class_labels is required: this model is class-conditional only (cross_attention_dim is "
+                             "None); only a text-conditional model may leave it out.")
+        return torch.full((batch,), self.config.null_class_id, dtype=torch.long, device=self.device)
+
+    def _check_text(self, encoder_hidden_states: torch.Tensor | None, encoder_attention_mask: torch.Tensor | None,
+                    batch: int | None) -> tuple[torch.Tensor | None, torch.BoolTensor | None]:
+        """Validate text states `(B, T, cross_attention_dim)` and their mask `(B, T)` (1 / True = real token; default
+        all real) against the config; returns them on the model's device with a bool mask, or `(None, None)` for a
+        class-conditional model."""
+        config = self.config
+        if not config.is_text_conditional:
+            if encoder_hidden_states is not None or encoder_attention_mask is not None:
+                raise ValueError("This model has no cross-attention (config.cross_attention_dim is None), so it cannot "
+                                 "take encoder_hidden_states / encoder_attention_mask; it is class-conditional only. "
+                                 "Train a text-conditional model with cross_attention_dim = the text encoder's hidden "
+                                 "size.")
+            return None, None
+        if encoder_hidden_states is None:
+            if encoder_attention_mask is not None:
+                raise ValueError("encoder_attention_mask was given without encoder_hidden_states.")
+            raise ValueError(f"This model is text-conditional (cross_attention_dim = {config.cross_attention_dim}): "
+                             f"pass encoder_hidden_states (B, T, {config.cross_attention_dim}), the text encoder's "
+                             f"last hidden states, and encoder_attention_mask (B, T); for unconditional samples pass "
+                             f"an all-zero encoder_attention_mask (or T = 0 states).")
+        states = encoder_hidden_states
+        if not isinstance(states, torch.Tensor) or states.dim() != 3 or not torch.is_floating_point(states):
+            shape = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
+            raise ValueError(f"encoder_hidden_states must be a floating-point (B, T, {config.cross_attention_dim}) "
+                             f"tensor, got {shape}.")
+        if states.shape[-1] != config.cross_attention_dim:
+            raise ValueError(f"encoder_hidden_states has hidden size {states.shape[-1]} but this model's "
+                             f"cross_attention_dim is {config.cross_attention_dim}: use the text encoder it was "
+                             f"trained with (hidden size {config.cross_attention_dim}).")
+        if batch is not None and states.shape[0] != batch:
+            raise ValueError(f"encoder_hidden_states has {states.shape[0]} rows for a batch of {batch}.")
+        if encoder_attention_mask is None:
+            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=self.device)
+        else:
+            mask = torch.as_tensor(encoder_attention_mask, device=self.device)
+            if tuple(mask.shape) != tuple(states.shape[:2]):
+                raise ValueError(f"encoder_attention_mask must have shape (B, T) = {tuple(states.shape[:2])} like "
+                                 f"encoder_hidden_states, got {tuple(mask.shape)}.")
+            if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("encoder_attention_mask must hold 0 / 1 (or False / True; 1 = real token), not an "
+                                 "additive mask.")
+            mask = mask.bool()
+        return states.to(self.device), mask
 
     def _random(self, shape: tuple[int, ...], generator: torch.Generator | None, kind: str = "rand",
                 high: int | None = None) -> torch.Tensor:
@@ -448,16 +564,28 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
 
     # ------------------------------------------------------------------ transformer
 
-    def conditions(self, tokens: torch.Tensor, class_labels: torch.LongTensor,
-                   mask: torch.BoolTensor | None = None) -> torch.Tensor:
+    def conditions(self, tokens: torch.Tensor, class_labels: torch.LongTensor, mask: torch.BoolTensor | None = None,
+                   encoder_hidden_states: torch.Tensor | None = None,
+                   encoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """MAR's encoder-decoder: `(B, L, token_dim)` input tokens, `(B,)` labels (null = `num_classes`), optional
         `(B, L)` mask (True = masked) -> `(B, L, hidden_size)` condition vectors for the head.
 
         Masked tokens are dropped before the encoder (rows with fewer visible tokens are padded and the padding is
         excluded from attention), and replaced by the learned mask token before the decoder.
+
+        Text-conditional models also take `encoder_hidden_states` `(B, T, cross_attention_dim)` and
+        `encoder_attention_mask` `(B, T)` (1 = real token, 0 = padding or dropped text); every block cross-attends to
+        `[null text token; LayerNorm(text states)]`, the null token always visible.
         """
         config = self.config
         batch, buffer = tokens.shape[0], config.class_buffer_size
+        text, text_mask = self._check_text(encoder_hidden_states, encoder_attention_mask, batch)
+        context = context_mask = None
+        if text is not None:
+            context = torch.cat([self.null_text_embedding.expand(batch, -1, -1),
+                                 self.text_norm(text.to(self.null_text_embedding.dtype))], dim=1)
+            context_mask = torch.cat([text_mask.new_ones(batch, 1), text_mask], dim=1)
+        text_args = () if context is None else (context, context_mask)  # positional: also under reentrant checkpointing
         hidden = self.token_embedding(tokens)
         classes = self.class_embedding(class_labels).unsqueeze(1).expand(-1, buffer, -1).to(hidden.dtype)
         hidden = self.encoder_input_norm(torch.cat([classes, hidden], dim=1) + self.encoder_position_embedding)
@@ -469,7 +597,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
             hidden = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             valid = torch.arange(order.shape[1], device=hidden.device).unsqueeze(0) < counts.unsqueeze(1)
         for layer in self.encoder_layers:
-            hidden = layer(hidden, valid)
+            hidden = layer(hidden, valid, *text_args)
         hidden = self.decoder_embedding(self.encoder_norm(hidden))
         if order is not None:
             mask_tokens = self.mask_token.to(hidden.dtype).expand(batch, buffer + config.num_tokens, -1)
@@ -477,7 +605,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
             hidden = mask_tokens.scatter(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]), hidden)
         hidden = hidden + self.decoder_position_embedding
         for layer in self.decoder_layers:
-            hidden = layer(hidden, None)
+            hidden = layer(hidden, None, *text_args)
         return self.decoder_norm(hidden)[:, buffer:] + self.diffusion_position_embedding
 
     # ------------------------------------------------------------------ training
@@ -485,29 +613,36 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
     def forward(
         self,
         latents: torch.Tensor,
-        class_labels: torch.Tensor | list[int],
+        class_labels: torch.Tensor | list[int] | None = None,
         levels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         return_dict: bool | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> FAROutput | tuple:
         """One FAR training step's loss (see the module docstring).
 
         Args:
             latents: `(B, C, H, W)` scaled VAE latents (the full latent `x`, the DMS target).
-            class_labels: `(B,)` class ids (`num_classes` = null class allowed).
+            class_labels: `(B,)` class ids (`num_classes` = null class allowed). Required for a class-conditional
+                model; optional for a text-conditional one (default: the null class for every row).
             levels: `(B,)` input levels in `[0, F)`; default uniform random per sample.
-            generator: `torch.Generator` for every random choice of the step (levels, class dropout, masks,
+            generator: `torch.Generator` for every random choice of the step (levels, condition dropout, masks,
                 timesteps, noise).
+            encoder_hidden_states: `(B, T, cross_attention_dim)` text states (text-conditional models only).
+            encoder_attention_mask: `(B, T)`, 1 = real token, 0 = padding (default: all real). In training, the
+                class-dropout draw also drops the text of its samples (only the null text token stays visible).
 
         Returns:
             [`FAROutput`].
         """
         config = self.config
         self._check_latents(latents)
-        labels = self._check_class_labels(class_labels)
         batch = latents.shape[0]
+        labels = self._null_class_rows(batch) if class_labels is None else self._check_class_labels(class_labels)
         if labels.shape[0] != batch:
             raise ValueError(f"class_labels has {labels.shape[0]} entries for a batch of {batch} latents.")
+        text, text_mask = self._check_text(encoder_hidden_states, encoder_attention_mask, batch)
         if levels is None:
             levels = self._random((batch,), generator, "randint", config.num_levels)
         else:
@@ -518,6 +653,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         if self.training and config.class_dropout_prob > 0:
             dropped = self._random((batch,), generator) < config.class_dropout_prob
             labels = torch.where(dropped, torch.full_like(labels, config.null_class_id), labels)
+            if text is not None:  # the same draw drops the text: only the null text token stays visible
+                text_mask = text_mask & ~dropped.unsqueeze(1)
+        text_dropped = None if text is None else ~text_mask.any(dim=1)
 
         target = latents  # DMS: the head always models the full latent x, whatever the input level
         inputs = frequency_filter(latents, levels, config.num_levels, config.filter_kind)
@@ -526,7 +664,8 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         else:
             mask, ratios = torch.zeros(batch, config.num_tokens, dtype=torch.bool, device=self.device), \
                 torch.zeros(batch, device=self.device)
-        condition = self.conditions(self.patchify(inputs), labels, mask)  # (B, L, D)
+        text_inputs = {} if text is None else {"encoder_hidden_states": text, "encoder_attention_mask": text_mask}
+        condition = self.conditions(self.patchify(inputs), labels, mask, **text_inputs)  # (B, L, D)
 
         repeat = config.diffusion_batch_mul
         length = config.num_tokens
@@ -548,7 +687,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         loss = (weights * sample_losses).mean()
         result = FAROutput(loss=loss, mse_loss=mse.mean(), vb_loss=vb.mean(), sample_losses=sample_losses,
                            loss_weights=weights, levels=levels, mask_ratios=ratios, mask=mask, class_labels=labels,
-                           inputs=inputs, target=target)
+                           inputs=inputs, target=target, text_dropped=text_dropped)
         return_dict = config.return_dict if return_dict is None else return_dict
         return result if return_dict else result.to_tuple()
 
@@ -573,7 +712,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
     @torch.no_grad()
     def sample(
         self,
-        class_labels: torch.Tensor | list[int],
+        class_labels: torch.Tensor | list[int] | None = None,
         num_steps: int | None = None,
         diffusion_steps: str | int | Sequence[int] | None = None,
         guidance_scale: float | None = None,
@@ -583,11 +722,14 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         generator: torch.Generator | None = None,
         scheduler: DDPMScheduler | None = None,
         callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sample latents coarse to fine (next-frequency prediction).
 
         Args:
-            class_labels: `(B,)` class ids (`num_classes` = null class for unconditional samples).
+            class_labels: `(B,)` class ids (`num_classes` = null class for unconditional samples). Required for a
+                class-conditional model; optional for a text-conditional one (default: the null class).
             num_steps: outer steps `n` in `[1, F]`; step `k` produces the full latent, filtered to level
                 `far_level_schedule(n, F)[k]` for the next step (step 0's input is blank, level 0).
             diffusion_steps: inner steps of the head per outer step: `"linear"` (frequency-aware, 40 at the first
@@ -607,6 +749,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 pipeline's); default `build_noise_scheduler(config)`.
             callback: called as `callback(step, level, latents)` after each outer step with the full latent sampled
                 at that step and the level it will be filtered to; a returned tensor of the same shape replaces it.
+            encoder_hidden_states: `(B, T, cross_attention_dim)` text states (text-conditional models only).
+            encoder_attention_mask: `(B, T)`, 1 = real token (default: all real). With CFG the unconditional rows are
+                the same text fully masked (only the null text token visible) and the null class.
 
         Every setting left `None` comes from the sampling defaults saved in the config (`num_inference_steps`,
         `diffusion_steps`, `guidance_scale`, `guidance_schedule`, `temperature`, `inference_mask_schedule`).
@@ -621,7 +766,11 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         guidance_schedule = config.guidance_schedule if guidance_schedule is None else guidance_schedule
         temperature = config.temperature if temperature is None else temperature
         mask_schedule = config.inference_mask_schedule if mask_schedule is None else mask_schedule
-        labels = self._check_class_labels(class_labels, allow_null=True)
+        labels = None if class_labels is None else self._check_class_labels(class_labels, allow_null=True)
+        text, text_mask = self._check_text(encoder_hidden_states, encoder_attention_mask,
+                                           None if labels is None else labels.shape[0])
+        if labels is None:
+            labels = self._null_class_rows(None if text is None else text.shape[0])
         levels = far_level_schedule(num_steps, config.num_levels)
         inner_steps = self._inner_steps(diffusion_steps, num_steps)
         temperatures = self._temperatures(temperature, num_steps)
@@ -640,6 +789,11 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
 
         batch = labels.shape[0]
         rows = torch.cat([labels, torch.full_like(labels, config.null_class_id)]) if use_cfg else labels
+        text_inputs = {}
+        if text is not None:  # unconditional rows: the same text, all masked (only the null text token visible)
+            text_inputs = {"encoder_hidden_states": torch.cat([text, text]) if use_cfg else text,
+                           "encoder_attention_mask": torch.cat([text_mask, torch.zeros_like(text_mask)]) if use_cfg
+                           else text_mask}
         dtype = self.dtype
         latents = torch.zeros(batch, config.latent_channels, config.latent_size, config.latent_size,
                               device=self.device, dtype=torch.float32)
@@ -653,7 +807,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 mask = self._mask_from_counts(torch.full((batch,), count, device=self.device), generator)
             if use_cfg:
                 tokens, mask = torch.cat([tokens, tokens]), None if mask is None else torch.cat([mask, mask])
-            condition = self.conditions(tokens, rows, mask)
+            condition = self.conditions(tokens, rows, mask, **text_inputs)
             scale = guidance_scale
             if use_cfg and guidance_schedule == "linear":
                 scale = 1.0 + (guidance_scale - 1.0) * (step + 1) / num_steps
@@ -732,7 +886,11 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 eps = guidance_scale * eps_conditional - (guidance_scale - 1.0) * eps_unconditional
                 raw_variance = raw_variance.chunk(2)[0]  # the conditional rows' variance (MAR)
             step = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
-            mean = tables.posterior_mean(tables.predict_x0(x, step, eps), x, step)
+            x0 = tables.predict_x0(x, step, eps)
+            if scheduler.config.clip_sample:  # the scheduler's x0 clipping (see FARConfig.sample_clip_range)
+                limit = scheduler.config.clip_sample_range
+                x0 = x0.clamp(-limit, limit)
+            mean = tables.posterior_mean(x0, x, step)
             if index == 0:
                 x = mean
                 continue
