@@ -99,7 +99,7 @@ def test_truncated_samples_are_prefixes_of_the_full_ones(setup):
         (("tokenizer", "TOK", "--idx-data-dir", "/nonexistent"), "is not a directory"),
         (("tokenizer", "TOK"), "give exactly one of"),
         (("pipeline", "PIPE", "--idx-data-dir", "IDX", "--inception", "/nonexistent.pt"), "does not exist"),
-        (("pipeline", "TOK", "--idx-data-dir", "IDX"), "not a SpectralARPipeline directory"),
+        (("pipeline", "TOK", "--idx-data-dir", "IDX"), "not a pipeline directory"),
         (("tokenizer",), "needs a checkpoint directory"),
     ],
 )

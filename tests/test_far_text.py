@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import blob_images, write_idx_dataset
+from test_far import spread as spread_weights
 from diffusers import AutoencoderKL
 from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -68,11 +69,7 @@ def text_config(**overrides) -> FARConfig:
 
 def spread(model: FARTransformer, std: float = 0.1) -> FARTransformer:
     """Random non-zero weights everywhere (the head's AdaLN layers and the cross-attention outputs start at zero)."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, std)
-    return model.eval()
+    return spread_weights(model, std).eval()
 
 
 def tiny_vae(in_channels: int = 3, sample_size: int = 16) -> AutoencoderKL:
