@@ -16,6 +16,16 @@ import torch  # noqa: E402
 from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (request it with `pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny models run faster, and in-process script runs match single-threaded subprocesses bit for bit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_tokenizer_config() -> SpectralTokenizerConfig:
     return SpectralTokenizerConfig.from_preset("tiny-32")

@@ -9,6 +9,7 @@ import torch
 from conftest import blob_images, write_idx_dataset
 from diffusers import AutoencoderKL
 from PIL import Image
+from test_cli import run
 from test_evaluate_cli import StandIn
 
 from spectralar_hf import (
@@ -22,19 +23,9 @@ from spectralar_hf import (
     SpectralTokenizerConfig,
     build_noise_scheduler,
 )
-from spectralar_hf.cli import main
 from spectralar_hf.visualization import prefix_strip
 
 NAMES = dict(enumerate(["tee", "trouser", "pullover"]))
-
-
-def run(capsys, *args):
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +85,9 @@ def test_evaluate_far_pipeline_report(setup, capsys):
 @pytest.mark.parametrize(
     "pipeline,args,message",
     [
-        ("far", ["--top-k", "5"], "--top-k do(es) not apply to a FARPipeline"),
-        ("far", ["--num-tokens", "4"], "--num-tokens do(es) not apply to a FARPipeline"),
-        ("spectralar", ["--num-inference-steps", "4"], "--num-inference-steps do(es) not apply to a SpectralAR"),
+        ("far", ["--top-k", "5"], "--top-k does not apply to a FARPipeline"),
+        ("far", ["--num-tokens", "4"], "--num-tokens does not apply to a FARPipeline"),
+        ("spectralar", ["--num-inference-steps", "4"], "--num-inference-steps does not apply to a SpectralAR"),
         ("far", ["--diffusion-steps", "fast"], "expected 'linear' or an int"),
     ],
 )

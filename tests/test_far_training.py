@@ -34,13 +34,7 @@ FAST_GRIDS = ["--validation_classes", 0, 1, "--validation_images_per_class", 1, 
               "--validation_diffusion_steps", 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The in-process runs must match the single-threaded subprocess bit for bit."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_script(path: str):

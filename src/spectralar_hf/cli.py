@@ -85,7 +85,8 @@ def _sampling_arguments(pipe, args: argparse.Namespace) -> dict:
     if given:
         kind = "a FARPipeline" if _is_far(pipe) else "a SpectralARPipeline"
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise CLIError(f"{flags} do(es) not apply to {kind}; FAR takes --num-inference-steps / --diffusion-steps, "
+        verb = "does" if len(given) == 1 else "do"
+        raise CLIError(f"{flags} {verb} not apply to {kind}; FAR takes --num-inference-steps / --diffusion-steps, "
                        f"SpectralAR takes --top-k / --top-p / --num-tokens")
     sampling.update({name: getattr(args, name) for name in own if hasattr(args, name)})
     return sampling
