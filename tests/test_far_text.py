@@ -221,6 +221,8 @@ def test_text_pipeline_save_load_gives_identical_images(pipe, tmp_path):
     expected = pipe(prompt=["up", "down"], guidance_scale=2.0, generator=seeded(10), output_type="np", **FAST).images
     assert np.array_equal(loaded(prompt=["up", "down"], guidance_scale=2.0, generator=seeded(10), output_type="np",
                                  **FAST).images, expected)
+    card = str(loaded.model_card("me/far-text"))  # the usage snippet prompts a text model instead of naming classes
+    assert 'images = pipe(prompt=["a red boot", "a striped shirt"]' in card and "class_labels" not in card
 
 
 def test_class_only_pipeline_saves_and_loads_as_before(tmp_path):

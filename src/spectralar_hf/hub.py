@@ -64,13 +64,20 @@ def _components_table(tokenizer_config=None, generator_config=None, far_config=N
 
 def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=None, vae_config=None) -> str:
     if far_config is not None and vae_config is not None:
+        if far_config.cross_attention_dim is None:
+            condition, single = "class_labels=[0, 1, 2, 3]", "class_labels=[0]"
+        elif far_config.num_classes == 0:
+            condition, single = 'prompt=["a red boot", "a striped shirt"]', 'prompt="a red boot"'
+        else:
+            condition = 'class_labels=[0, 1], prompt=["a red boot", "a striped shirt"]'
+            single = 'class_labels=[0], prompt="a red boot"'
         return (
             "import torch\n"
             "from spectralar_hf import FARPipeline\n\n"
             f'pipe = FARPipeline.from_pretrained("{repo_id}")\n'
-            "images = pipe(class_labels=[0, 1, 2, 3], guidance_scale=3.0,  # outer steps: config default\n"
+            f"images = pipe({condition}, guidance_scale=3.0,  # outer steps: config default\n"
             "              generator=torch.Generator().manual_seed(0)).images\n"
-            "strip = pipe(class_labels=[0], return_intermediates=True).intermediates  # one image per level"
+            f"strip = pipe({single}, return_intermediates=True).intermediates  # one image per level"
         )
     if far_config is not None:
         return (
