@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     losses.add_argument("--adaptive_gan_weight", action="store_true",
                         help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
                              "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
+    losses.add_argument("--adaptive_gan_weight_max", type=float, default=1e4,
+                        help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at chance "
+                             "its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN term in check")
     losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
     losses.add_argument("--discriminator_channels", type=int, default=128)
     losses.add_argument("--discriminator_stages", type=int, default=3)
@@ -170,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--train_decoder_only fine-tunes a trained tokenizer: pass --pretrained_model_name_or_path")
     if args.adaptive_gan_weight and args.gan_weight == 0:
         parser.error("--adaptive_gan_weight scales the GAN term: it needs --gan_weight > 0")
+    if not args.adaptive_gan_weight_max > 0:
+        parser.error(f"--adaptive_gan_weight_max must be > 0, got {args.adaptive_gan_weight_max}")
     if args.lecam_weight > 0 and args.gan_weight == 0:
         parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
     return args
@@ -322,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
                     weight = args.gan_weight
                     if args.adaptive_gan_weight:
                         last_layer = accelerator.unwrap_model(model).decoder.head.weight
-                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer)
+                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer,
+                                                                  max_weight=args.adaptive_gan_weight_max)
                         logs["adaptive_gan_weight"] = weight.item()
                     loss = loss + weight * adversarial
                     logs["generator_adversarial_loss"] = adversarial.detach().item()

@@ -4,7 +4,8 @@
 Loss (LDM's KL autoencoder recipe, which MAR's KL-16 follows):
     L1 (or L2) reconstruction + --kl_weight * KL  [+ perceptual (LPIPS)]  [+ hinge GAN with a patch discriminator
     from --discriminator_start, + LeCAM]
-The GAN term has the fixed weight --gan_weight (as train_tokenizer.py), not LDM's adaptive weight.
+The GAN term has the weight --gan_weight, times VQGAN / LDM's adaptive weight with --adaptive_gan_weight (as in
+train_tokenizer.py).
 
 The KL term is LDM's: the KL of the posterior to N(0, I) summed over the latent, per image. LDM also sums the
 reconstruction loss over the pixels of an image; here the reconstruction is a per-pixel mean, so the KL is divided
@@ -149,6 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     losses.add_argument("--adaptive_gan_weight", action="store_true",
                         help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
                              "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
+    losses.add_argument("--adaptive_gan_weight_max", type=float, default=1e4,
+                        help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at chance "
+                             "its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN term in check")
     losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
     losses.add_argument("--discriminator_channels", type=int, default=64)
     losses.add_argument("--discriminator_stages", type=int, default=3)
@@ -204,6 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("loss weights must be >= 0")
     if args.adaptive_gan_weight and args.gan_weight == 0:
         parser.error("--adaptive_gan_weight scales the GAN term: it needs --gan_weight > 0")
+    if not args.adaptive_gan_weight_max > 0:
+        parser.error(f"--adaptive_gan_weight_max must be > 0, got {args.adaptive_gan_weight_max}")
     if args.lecam_weight > 0 and args.gan_weight == 0:
         parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
     if args.scaling_samples < 2:
@@ -449,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
                     weight = args.gan_weight
                     if args.adaptive_gan_weight:
                         last_layer = accelerator.unwrap_model(model).vae.decoder.conv_out.weight
-                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer)
+                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer,
+                                                                  max_weight=args.adaptive_gan_weight_max)
                         logs["adaptive_gan_weight"] = weight.item()
                     loss = loss + weight * adversarial
                     logs["generator_adversarial_loss"] = adversarial.detach().item()

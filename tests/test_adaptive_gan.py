@@ -104,3 +104,30 @@ def test_adaptive_weight_without_gan_is_an_error(script, idx_folder, tmp_path, c
         load_main(str(ROOT / "examples" / script))(["--idx_data_dir", str(idx_folder), *SCRIPTS[script],
                                                      "--output_dir", str(tmp_path), "--adaptive_gan_weight"])
     assert error.value.code == 2 and "needs --gan_weight > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_scripts_clamp_the_adaptive_weight_at_the_given_max(script, idx_folder, tmp_path):
+    common = ["--idx_data_dir", idx_folder, *SCRIPTS[script], "--train_batch_size", 8, "--max_train_steps", 3,
+              "--report_to", "none", "--logging_steps", 1, "--validation_steps", 1000, "--lr_warmup_steps", 1,
+              "--gan_weight", 0.5, "--adaptive_gan_weight", "--discriminator_start", 1, "--discriminator_channels", 8,
+              "--discriminator_stages", 2]
+
+    def logged_weights(output_dir, *extra):
+        run_in_process(script, [*common, "--output_dir", output_dir, *extra])
+        records = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+        return [record["adaptive_gan_weight"] for record in records[1:]]
+
+    free = logged_weights(tmp_path / "free")
+    bound = min(free) / 0.5 / 4  # a quarter of the smallest factor the unclamped run saw: every step is clamped
+    clamped = logged_weights(tmp_path / "clamped", "--adaptive_gan_weight_max", bound)
+    assert len(clamped) == 2 and np.allclose(clamped, 0.5 * bound, rtol=1e-6)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_non_positive_adaptive_weight_max_is_an_error(script, idx_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        load_main(str(ROOT / "examples" / script))(["--idx_data_dir", str(idx_folder), *SCRIPTS[script],
+                                                     "--output_dir", str(tmp_path), "--gan_weight", "0.5",
+                                                     "--adaptive_gan_weight", "--adaptive_gan_weight_max", "0"])
+    assert error.value.code == 2 and "--adaptive_gan_weight_max must be > 0, got 0.0" in capsys.readouterr().err
