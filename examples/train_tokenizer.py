@@ -115,8 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
                              "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
     losses.add_argument("--adaptive_gan_weight_max", type=float, default=1e4,
-                        help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at chance "
-                             "its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN term in check")
+                        help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at "
+                             "chance its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN "
+                             "term in check")
     losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
     losses.add_argument("--discriminator_channels", type=int, default=128)
     losses.add_argument("--discriminator_stages", type=int, default=3)

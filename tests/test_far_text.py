@@ -351,6 +351,8 @@ def test_class_labels_and_text_combine_when_the_model_has_both(text_parts):
                                   output_type="latent", **FAST).latents)
     with pytest.raises(ValueError, match="2 entries but there are 1 prompts"):
         pipe([0, 1], prompt="up")
+    card = str(pipe.model_card("me/far-both"))  # the usage snippet passes both conditions
+    assert 'images = pipe(class_labels=[0, 1], prompt=["a red boot", "a striped shirt"]' in card
 
 
 # ---------------------------------------------------------------------------------------------------------------
