@@ -1,5 +1,7 @@
 """The spectral core against scipy and against its own definitions."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import scipy.fft
@@ -136,7 +138,11 @@ def test_schedule_properties(num_tokens, image_size, kind):
         assert (increments > 0).all()
     else:
         assert (increments >= 0).all()
-    assert (np.diff(increments) >= 0).all(), "increments must be non-decreasing (Eq. 7)"
+    if kind == "spectralar":
+        assert (np.diff(increments) >= 0).all(), "increments must be non-decreasing (Eq. 7)"
+    else:
+        # Evenly spaced as integers allow: increments differ by at most 1 (Eq. 7 would push the larger ones to the end).
+        assert np.ptp(np.diff([0] + omega)) <= 1
     assert validate_omega(omega, num_tokens, image_size) == omega
 
 
@@ -151,6 +157,25 @@ def test_spectralar_shape_for_other_sizes(num_tokens, image_size):
 def test_uniform_is_evenly_spaced():
     assert omega_schedule(64, 256, "uniform") == [4 * i for i in range(1, 65)]
     assert omega_schedule(8, 32, "uniform") == [4, 8, 12, 16, 20, 24, 28, 32]
+    # N does not divide S: 4/3 levels per token, the 2-steps spread over the schedule (not all at the end).
+    assert omega_schedule(24, 32, "uniform") == [2, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16, 18, 19, 20, 22, 23, 24,
+                                                 26, 27, 28, 30, 31, 32]
+    assert omega_schedule(10, 16, "uniform") == [2, 4, 5, 7, 8, 10, 12, 13, 15, 16]
+
+
+@pytest.mark.parametrize("num_tokens,image_size", [(24, 32), (7, 32), (64, 256), (10, 16), (48, 256), (20, 512),
+                                                     (7, 13), (3, 4), (31, 32), (32, 32), (1, 8), (100, 64)])
+def test_uniform_tracks_the_ideal_levels(num_tokens, image_size):
+    """As evenly spaced as integers allow: every level within one of i * S / N (so no run of small steps followed by
+    a run of large ones), increments that differ by at most one, strictly increasing for N <= S, ending at S."""
+    omega = omega_schedule(num_tokens, image_size, "uniform")
+    ideal = [Fraction(i * image_size, num_tokens) for i in range(1, num_tokens + 1)]
+    assert all(abs(level - target) < 1 for level, target in zip(omega, ideal)), list(zip(omega, ideal))
+    increments = np.diff([0] + omega)
+    assert increments.max() - increments.min() <= 1
+    assert omega[0] >= 1 and omega[-1] == image_size
+    if num_tokens <= image_size:
+        assert (increments > 0).all()
 
 
 @pytest.mark.parametrize(

@@ -262,17 +262,23 @@ def omega_schedule(num_tokens: int, image_size: int, kind: str = "spectralar") -
       ``i <= 32``, ``2i - 32`` for ``i <= 48`` and ``12i - 512`` for ``i <= 64``. Other sizes keep the shape: the
       first half of the tokens covers the first eighth of the spectrum, the next quarter the next eighth, the last
       quarter the rest (breakpoints are raised where needed so that every token adds at least one frequency).
-    * ``"uniform"``: evenly spaced levels, ``omega_i ~ i * image_size / N`` (the ablation baseline, Table 4).
+    * ``"uniform"``: evenly spaced levels ``omega_i = ceil(i * image_size / N)`` (the ablation baseline, Table 4):
+      exactly ``i * image_size / N`` when ``N`` divides ``image_size``, otherwise within one level of it, with
+      consecutive increments differing by at most one and the larger increments spread over the whole schedule.
 
     The result is integer, has ``omega_1 >= 1``, is strictly increasing when ``num_tokens <= image_size``
-    (non-decreasing otherwise), has non-decreasing increments (Eq. 7) and ends at ``image_size``.
+    (non-decreasing otherwise) and ends at ``image_size``; the ``"spectralar"`` schedule also has non-decreasing
+    increments (Eq. 7).
     """
     if not isinstance(num_tokens, int) or not isinstance(image_size, int) or num_tokens < 1 or image_size < 1:
         raise ValueError(f"omega_schedule needs positive ints, got num_tokens={num_tokens!r}, image_size={image_size!r}.")
     n, s = Fraction(num_tokens), Fraction(image_size)
     if kind == "uniform":
-        knots = [(Fraction(0), Fraction(0)), (n, s)]
-    elif kind == "spectralar":
+        # Exact integer ceil of i * S / N: never below the ideal level, less than one level above it.
+        schedule = [-(-i * image_size // num_tokens) for i in range(1, num_tokens + 1)]
+        validate_omega(schedule, num_tokens, image_size)
+        return schedule
+    if kind == "spectralar":
         strict = num_tokens <= image_size
         # Breakpoint (token index, omega); raised to at least the index so every token can add a frequency.
         first = (n / 2, max(s / 8, n / 2) if strict else s / 8)
