@@ -82,15 +82,38 @@ def test_evaluate_pipeline_report_is_deterministic(setup, capsys):
     assert first["gfid"] == second["gfid"] and first["truncation"] == second["truncation"]
 
 
-def test_truncated_samples_are_prefixes_of_the_full_ones(setup):
+def test_truncated_samples_are_prefixes_of_the_full_ones(setup, monkeypatch):
+    """The path of `evaluate pipeline --truncation k`: `generate_images(..., num_tokens=k)` with the report's seed
+    must sample exactly the first k codes of the full run and decode exactly those (what the decoder receives is
+    recorded, so a run that samples other codes or decodes something else fails)."""
     pipe = SpectralARPipeline.from_pretrained(setup / "pipeline")
     pipe.set_progress_bar_config(disable=True)
-    full = generate_images(pipe, [0, 1, 2, 0], batch_size=3, seed=5)
-    again = generate_images(pipe, [0, 1, 2, 0], batch_size=3, seed=5)
-    assert full.shape == (4, 1, 32, 32) and torch.equal(full, again)
-    codes = pipe([0, 1, 2], output_type="pt", generator=torch.Generator().manual_seed(5)).codes
-    short = pipe([0, 1, 2], output_type="pt", num_tokens=4, generator=torch.Generator().manual_seed(5)).codes
-    assert torch.equal(short, codes[:, :4])
+    decoded = []
+    decode = pipe.tokenizer.decode
+
+    def recording_decode(codes, *args, **kwargs):
+        decoded.append((codes.clone(), args, kwargs))
+        return decode(codes, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.tokenizer, "decode", recording_decode)
+
+    def run_report_path(**sampling):
+        decoded.clear()
+        images = generate_images(pipe, class_ids, batch_size=3, seed=5, **sampling)  # batches of 3 and 2
+        assert all(not args and not kwargs for _, args, kwargs in decoded)  # whole code rows are decoded
+        return images, torch.cat([codes for codes, _, _ in decoded])
+
+    class_ids = [0, 1, 2, 0, 1]
+    full, full_codes = run_report_path()
+    again, again_codes = run_report_path()
+    assert full.shape == (5, 1, 32, 32) and full_codes.shape == (5, 16)
+    assert torch.equal(full, again) and torch.equal(full_codes, again_codes)
+    for k in (1, 4, 9):
+        truncated, codes = run_report_path(num_tokens=k)
+        assert torch.equal(codes, full_codes[:, :k]), f"the {k}-token run did not sample the full run's prefix"
+        reference = pipe.decode(full_codes, num_tokens=k, output_type="pt").float() * 2 - 1
+        torch.testing.assert_close(truncated, reference)
+        assert not torch.allclose(truncated, full, atol=1e-3)  # a k-prefix is not the full image
 
 
 @pytest.mark.parametrize(
