@@ -51,6 +51,56 @@ def test_cached_logits_equal_uncached(codes, tokens_per_step):
     torch.testing.assert_close(torch.cat(pieces, dim=1), uncached, atol=1e-5, rtol=1e-5)
 
 
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_cache_is_accepted_under_both_transformers_names(codes, name):
+    """transformers 5.24 passes the cache as `cache=`, older 5.x as `past_key_values=`: both give the cached
+    logits, and the returned cache is the one given (under the installed version's output field)."""
+    model = tiny()
+    uncached = model(input_ids=codes, class_labels=LABELS, use_cache=False).logits
+    cache = DynamicCache(config=model.config)
+    first = model(input_ids=codes[:, :0], class_labels=LABELS, **{name: cache})
+    assert first[_cache_field()] is cache
+    rest = model(input_ids=codes[:, :15], **{name: cache}).logits
+    torch.testing.assert_close(torch.cat([first.logits, rest], dim=1), uncached, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="both cache and past_key_values"):
+        model(input_ids=codes[:, :1], cache=cache, past_key_values=DynamicCache(config=model.config))
+
+
+def _cache_field() -> str:
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def test_generate_leaks_no_deprecation_warning(codes):
+    """Neither forward (under either cache name) nor generate() makes transformers warn about renamed arguments or
+    output fields: the user did nothing wrong."""
+    import logging
+
+    class Recorder(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process: forget earlier tests' warnings
+    recorder, library_logger = Recorder(), logging.getLogger("transformers")
+    library_logger.addHandler(recorder)
+    try:
+        model = tiny()
+        for name in ("cache", "past_key_values"):
+            output = model(input_ids=codes[:, :4], class_labels=LABELS, **{name: DynamicCache(config=model.config)})
+            assert output[_cache_field()] is not None
+        model.generate(model.start_token_ids(LABELS), max_new_tokens=16, do_sample=False, guidance_scale=2.0)
+    finally:
+        library_logger.removeHandler(recorder)
+    assert not [message for message in recorder.messages if "deprecated" in message.lower()], recorder.messages
+
+
 @torch.no_grad()
 def test_start_token_prompt_equals_class_labels(codes):
     model = tiny()

@@ -12,6 +12,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ...utils import check_config_types, check_id2label, check_positive_fields
+
 
 def _var_size(depth: int) -> dict[str, Any]:
     """VAR's sizing rule: width 64 * depth, `depth` heads, drop-path 0.1 * depth / 24."""
@@ -77,7 +79,7 @@ class SpectralARConfig(PreTrainedConfig):
     """
 
     model_type = "spectralar"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 4096
     num_image_tokens: int = 64
@@ -105,6 +107,15 @@ class SpectralARConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        check_config_types(self)
+        check_id2label(self)
+        check_positive_fields(self, "hidden_size", "num_hidden_layers", "mlp_ratio", "layer_norm_eps")
+        for name in ("image_size", "num_channels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int or None, got {getattr(self, name)}.")
+        for name in ("dropout", "drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}.")
         if self.vocab_size < 2 or self.num_image_tokens < 1 or self.num_classes < 1:
             raise ValueError(
                 f"vocab_size ({self.vocab_size}), num_image_tokens ({self.num_image_tokens}) and num_classes "

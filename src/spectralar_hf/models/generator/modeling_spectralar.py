@@ -45,6 +45,9 @@ from .configuration_spectralar import SpectralARConfig
 # (including the unconditional branch of transformers' CFG logits processor) know the AdaLN condition.
 _CACHE_CLASS_ATTRIBUTE = "spectralar_class_labels"
 GUIDANCE_SCHEDULES = ("constant", "linear")
+# transformers 5.24 renamed the cache of model outputs (and of `forward`, which `generate()` calls) from
+# `past_key_values` to `cache`; our outputs use the installed version's field so `generate()` finds the cache.
+_CACHE_OUTPUT_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -113,7 +116,7 @@ class SpectralARAttention(nn.Module):
             self.max_log_scale = math.log(100.0)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, is_causal: bool,
-                past_key_values: Cache | None) -> torch.Tensor:
+                cache: Cache | None) -> torch.Tensor:
         batch, length, width = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, head_dim)
@@ -122,8 +125,8 @@ class SpectralARAttention(nn.Module):
             query = F.normalize(query, dim=-1) * self.log_scale.clamp(max=self.max_log_scale).exp().to(query.dtype)
             key = F.normalize(key, dim=-1)
             scale = 1.0
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, is_causal=is_causal, scale=scale,
             dropout_p=self.dropout if self.training else 0.0,
@@ -161,10 +164,9 @@ class SpectralARBlock(GradientCheckpointingLayer):
         return self.ada_lin(condition).unflatten(-1, (6, -1))
 
     def forward(self, hidden_states: torch.Tensor, modulation: torch.Tensor, attention_mask: torch.Tensor | None,
-                is_causal: bool, past_key_values: Cache | None) -> torch.Tensor:
+                is_causal: bool, cache: Cache | None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unsqueeze(1).unbind(2)  # each (B, 1, C)
-        attended = self.attn(self.norm(hidden_states) * (1 + scale1) + shift1, attention_mask, is_causal,
-                             past_key_values)
+        attended = self.attn(self.norm(hidden_states) * (1 + scale1) + shift1, attention_mask, is_causal, cache)
         hidden_states = hidden_states + drop_path(self.dropout(attended) * gamma1, self.drop_path_rate,
                                                   self.training)
         fed = self.mlp(self.norm(hidden_states) * (1 + scale2) + shift2)
@@ -294,14 +296,14 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         return mask.unsqueeze(1), False
 
     def _run(self, embeddings: torch.Tensor, modulations: list[torch.Tensor], head_modulation: torch.Tensor,
-             past_key_values: Cache | None, past_length: int, padding_mask: torch.Tensor | None = None,
+             cache: Cache | None, past_length: int, padding_mask: torch.Tensor | None = None,
              logits_to_keep: int = 0) -> torch.Tensor:
         """Blocks + AdaLN head on `(B, L, C)` embeddings at positions `past_length ..`; returns float logits."""
         length = embeddings.shape[1]
         hidden_states = embeddings + self.position_embedding[past_length : past_length + length].to(embeddings.dtype)
         mask, is_causal = self._attention_mask(length, past_length, padding_mask, embeddings.device)
         for layer, modulation in zip(self.layers, modulations):
-            hidden_states = layer(hidden_states, modulation, mask, is_causal, past_key_values)
+            hidden_states = layer(hidden_states, modulation, mask, is_causal, cache)
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         scale, shift = head_modulation.unsqueeze(1).unbind(2)
@@ -319,12 +321,13 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         input_ids: torch.LongTensor | None = None,
         class_labels: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SpectralARCausalLMOutput | tuple:
         """Logits of the next codes.
@@ -338,14 +341,16 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                 sequence that does not begin with a start token; later cached calls reuse the sequence's labels.
                 In training mode labels are replaced by the null class with probability `class_dropout_prob`.
             attention_mask: optional `(B, past + L)` padding mask (1 = keep).
-            past_key_values: a [`Cache`] from a previous call (created when `use_cache` and none is given).
+            cache: a [`Cache`] from a previous call (created when `use_cache` and none is given).
+            past_key_values: the same, under the name transformers < 5.24 used (give one of the two).
             labels: `(B, M)` target codes; the loss is the mean cross-entropy of `logits[:, :M]` against them, i.e.
                 over all `M = N` tokens when `labels` are the image's codes.
             logits_to_keep: if > 0, only the last `logits_to_keep` positions are scored.
 
         Returns:
-            [`SpectralARCausalLMOutput`] with `loss`, `logits` `(B, positions, vocab_size)` (float32),
-            `past_key_values` and the `class_labels` used.
+            [`SpectralARCausalLMOutput`] with `loss`, `logits` `(B, positions, vocab_size)` (float32), the cache
+            (under the installed transformers' field name: `cache`, or `past_key_values` before 5.24) and the
+            `class_labels` used.
         """
         config = self.config
         if inputs_embeds is not None:
@@ -357,19 +362,23 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             raise ValueError(f"SpectralARForCausalLM.forward does not support {unexpected}.")
         use_cache = config.use_cache if use_cache is None else use_cache
         return_dict = config.return_dict if return_dict is None else return_dict
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past_key_values is not None:
+            if cache is not None and cache is not past_key_values:
+                raise ValueError("Got both cache and past_key_values; pass the cache once, as cache=.")
+            cache = past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         batch = input_ids.shape[0]
 
         if past_length == 0:
             embeddings, class_labels = self._embed_new_sequence(input_ids, class_labels)
-            if past_key_values is not None:
-                setattr(past_key_values, _CACHE_CLASS_ATTRIBUTE, class_labels)
+            if cache is not None:
+                setattr(cache, _CACHE_CLASS_ATTRIBUTE, class_labels)
         else:
             self._check_codes(input_ids)
             if class_labels is None:
-                class_labels = getattr(past_key_values, _CACHE_CLASS_ATTRIBUTE, None)
+                class_labels = getattr(cache, _CACHE_CLASS_ATTRIBUTE, None)
                 if class_labels is None:
                     raise ValueError("class_labels is required to continue a sequence from a cache that did not "
                                      "record them.")
@@ -386,8 +395,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         if attention_mask is not None and not bool(attention_mask.all()):
             padding_mask = attention_mask[:, -(past_length + embeddings.shape[1]):]
         modulations, head_modulation = self._condition(class_labels)
-        logits = self._run(embeddings, modulations, head_modulation, past_key_values, past_length, padding_mask,
-                           logits_to_keep)
+        logits = self._run(embeddings, modulations, head_modulation, cache, past_length, padding_mask, logits_to_keep)
 
         loss = None
         if labels is not None:
@@ -395,9 +403,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             if labels.shape[1] > logits.shape[1]:
                 raise ValueError(f"labels has {labels.shape[1]} positions but only {logits.shape[1]} are predicted.")
             loss = F.cross_entropy(logits[:, : labels.shape[1]].reshape(-1, config.vocab_size), labels.reshape(-1))
-        output = SpectralARCausalLMOutput(loss=loss, logits=logits,
-                                          past_key_values=past_key_values if use_cache else None,
-                                          class_labels=class_labels)
+        output = SpectralARCausalLMOutput(loss=loss, logits=logits, class_labels=class_labels,
+                                          **{_CACHE_OUTPUT_FIELD: cache if use_cache else None})
         return output if return_dict else output.to_tuple()
 
     def _check_codes(self, codes: torch.Tensor) -> None:
