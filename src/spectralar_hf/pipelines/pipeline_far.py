@@ -8,7 +8,6 @@ from typing import Any, Callable
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -173,8 +172,8 @@ class FARPipeline(DiffusionPipeline):
                 library = (None, None)
             elif name == "transformer":
                 library = (LIBRARY_NAME, type(module).__name__)
-            else:
-                library = _fetch_class_library_tuple(module)
+            else:  # what diffusers records: the defining library's top-level package and the class name
+                library = (type(module).__module__.split(".")[0], type(module).__name__)
             self.register_to_config(**{name: library})
             object.__setattr__(self, name, module)
 
