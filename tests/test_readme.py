@@ -1,5 +1,5 @@
 """The README's Python snippets run as written, in order, in one namespace (as a newcomer pastes them into one
-session), from the repository root. Blocks that say they need the network are skipped; the text-to-image block's
+session), from a folder that has the repository's `checkpoints/` (so what they save lands in a temporary folder). Blocks that say they need the network are skipped; the text-to-image block's
 "path/to/Qwen2-1.5B" becomes a tiny local BERT (any transformers text encoder works there)."""
 
 import re
@@ -36,7 +36,8 @@ def test_readme_has_the_snippets_this_test_runs():
 
 
 def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch, one_thread):
-    monkeypatch.chdir(ROOT)
+    (tmp_path / "checkpoints").symlink_to(ROOT / "checkpoints")
+    monkeypatch.chdir(tmp_path)
     text_encoder = tiny_text_encoder(tmp_path / "text-encoder")
     namespace: dict = {"__name__": "readme"}
     for index, block in enumerate(python_blocks()):
@@ -49,3 +50,4 @@ def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch, one_thread
             pytest.fail(f"README python block {index + 1} fails: {type(error).__name__}: {error}\n{block}")
     assert namespace["codes"].shape == (4, 32) and namespace["samples"].shape == (2, 32)
     assert len(namespace["out"].images) == 2 and len(namespace["images"]) == 2
+    assert (tmp_path / "far-text" / "model_index.json").is_file()
