@@ -198,7 +198,28 @@ def push_folder_to_hub(
 
 
 class SpectralARHubMixin:
-    """`push_to_hub` for our `PreTrainedModel`s: the same files as `save_pretrained` plus our model card."""
+    """`push_to_hub` for our `PreTrainedModel`s (the same files as `save_pretrained` plus our model card), and a
+    `from_pretrained` that checks a local directory first, so that a missing directory, a pipeline directory, a
+    corrupt `config.json` or a truncated `model.safetensors` is reported with the file and the fix."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, after cheap checks of a local directory (see
+        `spectralar_hf.utils.check_model_directory`)."""
+        from .utils import check_model_directory, local_directory
+
+        directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if directory is not None and kwargs.get("config") is None and not kwargs.get("gguf_file"):
+            check_model_directory(directory, cls.config_class, cls.__name__)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            where = directory if directory is not None else pretrained_model_name_or_path
+            raise ValueError(f"The weights in {where} do not fit the sizes in its config.json (see the load report "
+                             f"above): config.json was edited or belongs to another checkpoint; restore it or save the "
+                             f"model again.") from error
 
     def push_to_hub(
         self,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ...spectral import FAR_FILTER_KINDS
+from ...utils import check_config_types, check_id2label, check_positive_fields
 from ..generator.configuration_spectralar import imagenet_id2label
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
@@ -133,6 +135,18 @@ class FARConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        check_config_types(self)
+        check_id2label(self)
+        check_positive_fields(self, "hidden_size", "mlp_ratio", "mask_ratio_std", "layer_norm_eps")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}.")
+        temperatures = self.temperature if isinstance(self.temperature, (list, tuple)) else [self.temperature]
+        if len(temperatures) not in (1, 2) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+                for t in temperatures):
+            raise ValueError(f"temperature must be a positive number or a [start, end] pair of them, got "
+                             f"{self.temperature!r}.")
         if min(self.latent_channels, self.latent_size, self.patch_size) < 1:
             raise ValueError(
                 f"latent_channels ({self.latent_channels}), latent_size ({self.latent_size}) and patch_size "
@@ -180,6 +194,9 @@ class FARConfig(PreTrainedConfig):
         if not (self.diffusion_steps == "linear" or (isinstance(self.diffusion_steps, int)
                                                      and self.diffusion_steps >= 1)):
             raise ValueError(f"diffusion_steps must be 'linear' or a positive int, got {self.diffusion_steps!r}.")
+        if isinstance(self.diffusion_steps, int) and self.diffusion_steps > self.num_train_timesteps:
+            raise ValueError(f"diffusion_steps {self.diffusion_steps} exceeds num_train_timesteps "
+                             f"{self.num_train_timesteps}; use at most that many inner steps.")
         if self.num_inference_steps is None:
             self.num_inference_steps = min(10, self.num_levels)
         if not 1 <= self.num_inference_steps <= self.num_levels:

@@ -9,6 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ...spectral import OMEGA_SCHEDULES, omega_schedule, validate_omega
+from ...utils import check_config_types, check_positive_fields
 
 # Named sizes. "titok-b64" is the paper's tokenizer (TiTok-B-64 settings: ViT-B encoder and decoder, 256 px,
 # patch 16, 64 tokens, 4096 x 12 l2-normalised codebook). The small ones are for tests, demos and CPU training.
@@ -117,6 +118,13 @@ class SpectralTokenizerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        check_config_types(self)
+        check_positive_fields(self, "image_size", "encoder_hidden_size", "encoder_num_hidden_layers",
+                              "encoder_mlp_ratio", "decoder_hidden_size", "decoder_num_hidden_layers",
+                              "decoder_mlp_ratio", "layer_norm_eps")
+        if self.commitment_cost < 0 or self.initializer_range < 0:
+            raise ValueError(f"commitment_cost ({self.commitment_cost}) and initializer_range "
+                             f"({self.initializer_range}) must be >= 0.")
         if self.num_channels not in (1, 3):
             raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}.")
         if self.patch_size < 1 or self.image_size % self.patch_size != 0:
