@@ -107,7 +107,7 @@ def test_info(checkpoint, pipeline_dir, capsys):
         (("generate", "{pipeline}", "--classes", "kitten"), "not a class of this model"),
         (("generate", "{pipeline}", "--classes", "12"), "class id out of range"),
         (("generate", "{pipeline}", "--classes", "1", "--num-tokens", "17"), "num_tokens must be a multiple"),
-        (("generate", "{pipeline}", "--classes", "1", "--num-per-class", "0"), "--num-per-class must be >= 1"),
+        (("generate", "{pipeline}", "--classes", "1", "--num-per-class", "0"), "argument --num-per-class: must be >= 1"),
         (("generate", "{checkpoint}", "--classes", "1"), "not a pipeline directory"),
     ],
 )

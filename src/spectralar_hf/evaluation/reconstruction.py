@@ -39,6 +39,10 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> tuple[torch.Tens
     if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"{name} needs two (N, C, H, W) tensors of the same shape, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}; add a batch dimension with `x[None]` for single images.")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} got empty batches (N = 0); pass at least one image pair.")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError(f"{name}: the images contain NaN or infinite pixel values.")
     return a.double(), b.double()
 
 

@@ -7,6 +7,7 @@ that serialise to the JSON report.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .classification import knn_class_agreement
@@ -35,26 +37,97 @@ def load_evaluation_images(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Images of a dataset split, resized and centre-cropped to the model's size: `(N, C, S, S)` in [-1, 1], and the
-    labels when the dataset has them. `num_images` draws a seeded random subset."""
+    labels when the dataset has them. `num_images` draws a seeded random subset.
+
+    16-bit and float images (PIL modes `I;16`, `I`, `F`) are brought to 8 bits by their value range first (a plain
+    `convert("L")` would clip them to white). Raises `ValueError` naming the first unreadable file (and how many
+    there are) when image files of the split cannot be decoded."""
     from ..training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
 
     if sum(x is not None for x in (idx_data_dir, train_data_dir, dataset_name)) != 1:
         raise ValueError("Give exactly one data source: an IDX folder, an image folder or a datasets id.")
+    if num_images is not None and num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}.")
     if idx_data_dir is not None:
         dataset = load_idx_dataset(idx_data_dir, split)
     else:
-        dataset = load_image_dataset(dataset_name, None, train_data_dir, split)
+        try:
+            dataset = load_image_dataset(dataset_name, None, train_data_dir, split)
+        except ValueError as error:
+            if "has no split" in str(error) and train_data_dir is not None:
+                raise ValueError(f"{str(error).rstrip('.')}; an image folder without train/test sub-folders only has "
+                                 f"a 'train' split: pass --split train.") from None
+            raise
     if num_images is not None:
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}.")
         order = np.random.default_rng(seed).permutation(len(dataset))[: min(num_images, len(dataset))]
         dataset = dataset.select(sorted(order.tolist()))
     image_column = find_column(dataset, None, ("image", "img", "pixel_values"), "image")
     label_column = next((c for c in ("label", "labels", "class") if c in dataset.column_names), None)
     transform = ImageTransform(image_size, num_channels)
-    images = torch.stack([transform(example[image_column]) for example in dataset])
+    images = torch.stack(_decode_images(dataset, image_column, split, transform))
     labels = torch.tensor(dataset[label_column]) if label_column is not None else None
     return images, labels
+
+
+def _decode_images(dataset, image_column: str, split: str, transform) -> list[torch.Tensor]:
+    """Every image of `dataset` through `transform`; unreadable image files are collected and reported together."""
+    import datasets
+
+    feature = dataset.features.get(image_column)
+    encoded = isinstance(feature, datasets.Image) and feature.decode
+    if encoded:  # decode here, so that an unreadable file can be named
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    images, unreadable = [], []
+    for index, example in enumerate(dataset):
+        value = example[image_column]
+        if encoded:
+            name = value.get("path") or f"image #{index}"
+            try:
+                value = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+                value.load()
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                unreadable.append((name, error))
+                continue
+        images.append(transform(to_8bit(value) if isinstance(value, Image.Image) else value))
+    if unreadable:
+        name, error = unreadable[0]
+        raise ValueError(f"{len(unreadable)} of {len(dataset)} images of the {split!r} split cannot be read as "
+                         f"images, e.g. {name!r} ({type(error).__name__}: {str(error).splitlines()[0]}); remove or "
+                         f"re-save them.")
+    return images
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """`image` with 16-bit / 32-bit / float pixels (modes `I;16*`, `I`, `F`) mapped to 8-bit `L`, other modes as they
+    are: `I;16` is divided by 257, `I` by 257 when its values exceed 255, `F` is read as [0, 1] when its values stay
+    within it and as [0, 255] otherwise (values beyond are min-max scaled)."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    high = float(array.max()) if array.size else 0.0
+    low = float(array.min()) if array.size else 0.0
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < high <= 65535 and low >= 0):
+        array = array / 257.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        array = array * 255.0
+    elif low < 0 or high > 255:
+        array = (array - low) * (255.0 / (high - low))
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
+
+
+# Improved precision / recall with k = 3 need k + 1 = 4 images per set.
+PRECISION_RECALL_MIN = 4
+
+
+def _check_images(images: torch.Tensor, name: str, minimum: int) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"{name} must be an (N, C, S, S) tensor in [-1, 1], got "
+                         f"{tuple(getattr(images, 'shape', ())) or type(images).__name__}.")
+    if len(images) < minimum:
+        raise ValueError(f"{name} holds {len(images)} image(s); this evaluation needs at least {minimum} (use more "
+                         f"reference images: --num-images, or a larger split).")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or infinite pixel values.")
 
 
 @torch.no_grad()
@@ -65,6 +138,7 @@ def evaluate_tokenizer(tokenizer, images: torch.Tensor, prefixes: Sequence[int] 
     Returns `psnr`, `ssim` and (with an extractor) `rfid` of the full-prefix reconstructions, and `prefixes`: one row
     per prefix length with PSNR to the omega_k low-pass target and to the full image.
     """
+    _check_images(images, "images", 2 if extractor is not None else 1)
     device = tokenizer.device
     reconstructions = []
     for start in tqdm(range(0, len(images), batch_size), desc="reconstruct", leave=False):
@@ -122,7 +196,16 @@ def evaluate_pipeline(
     classifier on those images assigns to the class they were generated for.
     """
     classes = list(range(pipe.transformer.config.num_classes)) if classes is None else list(classes)
+    if not classes:
+        raise ValueError("evaluate_pipeline got no classes; pass class ids (or None for all classes).")
+    if int(samples_per_class) < 1:
+        raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}.")
     class_ids = [c for c in classes for _ in range(samples_per_class)]
+    if len(class_ids) < PRECISION_RECALL_MIN:
+        raise ValueError(f"{samples_per_class} sample(s) per class x {len(classes)} class(es) = {len(class_ids)} "
+                         f"samples; precision / recall (k = 3) need at least {PRECISION_RECALL_MIN}: generate more "
+                         f"samples per class (--samples-per-class).")
+    _check_images(reference_images, "reference_images", PRECISION_RECALL_MIN)
     reference_features = extract_features(reference_images, extractor, progress=False)
     reference_stats = feature_statistics(reference_features)
     samples = generate_images(pipe, class_ids, batch_size, seed, **sampling)
@@ -147,17 +230,103 @@ def evaluate_pipeline(
 
 def reference_fid(images_a: torch.Tensor, images_b: torch.Tensor, extractor: torch.nn.Module | None = None) -> float:
     """FID between two image sets (e.g. train vs test: the floor a generator of this data can reach)."""
+    _check_images(images_a, "images_a", 2)
+    _check_images(images_b, "images_b", 2)
     a = feature_statistics(extract_features(images_a, extractor, progress=False))
     b = feature_statistics(extract_features(images_b, extractor, progress=False))
     return frechet_distance(*a, *b)
 
 
-def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
-    """Write `report` as indented JSON, atomically (temporary file + rename)."""
+REPORT_SUFFIX = ".json"
+# A previous report: a JSON object with these keys and one of REPORT_ROWS (tokenizer: prefixes, pipeline: truncation).
+REPORT_KEYS = ("checkpoint", "split")
+REPORT_ROWS = ("prefixes", "truncation")
+# Weight files that make a folder with a config.json a model directory.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def is_model_directory(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a saved model or pipeline (or a component folder of a pipeline): it holds
+    `model_index.json`, or `config.json` next to weights, or its parent holds `model_index.json`."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file() or (folder.parent / "model_index.json").is_file():
+        return True
+    return (folder / "config.json").is_file() and any(
+        child.suffix in WEIGHT_SUFFIXES for child in folder.iterdir() if child.is_file())
+
+
+def is_report(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a report written by `write_report` (a JSON object with `checkpoint`, `split` and
+    `prefixes` or `truncation`)."""
+    try:
+        with open(path) as stream:
+            content = json.load(stream)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(content, dict) and all(key in content for key in REPORT_KEYS)
+            and any(key in content for key in REPORT_ROWS))
+
+
+def check_report_path(path: str | os.PathLike) -> Path:
+    """The rule for report paths, checked before any work (raises `ValueError` saying what to do):
+
+    * the name ends in `.json`;
+    * it is not inside a model or pipeline directory (see `is_model_directory`), so a checkpoint is never
+      changed (`push_to_hub` would upload the report, and a report named `config.json` would break loading);
+    * an existing file is overwritten only when it is a previous report (see `is_report`); anything else
+      (`config.json`, `model_index.json`, weights, other JSON) is refused;
+    * its folder can be created and written.
+    """
     target = Path(path)
+    if target.suffix.lower() != REPORT_SUFFIX:
+        raise ValueError(f"report path {os.fspath(path)!r} must end in {REPORT_SUFFIX} (the report is JSON), e.g. "
+                         f"outputs/evaluation.json.")
+    if target.is_dir():
+        raise ValueError(f"report path {os.fspath(path)!r} is a directory; give a file name, e.g. "
+                         f"{os.path.join(os.fspath(path), 'evaluation.json')}.")
+    folder = _existing_ancestor(target.parent)
+    if is_model_directory(folder):
+        raise ValueError(f"report path {os.fspath(path)!r} is inside the model/pipeline directory {os.fspath(folder)!r}; "
+                         f"refusing to write there (the checkpoint would change): write the report elsewhere, e.g. "
+                         f"outputs/evaluation.json.")
+    if target.exists() or target.is_symlink():
+        if not target.is_file() or not is_report(target):
+            raise ValueError(f"report path {os.fspath(path)!r} exists and is not a report of `spectralar-hf evaluate`;"
+                             f" refusing to overwrite it: choose another path or delete the file.")
+    _check_writable_folder(target.parent, folder, f"report path {os.fspath(path)!r}")
+    return target
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _check_writable_folder(folder: Path, existing: Path, what: str) -> None:
+    """`existing` (the nearest existing ancestor of `folder`) must be a folder where a file can be created: checked
+    by creating and removing a temporary file (permissions alone miss read-only mounts and /proc-like folders)."""
+    if not existing.is_dir():
+        raise ValueError(f"{what}: {os.fspath(existing)!r} is a file, not a folder; choose another path.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write in the folder {os.fspath(existing)!r} ({error.strerror or error}); "
+                         f"choose another path.") from None
+
+
+def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write `report` as indented JSON, atomically (temporary file + rename), after `check_report_path`."""
+    target = check_report_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(report, stream, indent=2, default=float)
-        stream.write("\n")
-    os.replace(temporary, target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(report, stream, indent=2, default=float)
+            stream.write("\n")
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
