@@ -12,9 +12,16 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hub import build_model_card, push_folder_to_hub
-from ..models.far import FARTransformer, check_scheduler
+from ..models.far import FARConfig, FARTransformer, check_scheduler
 from ..spectral import far_level_schedule, frequency_filter
-from .pipeline_spectralar import LIBRARY_NAME, SpectralARPipeline
+from ..utils import check_callable, check_finite_tensor, check_generator, check_pipeline_directory, local_directory
+from .pipeline_spectralar import (
+    LIBRARY_NAME,
+    SpectralARPipeline,
+    _OtherPipelineMethods,
+    check_output_type,
+    preprocess_images,
+)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 COMPONENTS = ("vae", "transformer", "scheduler", "text_encoder", "tokenizer")
@@ -113,7 +120,7 @@ def encode_prompt(text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     return states, inputs["attention_mask"].to(device)
 
 
-class FARPipeline(DiffusionPipeline):
+class FARPipeline(_OtherPipelineMethods, DiffusionPipeline):
     r"""
     Class- or text-conditional image generation with FAR (frequency progressive autoregression, continuous tokens):
     the transformer and its diffusion head generate VAE latents from low to high frequency, the VAE decodes them.
@@ -148,6 +155,25 @@ class FARPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
+    _other_methods = {
+        "reconstruct": "it is a SpectralARPipeline method (spectral tokens); a FAR pipeline round-trips images through "
+                       "its VAE with pipe.decode_latents(pipe.encode(images)).",
+        "super_resolve": "it is a SpectralARPipeline method (spectral completion of tokens); FAR has no "
+                         "super-resolution.",
+        "decode": "decode latents to images with pipe.decode_latents(latents) (a SpectralARPipeline decodes codes with "
+                  "decode()).",
+    }
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' `from_pretrained`, after cheap checks of a local directory: `model_index.json` written for this
+        pipeline, every component folder with a valid config and intact weights (each error names the file)."""
+        directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if directory is not None:
+            check_pipeline_directory(directory, cls.__name__, ("vae", "transformer", "scheduler"),
+                                     {"FARTransformer": FARConfig})
+            pretrained_model_name_or_path = str(directory) if not kwargs.get("subfolder") else pretrained_model_name_or_path
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __init__(self, vae: AutoencoderKL, transformer: FARTransformer, scheduler: DDPMScheduler,
                  text_encoder: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None):
@@ -255,6 +281,20 @@ class FARPipeline(DiffusionPipeline):
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents `(B, C, h, w)` -> VAE images `(B, channels, H, W)` in about [-1, 1]."""
+        channels = self.vae.config.latent_channels
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 4 or latents.shape[1] != channels:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"latents must be a (B, {channels}, h, w) tensor (the VAE's latent_channels = {channels}), "
+                             f"got {shape}.")
+        if not torch.is_floating_point(latents):
+            raise ValueError(f"latents must be floating-point, got {latents.dtype}; use `latents.float()`.")
+        if latents.shape[0] == 0:
+            raise ValueError("latents is an empty batch (0 rows); pass at least one latent.")
+        check_finite_tensor("latents", latents, "was the model sampled with a NaN / inf setting, or has its training "
+                                                "diverged?")
+        return self._decode_latents(latents)
+
+    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         config = self.vae.config
         latents = latents / config.scaling_factor
         if getattr(config, "shift_factor", None) is not None:
@@ -321,11 +361,12 @@ class FARPipeline(DiffusionPipeline):
             [`FARPipelineOutput`] or `(images,)` / `(images, intermediates)`.
         """
         inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        if set(inputs) - set(self._callback_tensor_inputs):
-            raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}, "
-                             f"got {inputs}.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if isinstance(inputs, str) or set(inputs) - set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be a list drawn from "
+                             f"{self._callback_tensor_inputs}, got {inputs!r}.")
+        check_output_type(output_type, OUTPUT_TYPES)
+        check_callable("callback_on_step_end", callback_on_step_end)
+        check_generator(generator)
         text_inputs = self._text_inputs(class_labels, prompt, prompt_embeds, prompt_attention_mask,
                                         max_sequence_length)
         labels = None if class_labels is None else self._class_ids(class_labels)
@@ -343,6 +384,9 @@ class FARPipeline(DiffusionPipeline):
                 replaced = None
                 if callback_on_step_end is not None:
                     returned = callback_on_step_end(self, step, None, {"latents": latents})
+                    if returned is not None and not isinstance(returned, dict):
+                        raise TypeError(f"callback_on_step_end must return None or a dict of tensors, got "
+                                        f"{type(returned).__name__}.")
                     if returned is not None and returned.get("latents") is not None:
                         replaced = returned["latents"]
                 if return_intermediates:
@@ -361,13 +405,13 @@ class FARPipeline(DiffusionPipeline):
             if output_type == "latent":
                 intermediates = filtered
             else:
-                decoded = self.decode_latents(torch.cat(filtered)).split(latents.shape[0])
+                decoded = self._decode_latents(torch.cat(filtered)).split(latents.shape[0])
                 intermediates = [self.image_processor.postprocess(chunk, output_type=output_type)
                                  for chunk in decoded]
         if output_type == "latent":
             images = latents
         else:
-            images = self.image_processor.postprocess(self.decode_latents(latents), output_type=output_type)
+            images = self.image_processor.postprocess(self._decode_latents(latents), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, intermediates) if return_intermediates else (images,)
@@ -381,13 +425,9 @@ class FARPipeline(DiffusionPipeline):
         mean times `scaling_factor`, minus `shift_factor` when set): what the transformer is trained on."""
         size = self.vae.config.sample_size
         size = size[0] if isinstance(size, (list, tuple)) else size
-        pixels = self.image_processor.preprocess(images, height=size, width=size, resize_mode="crop")
-        channels = self.vae.config.in_channels
-        if pixels.shape[1] == 3 and channels == 1:
-            pixels = pixels.mean(dim=1, keepdim=True)
-        elif pixels.shape[1] == 1 and channels == 3:
-            pixels = pixels.expand(-1, 3, -1, -1)
-        latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mean
+        pixels = preprocess_images(self.image_processor, images, size, self.vae.config.in_channels,
+                                   self._execution_device, self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mean
         shift = getattr(self.vae.config, "shift_factor", None)
         return (latents - (shift or 0.0)) * self.vae.config.scaling_factor
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -14,11 +15,124 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..hub import build_model_card, push_folder_to_hub
-from ..models.generator import SpectralARForCausalLM
-from ..models.tokenizer import SpectralTokenizer
+from ..models.generator import SpectralARConfig, SpectralARForCausalLM
+from ..models.tokenizer import SpectralTokenizer, SpectralTokenizerConfig
+from ..utils import (
+    check_callable,
+    check_generator,
+    check_int,
+    check_pipeline_directory,
+    check_pixel_range,
+    local_directory,
+)
 
 LIBRARY_NAME = "spectralar_hf"
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def check_output_type(output_type: str, allowed: tuple[str, ...] = OUTPUT_TYPES) -> None:
+    if not isinstance(output_type, str) or output_type not in allowed:
+        raise ValueError(f"output_type must be one of {allowed}, got {output_type!r}.")
+
+
+def check_image_input(images: ImageInput) -> None:
+    """PIL images, NumPy arrays `(H, W[, C])` / `(B, H, W, C)` or tensors `(C, H, W)` / `(B, C, H, W)` (or a list
+    of them), non-empty, with float values finite and in [0, 1] (uint8 for 0..255)."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("images is empty; pass at least one image (PIL image, NumPy array or tensor).")
+    for item in items:
+        if isinstance(item, PIL.Image.Image):
+            continue
+        if isinstance(item, (str, bytes, os.PathLike)):
+            raise TypeError(f"images must be PIL images, NumPy arrays or tensors, got the path {item!r}; open it "
+                            f"first: PIL.Image.open(path).")
+        if isinstance(item, np.ndarray):
+            if item.dtype == object:
+                raise TypeError("images must be a numeric NumPy array, got dtype object.")
+            tensor, layout, dims = torch.from_numpy(np.ascontiguousarray(item)), "(B, H, W, C)", (2, 3, 4)
+        elif isinstance(item, torch.Tensor):
+            tensor, layout, dims = item, "(B, C, H, W)", (3, 4)
+        else:
+            raise TypeError(f"images must be PIL images, NumPy arrays or tensors (or a list of them), got "
+                            f"{type(item).__name__}.")
+        if tensor.dim() not in dims:
+            raise ValueError(f"images must be {layout} (a batch) or one image, got shape {tuple(tensor.shape)}.")
+        if tensor.numel() == 0:
+            raise ValueError(f"images has an empty batch or size (shape {tuple(tensor.shape)}); pass at least one "
+                             f"image.")
+        if tensor.dtype == torch.uint8:
+            continue
+        if not torch.is_floating_point(tensor):
+            raise TypeError(f"images has dtype {tensor.dtype}; pass floats in [0, 1] (e.g. `x / 255`) or uint8 values "
+                            f"in [0, 255].")
+        check_pixel_range("images", tensor, 0.0, 1.0)
+
+
+def preprocess_images(image_processor: VaeImageProcessor, images: ImageInput, size: int, channels: int,
+                      device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Validated images -> `(B, channels, size, size)` in [-1, 1] on `device` / `dtype` (resized and centre-cropped;
+    RGB <-> grayscale converted)."""
+    check_image_input(images)
+    pixel_values = image_processor.preprocess(images, height=size, width=size, resize_mode="crop")
+    found = pixel_values.shape[1]
+    if found == 3 and channels == 1:
+        pixel_values = pixel_values.mean(dim=1, keepdim=True)
+    elif found == 1 and channels == 3:
+        pixel_values = pixel_values.expand(-1, 3, -1, -1)
+    elif found != channels:
+        raise ValueError(f"images have {found} channels but the model expects {channels}; pass RGB or grayscale "
+                         f"images (tensors are (B, C, H, W), arrays (B, H, W, C); drop an alpha channel with "
+                         f"x[:, :3] or image.convert('RGB')).")
+    return pixel_values.clamp(-1, 1).to(device=device, dtype=dtype)  # clamp: values within the range tolerance
+
+
+def class_ids(pipe: DiffusionPipeline, class_labels: Any) -> torch.LongTensor:
+    """Class ids, class names or a mix (one image per entry) -> `(B,)` ids on the pipeline's device."""
+    if class_labels is None:
+        raise ValueError("class_labels is required: pass class ids and/or names, one image per entry (e.g. [207, "
+                         "'Sneaker']).")
+    if isinstance(class_labels, (torch.Tensor, np.ndarray)):
+        tensor = torch.as_tensor(class_labels)
+        if torch.is_floating_point(tensor) or tensor.dtype == torch.bool or tensor.dim() > 1:
+            raise ValueError(f"class_labels must be a 1D sequence of integer class ids, got {tensor.dtype} of shape "
+                             f"{tuple(tensor.shape)}.")
+        values = tensor.flatten().tolist()
+    elif isinstance(class_labels, (int, str, np.integer)) and not isinstance(class_labels, bool):
+        values = [class_labels]
+    elif isinstance(class_labels, (list, tuple)):
+        values = list(class_labels)
+    else:
+        raise TypeError(f"class_labels must be a class id, a class name, or a list / tensor of them, got "
+                        f"{type(class_labels).__name__} {class_labels!r}.")
+    if not values:
+        raise ValueError("class_labels is empty; pass at least one class id or name (one image per entry).")
+    ids = []
+    for value in values:
+        if isinstance(value, str):
+            ids.append(pipe.get_label_ids(value)[0])
+        elif isinstance(value, torch.Tensor) and value.dim() == 0 and not torch.is_floating_point(value) \
+                and value.dtype != torch.bool:
+            ids.append(int(value))
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            ids.append(int(value))
+        else:
+            raise TypeError(f"class_labels entries must be class ids (int) or class names (str), got "
+                            f"{type(value).__name__} {value!r}.")
+    return torch.tensor(ids, dtype=torch.long, device=pipe._execution_device)
+
+
+class _OtherPipelineMethods:
+    """A helpful `AttributeError` for a method of the other pipeline (e.g. `reconstruct` on a FAR pipeline)."""
+
+    _other_methods: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        hint = type(self)._other_methods.get(name)
+        if hint is not None:
+            raise AttributeError(f"{type(self).__name__} has no {name}(): {hint}")
+        return super().__getattr__(name)
 
 
 @dataclass
@@ -74,7 +188,7 @@ def check_components(tokenizer: SpectralTokenizer, transformer: SpectralARForCau
                          f"{t.num_channels} channels.")
 
 
-class SpectralARPipeline(DiffusionPipeline):
+class SpectralARPipeline(_OtherPipelineMethods, DiffusionPipeline):
     r"""
     Class-conditional image generation with SpectralAR: the transformer samples spectral codes coarse to fine, the
     tokenizer decodes them.
@@ -96,6 +210,22 @@ class SpectralARPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "transformer->tokenizer"
     _callback_tensor_inputs = ["codes"]
+    _other_methods = {
+        "decode_latents": "it is a FARPipeline method; here decode codes with pipe.decode(codes).",
+        "encode_prompt": "SpectralAR is class-conditional (no text); pass class_labels.",
+    }
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' `from_pretrained`, after cheap checks of a local directory: `model_index.json` written for this
+        pipeline, both component folders with valid configs and intact weights (each error names the file)."""
+        directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if directory is not None:
+            check_pipeline_directory(directory, cls.__name__, ("tokenizer", "transformer"),
+                                     {"SpectralTokenizer": SpectralTokenizerConfig,
+                                      "SpectralARForCausalLM": SpectralARConfig})
+            pretrained_model_name_or_path = str(directory) if not kwargs.get("subfolder") else pretrained_model_name_or_path
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def __init__(self, tokenizer: SpectralTokenizer, transformer: SpectralARForCausalLM):
         super().__init__()
@@ -138,6 +268,10 @@ class SpectralARPipeline(DiffusionPipeline):
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Map class names (e.g. ImageNet-1k names, or the names of a custom label set) to class ids."""
+        if not (isinstance(label, str) or (isinstance(label, (list, tuple))
+                                           and all(isinstance(name, str) for name in label))):
+            raise TypeError(f"get_label_ids takes a class name or a list of names, got {label!r}; class ids need no "
+                            f"mapping.")
         labels = [label] if isinstance(label, str) else list(label)
         known = self.labels
         for name in labels:
@@ -148,14 +282,7 @@ class SpectralARPipeline(DiffusionPipeline):
         return [known[name] for name in labels]
 
     def _class_ids(self, class_labels: int | str | list | torch.Tensor) -> torch.LongTensor:
-        if isinstance(class_labels, torch.Tensor):
-            values = class_labels.flatten().tolist()
-        elif isinstance(class_labels, (int, str, np.integer)):
-            values = [class_labels]
-        else:
-            values = list(class_labels)
-        ids = [self.get_label_ids(value)[0] if isinstance(value, str) else int(value) for value in values]
-        return torch.tensor(ids, dtype=torch.long, device=self._execution_device)
+        return class_ids(self, class_labels)
 
     # ------------------------------------------------------------------ generation
 
@@ -166,13 +293,17 @@ class SpectralARPipeline(DiffusionPipeline):
                     "top_p": None}
         settings = {}
         for name, value in given.items():
-            settings[name] = value if value is not None else getattr(defaults, name, None)
-            if settings[name] is None:
-                settings[name] = fallback[name]
-        if settings["top_p"] is not None and settings["top_p"] >= 1.0:
-            settings["top_p"] = None
-        if settings["top_k"] == 0:  # GenerationConfig's "no top-k"
-            settings["top_k"] = None
+            if value is not None:  # given: the transformer validates it (no silent clamping of e.g. top_p > 1)
+                settings[name] = value
+                continue
+            value = getattr(defaults, name, None)
+            if name == "top_p" and isinstance(value, (int, float)) and value >= 1.0:
+                value = None  # GenerationConfig's "no nucleus filtering"
+            if name == "top_k" and value == 0:
+                value = None  # GenerationConfig's "no top-k"
+            settings[name] = fallback[name] if value is None else value
+        if settings["top_p"] == 1.0:
+            settings["top_p"] = None  # the identity
         return settings
 
     @torch.no_grad()
@@ -214,9 +345,14 @@ class SpectralARPipeline(DiffusionPipeline):
             [`SpectralARPipelineOutput`] or `(images,)` / `(images, intermediates)`.
         """
         inputs = callback_on_step_end_tensor_inputs or ["codes"]
-        if set(inputs) - set(self._callback_tensor_inputs):
-            raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}, "
-                             f"got {inputs}.")
+        if isinstance(inputs, str) or set(inputs) - set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be a list drawn from "
+                             f"{self._callback_tensor_inputs}, got {inputs!r}.")
+        check_callable("callback_on_step_end", callback_on_step_end)
+        check_output_type(output_type)
+        check_generator(generator)
+        if num_tokens is not None:
+            num_tokens = check_int("num_tokens", num_tokens)
         labels = self._class_ids(class_labels)
         settings = self._sampling_settings(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
                                            temperature=temperature, top_k=top_k, top_p=top_p)
@@ -228,6 +364,9 @@ class SpectralARPipeline(DiffusionPipeline):
                 progress.update()
                 if callback_on_step_end is not None:
                     returned = callback_on_step_end(self, step, None, {"codes": codes})
+                    if returned is not None and not isinstance(returned, dict):
+                        raise TypeError(f"callback_on_step_end must return None or a dict of tensors, got "
+                                        f"{type(returned).__name__}.")
                     if returned is not None and returned.get("codes", codes) is not codes:
                         raise ValueError("callback_on_step_end may not replace codes: earlier codes are cached.")
 
@@ -259,14 +398,9 @@ class SpectralARPipeline(DiffusionPipeline):
 
     def _preprocess(self, images: ImageInput) -> torch.Tensor:
         """PIL / NumPy / tensors (values in [0, 1] for arrays and tensors) -> `(B, C, S, S)` in [-1, 1]."""
-        size = self.tokenizer.config.image_size
-        pixel_values = self.image_processor.preprocess(images, height=size, width=size, resize_mode="crop")
-        channels = self.tokenizer.config.num_channels
-        if pixel_values.shape[1] == 3 and channels == 1:
-            pixel_values = pixel_values.mean(dim=1, keepdim=True)
-        elif pixel_values.shape[1] == 1 and channels == 3:
-            pixel_values = pixel_values.expand(-1, 3, -1, -1)
-        return pixel_values.to(device=self._execution_device, dtype=self.tokenizer.dtype)
+        config = self.tokenizer.config
+        return preprocess_images(self.image_processor, images, config.image_size, config.num_channels,
+                                 self._execution_device, self.tokenizer.dtype)
 
     @torch.no_grad()
     def encode(self, images: ImageInput) -> torch.LongTensor:
@@ -277,6 +411,7 @@ class SpectralARPipeline(DiffusionPipeline):
     def decode(self, codes: torch.LongTensor, num_tokens: int | torch.Tensor | None = None,
                output_type: str = "pil"):
         """Decode the first `num_tokens` codes (int or per-sample `(B,)` tensor) to images of `output_type`."""
+        check_output_type(output_type)
         return self.image_processor.postprocess(self.tokenizer.decode(codes, num_tokens).reconstruction,
                                                 output_type=output_type)
 
@@ -284,6 +419,7 @@ class SpectralARPipeline(DiffusionPipeline):
     def reconstruct(self, images: ImageInput, num_tokens: int | torch.Tensor | None = None,
                     output_type: str = "pil"):
         """Encode then decode the first `num_tokens` codes: the image seen through a spectral prefix."""
+        check_output_type(output_type)
         return self.decode(self.encode(images), num_tokens, output_type)
 
     # ------------------------------------------------------------------ super-resolution (§4.4)
@@ -315,8 +451,12 @@ class SpectralARPipeline(DiffusionPipeline):
         """
         if method not in ("stride", "patch"):
             raise ValueError(f"method must be 'stride' or 'patch', got {method!r}.")
+        check_output_type(output_type)
+        check_generator(generator)
+        if keep_tokens is not None:
+            keep_tokens = check_int("keep_tokens", keep_tokens)
         size = self.tokenizer.config.image_size
-        if not isinstance(scale, int) or scale < 2 or size % scale != 0:
+        if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2 or size % scale != 0:
             raise ValueError(f"scale must be an int >= 2 that divides the image size {size}, got {scale!r}.")
         pixels = self._preprocess(image)
         batch, channels = pixels.shape[:2]

@@ -43,6 +43,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ...hub import SpectralARHubMixin
+from ...utils import check_callable, check_finite_tensor, check_generator, check_int, check_number
 from ...spectral import far_diffusion_steps, far_level_schedule, far_loss_weight, far_mask_ratio_range, frequency_filter
 from .configuration_far import GUIDANCE_SCHEDULES, INFERENCE_MASK_SCHEDULES, FARConfig
 
@@ -454,15 +455,24 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                              f"(latent_channels, latent_size, latent_size of this model), got {shape}.")
         if not torch.is_floating_point(latents):
             raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}.")
+        if latents.shape[0] == 0:
+            raise ValueError("latents is an empty batch (0 rows); pass at least one latent.")
+        check_finite_tensor("latents", latents, "check the VAE encoding (a diverged VAE, or NaN / inf images)")
 
     def _check_class_labels(self, class_labels, allow_null: bool = True) -> torch.LongTensor:
         config = self.config
         if config.num_classes == 0:
             raise ValueError("This model has no classes (num_classes = 0: text-conditional only); leave class_labels "
                              "out and condition on encoder_hidden_states.")
+        if isinstance(class_labels, str) or (isinstance(class_labels, (list, tuple))
+                                             and any(isinstance(value, str) for value in class_labels)):
+            raise TypeError(f"class_labels must be integer class ids, got {class_labels!r}; class names are mapped to "
+                            f"ids by the pipeline (FARPipeline.get_label_ids) or config.label2id.")
         labels = torch.as_tensor(class_labels, device=self.device)
         if labels.dim() == 0:
             labels = labels.unsqueeze(0)
+        if labels.numel() == 0:
+            raise ValueError("class_labels is empty; pass at least one class id (one sample per entry).")
         if labels.dim() != 1 or torch.is_floating_point(labels) or labels.dtype == torch.bool:
             raise ValueError(f"class_labels must be a 1D sequence of integer class ids, got {tuple(labels.shape)} "
                              f"{labels.dtype}.")
@@ -638,6 +648,8 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         """
         config = self.config
         self._check_latents(latents)
+        latents = latents.to(self.dtype)  # float64 / float16 latents: the model's dtype, as diffusers does
+        check_generator(generator)
         batch = latents.shape[0]
         labels = self._null_class_rows(batch) if class_labels is None else self._check_class_labels(class_labels)
         if labels.shape[0] != batch:
@@ -646,7 +658,11 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         if levels is None:
             levels = self._random((batch,), generator, "randint", config.num_levels)
         else:
-            levels = torch.as_tensor(levels, device=self.device).long().reshape(-1)
+            levels = torch.as_tensor(levels, device=self.device)
+            if torch.is_floating_point(levels) or levels.dtype == torch.bool:
+                raise ValueError(f"levels must be integer input levels in [0, {config.num_levels}), got dtype "
+                                 f"{levels.dtype}; use `levels.long()`.")
+            levels = levels.long().reshape(-1)
             if levels.shape[0] != batch or int(levels.min()) < 0 or int(levels.max()) >= config.num_levels:
                 raise ValueError(f"levels must be {batch} input levels in [0, {config.num_levels}), got "
                                  f"{levels.tolist()}.")
@@ -766,6 +782,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         guidance_schedule = config.guidance_schedule if guidance_schedule is None else guidance_schedule
         temperature = config.temperature if temperature is None else temperature
         mask_schedule = config.inference_mask_schedule if mask_schedule is None else mask_schedule
+        guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
+        check_generator(generator)
+        check_callable("callback", callback)
         labels = None if class_labels is None else self._check_class_labels(class_labels, allow_null=True)
         text, text_mask = self._check_text(encoder_hidden_states, encoder_attention_mask,
                                            None if labels is None else labels.shape[0])
@@ -819,6 +838,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 if replaced is not None:
                     if not isinstance(replaced, torch.Tensor) or replaced.shape != latents.shape:
                         raise ValueError(f"A callback may only return latents of shape {tuple(latents.shape)}.")
+                    check_finite_tensor("the latents returned by the callback", replaced)
                     latents = replaced.to(latents)
         return latents
 
@@ -828,10 +848,14 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 raise ValueError(f"diffusion_steps must be 'linear', an int or one int per outer step, got "
                                  f"{diffusion_steps!r}.")
             steps = far_diffusion_steps(num_steps)
-        elif isinstance(diffusion_steps, int) and not isinstance(diffusion_steps, bool):
-            steps = [diffusion_steps] * num_steps
+        elif isinstance(diffusion_steps, (list, tuple)):
+            steps = [check_int("diffusion_steps entries", value) for value in diffusion_steps]
+            if len(steps) != num_steps:
+                raise ValueError(f"diffusion_steps gives {len(steps)} values for {num_steps} outer steps; give one "
+                                 f"int per outer step, one int for all, or 'linear'.")
         else:
-            steps = [int(value) for value in diffusion_steps]
+            steps = [check_int("diffusion_steps", diffusion_steps,
+                               hint="pass 'linear', an int or one int per outer step")] * num_steps
             if len(steps) != num_steps:
                 raise ValueError(f"diffusion_steps gives {len(steps)} values for {num_steps} outer steps.")
         if min(steps) < 1 or max(steps) > self.config.num_train_timesteps:
@@ -840,12 +864,12 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
 
     @staticmethod
     def _temperatures(temperature, num_steps: int) -> list[float]:
-        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-            values = [float(temperature)] * num_steps
+        if not isinstance(temperature, (list, tuple)):
+            values = [check_number("temperature", temperature, low=0.0, low_open=True)] * num_steps
         else:
-            pair = [float(value) for value in temperature]
-            if len(pair) != 2:
+            if len(temperature) != 2:
                 raise ValueError(f"temperature must be a float or a (start, end) pair, got {temperature!r}.")
+            pair = [check_number("temperature", value, low=0.0, low_open=True) for value in temperature]
             start, end = pair
             values = [end if num_steps == 1 else start + (end - start) * k / (num_steps - 1) for k in range(num_steps)]
         if min(values) <= 0:

@@ -39,6 +39,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...hub import SpectralARHubMixin
+from ...utils import check_callable, check_generator, check_int, check_number
 from .configuration_spectralar import SpectralARConfig
 
 # Attribute under which the class labels of a sequence ride along in its KV cache, so that cached decoding steps
@@ -259,10 +260,16 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
 
     def _check_class_labels(self, class_labels, allow_null: bool) -> torch.LongTensor:
         config = self.config
+        if isinstance(class_labels, str) or (isinstance(class_labels, (list, tuple))
+                                             and any(isinstance(value, str) for value in class_labels)):
+            raise TypeError(f"class_labels must be integer class ids, got {class_labels!r}; class names are mapped to "
+                            f"ids by the pipeline (SpectralARPipeline.get_label_ids) or config.label2id.")
         labels = torch.as_tensor(class_labels, device=self.device)
         if labels.dim() == 0:
             labels = labels.unsqueeze(0)
-        if labels.dim() != 1 or torch.is_floating_point(labels):
+        if labels.numel() == 0:
+            raise ValueError("class_labels is empty; pass at least one class id (one sample per entry).")
+        if labels.dim() != 1 or torch.is_floating_point(labels) or labels.dtype == torch.bool:
             raise ValueError(f"class_labels must be a 1D sequence of integer class ids, got {tuple(labels.shape)} "
                              f"{labels.dtype}.")
         high = config.num_classes if allow_null else config.num_classes - 1
@@ -357,6 +364,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             raise ValueError("inputs_embeds is not supported: pass input_ids (codes or start tokens) and class_labels.")
         if input_ids is None:
             raise ValueError("input_ids is required (codes, or start_token_ids(class_labels) to begin a sequence).")
+        self._check_codes(input_ids, "input_ids", values=False)
         unexpected = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
         if unexpected:
             raise ValueError(f"SpectralARForCausalLM.forward does not support {unexpected}.")
@@ -399,7 +407,9 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
 
         loss = None
         if labels is not None:
-            self._check_codes(labels)
+            self._check_codes(labels, "labels")
+            if labels.shape[0] != batch:
+                raise ValueError(f"labels has {labels.shape[0]} rows for a batch of {batch} sequences.")
             if labels.shape[1] > logits.shape[1]:
                 raise ValueError(f"labels has {labels.shape[1]} positions but only {logits.shape[1]} are predicted.")
             loss = F.cross_entropy(logits[:, : labels.shape[1]].reshape(-1, config.vocab_size), labels.reshape(-1))
@@ -407,11 +417,22 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                                           **{_CACHE_OUTPUT_FIELD: cache if use_cache else None})
         return output if return_dict else output.to_tuple()
 
-    def _check_codes(self, codes: torch.Tensor) -> None:
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.vocab_size):
+    def _check_codes(self, codes: torch.Tensor, name: str = "codes", values: bool = True) -> None:
+        """A `(B, L)` integer tensor; with `values`, every entry in `[0, vocab_size)` (one sync)."""
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
+            raise ValueError(f"{name} must be a (B, L) integer tensor, got "
+                             f"{tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__}"
+                             + ("; add the batch dimension with `x.unsqueeze(0)`." if getattr(codes, "ndim", 0) == 1
+                                else "."))
+        if torch.is_floating_point(codes) or codes.dtype == torch.bool or codes.is_complex():
+            raise ValueError(f"{name} must hold integer codes, got dtype {codes.dtype}; use `x.long()`.")
+        if values and codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.config.vocab_size):
             raise ValueError(
-                f"codes must lie in [0, {self.config.vocab_size}) (the vocabulary = the tokenizer's codebook), got "
-                f"values in [{int(codes.min())}, {int(codes.max())}]."
+                f"{'' if name == 'codes' else name + ': '}codes must lie in [0, {self.config.vocab_size}) (the "
+                f"vocabulary = the tokenizer's codebook), got "
+                f"values in [{int(codes.min())}, {int(codes.max())}]"
+                + ("; -100 ('ignore') labels are not supported: every code is a target." if int(codes.min()) == -100
+                   else ".")
             )
 
     def _embed_new_sequence(self, input_ids: torch.LongTensor, class_labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -419,6 +440,10 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         config = self.config
         first = input_ids[:, 0] if input_ids.shape[1] else input_ids.new_zeros(input_ids.shape[0])
         starts = (first >= config.start_token_offset) & (input_ids.shape[1] > 0)
+        last_start = config.start_token_offset + config.null_class_id
+        if bool(starts.any()) and (class_labels is not None or int(first.max()) > last_start):
+            # ids >= vocab_size where codes are expected (class_labels given), or beyond every start token
+            self._check_codes(input_ids, "input_ids")
         if bool(starts.any()):
             if not bool(starts.all()):
                 raise ValueError(
@@ -439,8 +464,14 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                     f"unconditional scores), or begin input_ids with start_token_ids(class_labels)."
                 )
             class_labels = self._check_class_labels(class_labels, allow_null=True)
+            if input_ids.shape[1] > config.num_image_tokens:
+                raise ValueError(f"input_ids has {input_ids.shape[1]} codes but an image has num_image_tokens = "
+                                 f"{config.num_image_tokens}; pass at most that many (the last one is only a label).")
             codes = input_ids[:, : config.num_image_tokens - config.tokens_per_step]
-        self._check_codes(codes)
+        if class_labels.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"class_labels has {class_labels.shape[0]} entries for a batch of {input_ids.shape[0]} "
+                             f"sequences; pass one class id per row.")
+        self._check_codes(codes, "input_ids")
         if self.training and config.class_dropout_prob > 0:
             dropped = torch.rand(class_labels.shape, device=class_labels.device) < config.class_dropout_prob
             class_labels = torch.where(dropped, torch.full_like(class_labels, config.null_class_id), class_labels)
@@ -457,6 +488,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         """
         config = generation_config if generation_config is not None else self.generation_config
         scale = kwargs.get("guidance_scale", getattr(config, "guidance_scale", None))
+        if scale is not None:
+            check_number("guidance_scale", scale, hint="1.0 = no guidance")
         if scale not in (None, 1, 1.0) and kwargs.get("negative_prompt_ids") is None and inputs is not None:
             null = torch.full((inputs.shape[0],), self.config.null_class_id, device=inputs.device)
             kwargs["negative_prompt_ids"] = self.start_token_ids(null)
@@ -499,7 +532,10 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         """
         config = self.config
         labels = self._check_class_labels(class_labels, allow_null=True)
-        num_tokens = config.num_image_tokens if num_tokens is None else num_tokens
+        num_tokens = config.num_image_tokens if num_tokens is None else check_int("num_tokens", num_tokens)
+        guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
+        check_generator(generator)
+        check_callable("callback", callback)
         step_size = config.tokens_per_step
         if not 1 <= num_tokens <= config.num_image_tokens or num_tokens % step_size != 0:
             raise ValueError(
@@ -543,7 +579,11 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
 
     def _check_prefix(self, prefix_codes: torch.Tensor, batch: int, num_tokens: int) -> torch.LongTensor:
         step_size = self.config.tokens_per_step
-        if prefix_codes.dim() != 2 or prefix_codes.shape[0] != batch or torch.is_floating_point(prefix_codes):
+        if (not isinstance(prefix_codes, torch.Tensor) or prefix_codes.dim() != 2 or prefix_codes.shape[0] != batch
+                or torch.is_floating_point(prefix_codes)):
+            if not isinstance(prefix_codes, torch.Tensor):
+                raise ValueError(f"prefix_codes must be a ({batch}, m) integer tensor, got "
+                                 f"{type(prefix_codes).__name__}; use torch.tensor(...).")
             raise ValueError(f"prefix_codes must be a ({batch}, m) integer tensor, got {prefix_codes.dtype} "
                              f"{tuple(prefix_codes.shape)}.")
         if prefix_codes.shape[1] % step_size != 0 or prefix_codes.shape[1] > num_tokens:
@@ -569,12 +609,16 @@ class _UnsortedTopKLogitsWarper(TopKLogitsWarper):
 
 
 def _logits_warpers(temperature: float, top_k: int | None, top_p: float | None) -> LogitsProcessorList:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; use top_k=1 for greedy decoding.")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p!r}.")
+    temperature = check_number("temperature", temperature, low=0.0, low_open=True,
+                               hint="temperature must be > 0; use top_k=1 for greedy decoding")
+    if top_k is not None:
+        try:
+            top_k = check_int("top_k", top_k, low=1)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"top_k must be a positive int or None (no top-k filtering), got {top_k!r}.") from error
+    if top_p is not None:
+        top_p = check_number("top_p", top_p, low=0.0, high=1.0, low_open=True,
+                             hint="top_p must lie in (0, 1] or be None (no nucleus filtering)")
     warpers = LogitsProcessorList()
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))

@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 
 from ...hub import SpectralARHubMixin
 from ...spectral import spectral_target, validate_omega
+from ...utils import check_pixel_range
 from .configuration_spectral_tokenizer import SpectralTokenizerConfig
 
 
@@ -335,18 +336,23 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
 
     # ------------------------------------------------------------------ input checks
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Validate `(B, C, H, W)` images in [-1, 1]; return them in the model's float dtype (float64 / float16
+        inputs are converted, as diffusers does)."""
         config = self.config
         if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"pixel_values must be a torch.Tensor of shape (B, C, H, W), got "
-                             f"{type(pixel_values).__name__}.")
+            raise TypeError(f"pixel_values must be a torch.Tensor of shape (B, C, H, W), got "
+                            f"{type(pixel_values).__name__}; convert with `torch.as_tensor(x)`.")
         if not torch.is_floating_point(pixel_values):
             raise ValueError(
                 f"pixel_values has integer dtype {pixel_values.dtype}; the tokenizer expects floats in [-1, 1]: use "
                 f"`images.float() / 127.5 - 1` for uint8 images."
             )
         if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must have shape (B, C, H, W), got {tuple(pixel_values.shape)}.")
+            raise ValueError(f"pixel_values must have shape (B, C, H, W), got {tuple(pixel_values.shape)}"
+                             + ("; add the batch dimension with `x.unsqueeze(0)`." if pixel_values.dim() == 3 else "."))
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values is an empty batch (0 images); pass at least one image.")
         if pixel_values.shape[1] != config.num_channels:
             raise ValueError(
                 f"pixel_values has {pixel_values.shape[1]} channels but the tokenizer expects {config.num_channels}; "
@@ -358,6 +364,8 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
                 f"pixel_values is {pixel_values.shape[-2]}x{pixel_values.shape[-1]} but the tokenizer expects "
                 f"{config.image_size}x{config.image_size}; resize (or crop) the images to that size first."
             )
+        check_pixel_range("pixel_values", pixel_values, -1.0, 1.0)
+        return pixel_values.to(self.dtype)
 
     def _prefix_lengths(self, num_tokens: int | torch.Tensor | None, batch: int, available: int,
                         device: torch.device) -> torch.LongTensor:
@@ -369,13 +377,15 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
             if num_tokens.dim() == 0:
                 num_tokens = int(num_tokens)
             else:
-                if num_tokens.shape != (batch,) or torch.is_floating_point(num_tokens):
+                if num_tokens.shape != (batch,) or torch.is_floating_point(num_tokens) or num_tokens.dtype == torch.bool:
                     raise ValueError(f"num_tokens must be an int or a (B,) integer tensor with B = {batch}, got "
                                      f"{num_tokens.dtype} of shape {tuple(num_tokens.shape)}.")
                 low, high = int(num_tokens.min()), int(num_tokens.max())
                 if low < 1 or high > available:
                     raise ValueError(_prefix_error(low, high, available, limit))
                 return num_tokens.to(device=device, dtype=torch.long)
+        if hasattr(num_tokens, "dtype") and not isinstance(num_tokens, torch.Tensor) and getattr(num_tokens, "ndim", 1) == 0:
+            num_tokens = num_tokens.item()  # NumPy integer scalars
         if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
             raise ValueError(f"num_tokens must be an int or a (B,) integer tensor, got {type(num_tokens).__name__}.")
         if not 1 <= num_tokens <= available:
@@ -393,7 +403,9 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         Returns:
             [`SpectralTokenizerEncoderOutput`] with `codes` `(B, N)` int64 and `quantized` `(B, N, token_dim)`.
         """
-        self._check_pixel_values(pixel_values)
+        return self._encode(self._check_pixel_values(pixel_values), return_dict)
+
+    def _encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
         latents = self.encoder(pixel_values)
         quantized, codes, commitment_loss, codebook_loss = self.quantizer(latents)
         output = SpectralTokenizerEncoderOutput(
@@ -415,7 +427,11 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         """
         config = self.config
         if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
-            raise ValueError(f"codes must be a (B, k) integer tensor, got {getattr(codes, 'shape', type(codes))}.")
+            raise ValueError(f"codes must be a (B, k) integer tensor, got {getattr(codes, 'shape', type(codes))}"
+                             + ("; add the batch dimension with `codes.unsqueeze(0)`." if getattr(codes, "ndim", 0) == 1
+                                else "."))
+        if codes.shape[0] == 0:
+            raise ValueError("codes is an empty batch (0 rows); pass at least one row of codes.")
         if torch.is_floating_point(codes) or codes.dtype == torch.bool:
             raise ValueError(f"codes must be integer codebook indices, got dtype {codes.dtype}; use `codes.long()`.")
         if not 1 <= codes.shape[1] <= config.num_latent_tokens:
@@ -453,7 +469,8 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
             the target of prefix `k` is `lowpass(x, omega_k)`, otherwise the full image `x`.
         """
         config = self.config
-        encoded = self.encode(pixel_values)
+        pixel_values = self._check_pixel_values(pixel_values)
+        encoded = self._encode(pixel_values)
         batch = pixel_values.shape[0]
         if num_tokens is None and config.spectral_supervision:
             device = generator.device if generator is not None else pixel_values.device
