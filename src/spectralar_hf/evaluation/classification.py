@@ -25,6 +25,10 @@ def knn_predict(images: torch.Tensor, reference_images: torch.Tensor, reference_
                          f"have the same per-image shape.")
     if reference_labels.shape != (len(reference_images),):
         raise ValueError(f"reference_labels must be ({len(reference_images)},), got {tuple(reference_labels.shape)}.")
+    if len(reference_images) == 0:
+        raise ValueError("knn_predict got an empty reference set; pass labelled reference images.")
+    if len(reference_labels) and int(reference_labels.min()) < 0:
+        raise ValueError(f"reference_labels must be class ids >= 0, got {int(reference_labels.min())}.")
     if not 1 <= k <= len(reference_images):
         raise ValueError(f"k must lie in [1, {len(reference_images)}] (the reference set size), got {k}.")
     reference = reference_images.flatten(1).float()

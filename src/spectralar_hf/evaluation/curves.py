@@ -168,6 +168,10 @@ def plot_curve(rows: Sequence[dict[str, Any]], x: str, ys: Sequence[str] | str, 
         The path written.
     """
     ys = [ys] if isinstance(ys, str) else list(ys)
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if Image.registered_extensions().get(suffix) not in Image.SAVE:
+        raise ValueError(f"plot_curve: {os.fspath(path)!r} does not end in an image extension PIL can write (e.g. "
+                         f".png).")
     missing = [key for key in [x] + ys if any(key not in row for row in rows)]
     if not rows or missing:
         raise ValueError(f"plot_curve needs rows that all contain {[x] + ys}; missing {missing} (row keys: "

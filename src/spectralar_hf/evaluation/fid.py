@@ -193,10 +193,9 @@ def _load_npz(path: str | os.PathLike):
     """``np.load`` of an ``.npz``, with a ``ValueError`` saying so when the file is something else."""
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{os.fspath(path)!r} is not a NumPy .npz file ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); pass a statistics file "
-                         f"written by `save_statistics` or an ADM reference batch.") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise ValueError(f"{os.fspath(path)!r} is not a NumPy .npz file; pass a statistics file written by "
+                         f"`save_statistics` or an ADM reference batch.") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"{os.fspath(path)!r} holds a single array (.npy), not an .npz with `mu` and `sigma` (or "
                          f"`{ADM_IMAGES_KEY}`); save statistics with `save_statistics`.")
@@ -527,6 +526,9 @@ def _to_uint8_scale(batch: Any, value_range: tuple[float, float], quantize: bool
     if isinstance(batch, np.ndarray):
         if batch.ndim == 3:
             batch = batch[..., None]
+        if batch.ndim == 4 and batch.shape[-1] not in (1, 3) and batch.shape[1] in (1, 3):
+            raise ValueError(f"NumPy image batches are (N, H, W, C); this one has shape {batch.shape}, which looks "
+                             f"channel-first: pass `x.transpose(0, 2, 3, 1)` or a torch tensor.")
         if batch.ndim != 4:
             raise ValueError(f"NumPy image batches must be (N, H, W, C) or (N, H, W), got shape {batch.shape}.")
         batch = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
@@ -716,6 +718,8 @@ def inception_score(logits_or_probs: np.ndarray | torch.Tensor, splits: int = 10
     if array.dim() != 2 or array.shape[1] < 2:
         raise ValueError(f"inception_score needs (N, num_classes) logits or probabilities, got shape "
                          f"{tuple(array.shape)}. " + _no_head_message())
+    if not torch.isfinite(array).all():
+        raise ValueError("inception_score: the logits / probabilities contain NaN or infinite values.")
     if not 1 <= splits <= array.shape[0]:
         raise ValueError(f"splits must lie in [1, N = {array.shape[0]}], got {splits}.")
     if from_logits is None:

@@ -46,6 +46,16 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> tuple[torch.Tens
     return a.double(), b.double()
 
 
+def _check_data_range(data_range: float, name: str) -> None:
+    try:
+        value = float(data_range)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name}: data_range must be a positive number (max - min of the pixel scale: 2 for [-1, 1], "
+                         f"1 for [0, 1], 255 for [0, 255]), got {data_range!r}.")
+
+
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return values.mean()
@@ -67,6 +77,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = DEFAULT_DATA_RANG
         Identical images give ``inf``.
     """
     a, b = _check_pair(a, b, "psnr")
+    _check_data_range(data_range, "psnr")
     mse = (a - b).pow(2).flatten(1).mean(dim=1)
     return _reduce(10.0 * torch.log10(data_range ** 2 / mse), reduction)
 
@@ -112,6 +123,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = DEFAULT_DATA_RANG
     var_a = blur(a * a) - mu_a * mu_a
     var_b = blur(b * b) - mu_b * mu_b
     cov = blur(a * b) - mu_a * mu_b
+    _check_data_range(data_range, "ssim")
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return _reduce(ssim_map.flatten(2).mean(dim=2).mean(dim=1), reduction)
