@@ -528,7 +528,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.plot is not None and not args.truncation:
             raise CLIError("--plot draws the --truncation curve; add --truncation K1 K2 ... or drop --plot")
         for flag, split in (("--floor-split", args.floor_split), ("--knn-split", args.knn_split)):
-            if split is not None and split == args.split:
+            if split is not None and split == (args.split if args.split is not None else "test"):
                 raise CLIError(f"{flag} {split!r} is the evaluated --split itself; pick the other split (e.g. train)")
     report_path = args.report if args.report is not None else DEFAULT_REPORT
     _check_report_output(report_path)
@@ -789,6 +789,12 @@ def main(argv: list[str] | None = None) -> int:
     verbosity = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     diffusers_logging.set_verbosity_error()
+    datasets_bars = None
+    if args.command == "evaluate":  # "Generating train split" bars of datasets would precede a one-line error
+        import datasets
+
+        datasets_bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
     try:
         args.handler(args)
     except CLIError as error:
@@ -800,6 +806,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         transformers_logging.set_verbosity(verbosity[0])
         diffusers_logging.set_verbosity(verbosity[1])
+        if datasets_bars:
+            import datasets
+
+            datasets.enable_progress_bars()
     return 0
 
 
