@@ -14,7 +14,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..hub import build_model_card, push_folder_to_hub
 from ..models.far import FARConfig, FARTransformer, check_scheduler
 from ..spectral import far_level_schedule, frequency_filter
-from ..utils import check_callable, check_finite_tensor, check_generator, check_pipeline_directory, local_directory
+from ..utils import (
+    check_callable,
+    check_finite_tensor,
+    check_generator,
+    check_int,
+    check_pipeline_directory,
+    local_directory,
+)
 from .pipeline_spectralar import (
     LIBRARY_NAME,
     SpectralARPipeline,
@@ -99,9 +106,11 @@ def encode_prompt(text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         `(prompt_embeds, prompt_attention_mask)`: the encoder's `last_hidden_state` `(B, T, hidden_size)` over all
         tokens (FAR §5.3) and the `(B, T)` attention mask (1 = real token), on the encoder's device.
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
     if not prompts or not all(isinstance(text, str) for text in prompts):
         raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+    if max_sequence_length is not None:
+        max_sequence_length = check_int("max_sequence_length", max_sequence_length)
     if tokenizer.pad_token is None:
         raise ValueError(f"The tokenizer ({type(tokenizer).__name__}) has no pad token, so prompts of different "
                          f"lengths cannot be batched; set tokenizer.pad_token (e.g. to tokenizer.eos_token).")

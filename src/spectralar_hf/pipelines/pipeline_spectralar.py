@@ -36,14 +36,18 @@ def check_output_type(output_type: str, allowed: tuple[str, ...] = OUTPUT_TYPES)
         raise ValueError(f"output_type must be one of {allowed}, got {output_type!r}.")
 
 
-def check_image_input(images: ImageInput) -> None:
-    """PIL images, NumPy arrays `(H, W[, C])` / `(B, H, W, C)` or tensors `(C, H, W)` / `(B, C, H, W)` (or a list
-    of them), non-empty, with float values finite and in [0, 1] (uint8 for 0..255)."""
+def prepare_image_input(images: ImageInput) -> ImageInput:
+    """Validate PIL images, NumPy arrays `(H, W[, C])` / `(B, H, W, C)` or tensors `(C, H, W)` / `(B, C, H, W)` (or a
+    list of them): non-empty, floats finite and in [0, 1] (give or take rounding), uint8 in [0, 255]. Returns them in
+    [0, 1] for diffusers' image processor: uint8 divided by 255 (diffusers would read 0..255 as floats) and floats
+    clipped (diffusers would take a rounding error below 0 as a [-1, 1] image and skip the normalisation)."""
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ValueError("images is empty; pass at least one image (PIL image, NumPy array or tensor).")
+    prepared = []
     for item in items:
         if isinstance(item, PIL.Image.Image):
+            prepared.append(item)
             continue
         if isinstance(item, (str, bytes, os.PathLike)):
             raise TypeError(f"images must be PIL images, NumPy arrays or tensors, got the path {item!r}; open it "
@@ -63,18 +67,21 @@ def check_image_input(images: ImageInput) -> None:
             raise ValueError(f"images has an empty batch or size (shape {tuple(tensor.shape)}); pass at least one "
                              f"image.")
         if tensor.dtype == torch.uint8:
+            prepared.append(item.astype(np.float32) / 255 if isinstance(item, np.ndarray) else item.float() / 255)
             continue
         if not torch.is_floating_point(tensor):
             raise TypeError(f"images has dtype {tensor.dtype}; pass floats in [0, 1] (e.g. `x / 255`) or uint8 values "
                             f"in [0, 255].")
         check_pixel_range("images", tensor, 0.0, 1.0)
+        prepared.append(np.clip(item, 0, 1) if isinstance(item, np.ndarray) else item.clamp(0, 1))
+    return prepared if isinstance(images, (list, tuple)) else prepared[0]
 
 
 def preprocess_images(image_processor: VaeImageProcessor, images: ImageInput, size: int, channels: int,
                       device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Validated images -> `(B, channels, size, size)` in [-1, 1] on `device` / `dtype` (resized and centre-cropped;
     RGB <-> grayscale converted)."""
-    check_image_input(images)
+    images = prepare_image_input(images)
     pixel_values = image_processor.preprocess(images, height=size, width=size, resize_mode="crop")
     found = pixel_values.shape[1]
     if found == 3 and channels == 1:
@@ -85,7 +92,7 @@ def preprocess_images(image_processor: VaeImageProcessor, images: ImageInput, si
         raise ValueError(f"images have {found} channels but the model expects {channels}; pass RGB or grayscale "
                          f"images (tensors are (B, C, H, W), arrays (B, H, W, C); drop an alpha channel with "
                          f"x[:, :3] or image.convert('RGB')).")
-    return pixel_values.clamp(-1, 1).to(device=device, dtype=dtype)  # clamp: values within the range tolerance
+    return pixel_values.to(device=device, dtype=dtype)
 
 
 def class_ids(pipe: DiffusionPipeline, class_labels: Any) -> torch.LongTensor:

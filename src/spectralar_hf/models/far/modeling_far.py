@@ -523,6 +523,10 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                              f"trained with (hidden size {config.cross_attention_dim}).")
         if batch is not None and states.shape[0] != batch:
             raise ValueError(f"encoder_hidden_states has {states.shape[0]} rows for a batch of {batch}.")
+        if states.shape[0] == 0:
+            raise ValueError("encoder_hidden_states is an empty batch (0 rows); pass at least one prompt's states.")
+        if states.numel():
+            check_finite_tensor("encoder_hidden_states", states, "check the text encoder's outputs")
         if encoder_attention_mask is None:
             mask = torch.ones(states.shape[:2], dtype=torch.bool, device=self.device)
         else:
