@@ -1,9 +1,11 @@
 """SpectralARPipeline end to end with tiny random components: images, determinism, intermediates, truncation,
-super-resolution, save/load in a fresh process, labels, the push path and bad inputs."""
+super-resolution, save/load in a fresh process, labels, the push path and bad inputs. The low band of
+super-resolution is checked with the trained demo tokenizer (a random one reconstructs nothing)."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from spectralar_hf import (
     SpectralTokenizer,
     SpectralTokenizerConfig,
 )
+from spectralar_hf.spectral import dct_2d, idct_2d, lowpass
 
+DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "spectralar-fashion-mnist"
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
@@ -105,24 +109,99 @@ def test_callback_sees_every_step(pipe):
         pipe([1], callback_on_step_end=lambda p, step, t, kwargs: {"codes": kwargs["codes"] + 0})
 
 
-@pytest.mark.parametrize("method", ["stride", "patch"])
-def test_super_resolve_size_and_kept_prefix(pipe, method):
-    image = pipe([2], generator=torch.Generator().manual_seed(0)).images[0]
-    output = pipe.super_resolve(image, scale=2, method=method, class_labels="Pullover",
-                                generator=torch.Generator().manual_seed(0), output_type="pil")
-    assert output.images[0].size == (64, 64)
-    omega = pipe.tokenizer.config.omega
-    assert output.kept_tokens == sum(w <= 16 for w in omega) == 12
-    # the kept prefix is the encoding of each upsampled sub-image of the input
-    pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 127.5 - 1
+def dct_upsample(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Ideal band-limited upsampling: the DCT coefficients of an `S x S` image zero-padded to `scale * S`, scaled so
+    that the (orthonormal) transform keeps the image's amplitude."""
+    size = images.shape[-1]
+    coefficients = torch.zeros(*images.shape[:-2], scale * size, scale * size, dtype=torch.float64)
+    coefficients[..., :size, :size] = dct_2d(images.double()) * scale
+    return idct_2d(coefficients)
+
+
+def relative_lowpass_error(output: torch.Tensor, expected: torch.Tensor, omega: int) -> float:
+    """`||lowpass(output) - lowpass(expected)|| / ||lowpass(expected) - mean||` over the whole batch."""
+    low_output, low_expected = lowpass(output.double(), omega), lowpass(expected.double(), omega)
+    return float((low_output - low_expected).norm() / (low_expected - low_expected.mean()).norm())
+
+
+def spec_parts(pixels: torch.Tensor, scale: int, method: str) -> torch.Tensor:
+    """The sub-images the docstring promises, row-major over (i, j): strided lattices or tiles."""
+    sub = pixels.shape[-1] // scale
     if method == "stride":
-        parts = [pixels[:, i::2, j::2] for i in range(2) for j in range(2)]
+        parts = [pixels[..., i::scale, j::scale] for i in range(scale) for j in range(scale)]
     else:
-        parts = [pixels[:, 16 * i : 16 * (i + 1), 16 * j : 16 * (j + 1)] for i in range(2) for j in range(2)]
-    upsampled = torch.nn.functional.interpolate(torch.stack(parts), size=(32, 32), mode="bicubic").clamp(-1, 1)
-    with torch.no_grad():
-        expected = pipe.tokenizer.encode(upsampled).codes[:, :12]
-    assert torch.equal(output.codes[:, :12], expected)
+        parts = [pixels[..., sub * i : sub * (i + 1), sub * j : sub * (j + 1)]
+                 for i in range(scale) for j in range(scale)]
+    return torch.stack(parts, dim=1).flatten(0, 1)  # (B * scale^2, C, sub, sub), image-major
+
+
+@pytest.mark.parametrize("method,scale", [("stride", 2), ("patch", 2), ("stride", 4), ("patch", 4)])
+def test_super_resolve_size_and_kept_prefix(pipe, method, scale, monkeypatch):
+    """The output has `scale * S` pixels; the kept prefix is what the tokenizer's encoder gives for each (upsampled)
+    sub-image of the input, in the sub-images' order; the completion never alters it."""
+    torch.manual_seed(0)
+    pixels = lowpass(torch.rand(2, 3, 32, 32, dtype=torch.float64), 12).clamp(0, 1).float()  # smooth, in [0, 1]
+    encoded = []
+    encode = pipe.tokenizer.encode
+
+    def recording_encode(images, *args, **kwargs):
+        output = encode(images, *args, **kwargs)
+        encoded.append((images.clone(), output.codes.clone()))
+        return output
+
+    monkeypatch.setattr(pipe.tokenizer, "encode", recording_encode)
+    output = pipe.super_resolve(pixels, scale=scale, method=method, class_labels=["Pullover", "Bag"],
+                                generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert output.images.shape == (2, 3, 32 * scale, 32 * scale)
+    assert 0 <= output.images.min() and output.images.max() <= 1
+    keep = sum(w <= 32 // scale for w in pipe.tokenizer.config.omega)
+    assert output.kept_tokens == keep == {2: 12, 4: 8}[scale]
+    assert output.codes.shape == (2 * scale**2, 16)
+
+    (images, codes), = encoded  # one encoder call, on every sub-image of every input
+    assert images.shape == (2 * scale**2, 3, 32, 32)
+    assert torch.equal(output.codes[:, :keep], codes[:, :keep])
+    # What was encoded is each sub-image of the input upsampled to S: equal to its ideal upsampling in the low band.
+    expected = dct_upsample(spec_parts(pixels * 2 - 1, scale, method), scale)
+    assert relative_lowpass_error(images, expected, 32 // scale // 2) < 0.05
+    # The next-best candidates (the other split, the sub-images in another order) are far away.
+    other = dct_upsample(spec_parts(pixels * 2 - 1, scale, "patch" if method == "stride" else "stride"), scale)
+    assert relative_lowpass_error(images, other, 32 // scale // 2) > 0.3
+    assert relative_lowpass_error(images, expected.flip(0), 32 // scale // 2) > 0.3
+
+
+@pytest.fixture(scope="module")
+def demo():
+    pipe = SpectralARPipeline.from_pretrained(DEMO)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("method,omega,tolerance", [("stride", 8, 0.25), ("patch", 4, 0.5)])
+def test_super_resolve_keeps_the_low_frequencies_of_the_input(demo, method, omega, tolerance):
+    """With the trained demo tokenizer, the 2x output's low band matches the input's ideal (DCT zero-padding)
+    upsampling. Correct code measures ~0.06 (stride, omega 8) and ~0.3 (patch, omega 4: each tile is encoded on its
+    own); tiles or lattices in the wrong place, transposed sub-images, a stride split reassembled as tiles (or the
+    reverse), or no kept prefix all measure 0.6-1.5."""
+    images = demo(["Bag", "Trouser", "Sneaker", "Dress", "Ankle boot"], output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    output = demo.super_resolve(images, scale=2, method=method, generator=torch.Generator().manual_seed(0),
+                                output_type="pt")
+    assert output.images.shape == (5, 1, 64, 64)
+    error = relative_lowpass_error(output.images * 2 - 1, dct_upsample(images * 2 - 1, 2), omega)
+    assert error < tolerance, f"low band of the {method} super-resolution is off by {error:.2f}"
+
+
+@pytest.mark.parametrize("scale", [0, 1, -2, 1.5, 2.0, "2", 3, None, True])
+def test_super_resolve_rejects_bad_scales(pipe, scale):
+    with pytest.raises(ValueError, match="scale"):
+        pipe.super_resolve(torch.rand(1, 3, 32, 32), scale=scale, class_labels=[0])
+
+
+@pytest.mark.parametrize("method", ["tiles", "STRIDE", "", None, 2])
+def test_super_resolve_rejects_bad_methods(pipe, method):
+    with pytest.raises(ValueError, match="method"):
+        pipe.super_resolve(torch.rand(1, 3, 32, 32), scale=2, method=method, class_labels=[0])
 
 
 def test_super_resolve_reassembles_the_sub_images(pipe):
