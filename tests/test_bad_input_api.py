@@ -87,6 +87,8 @@ CASES = [
      lambda c: c.tok(torch.full((2, 3, 32, 32), NAN)), ValueError, r"NaN or inf"),
     ("tok-forward-empty", "SpectralTokenizer.forward", "0 images",
      lambda c: c.tok(c.x[:0]), ValueError, r"empty batch"),
+    ("tok-forward-generator", "SpectralTokenizer.forward", "generator=3",
+     lambda c: c.tok(c.x, generator=3), TypeError, r"generator must be a torch.Generator"),
     # ---------------------------------------------------------------- SpectralTokenizer.decode
     ("tok-decode-num-tokens-0", "SpectralTokenizer.decode", "num_tokens=0",
      lambda c: c.tok.decode(c.codes, 0), ValueError, r"num_tokens must lie in \[1, 16\]"),
@@ -281,6 +283,13 @@ CASES = [
      lambda c: c.sar.super_resolve(c.img[:1], output_type="bogus"), ValueError, r"output_type must be one of"),
     ("sar-decode-latents", "SpectralARPipeline.decode_latents", "a FAR method",
      lambda c: c.sar.decode_latents(c.latents), AttributeError, r"FARPipeline method.*pipe.decode\(codes\)"),
+    ("sar-model-card-metric", "SpectralARPipeline.model_card / push_to_hub", "metrics={'gFID': 'abc'}",
+     lambda c: c.sar.model_card("me/x", datasets=["d"], metrics={"gFID": "abc"}), TypeError,
+     r"metrics\['gFID'\] must be a real number"),
+    ("sar-model-card-metric-nan", "SpectralARPipeline.model_card / push_to_hub", "metrics={'gFID': NaN}",
+     lambda c: c.sar.model_card("me/x", datasets=["d"], metrics={"gFID": NAN}), ValueError, r"finite number"),
+    ("sar-model-card-datasets", "SpectralARPipeline.model_card / push_to_hub", "datasets=[3]",
+     lambda c: c.sar.model_card("me/x", datasets=[3]), TypeError, r"list of Hub dataset ids"),
     # ---------------------------------------------------------------- FARTransformer
     ("far-sample-guidance-nan", "FARTransformer.sample", "guidance_scale=NaN (was NaN latents)",
      lambda c: c.farm.sample([0], num_steps=1, diffusion_steps=1, guidance_scale=NAN), ValueError,

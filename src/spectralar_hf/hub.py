@@ -134,6 +134,15 @@ def build_model_card(
         far_config, vae_config: for FAR checkpoints, the `FARConfig` of the transformer and (for a pipeline) the
             diffusers `AutoencoderKL` config.
     """
+    from .utils import check_number
+
+    if isinstance(datasets, str):
+        datasets = [datasets]  # one dataset id
+    if datasets is not None and not (isinstance(datasets, (list, tuple)) and all(isinstance(d, str) for d in datasets)):
+        raise TypeError(f"datasets must be a list of Hub dataset ids (str), got {datasets!r}.")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict {{name: value}}, e.g. {{'gFID': 3.02}}, got {type(metrics).__name__}.")
+    metrics = {name: check_number(f"metrics[{name!r}]", value) for name, value in (metrics or {}).items()} or metrics
     if metrics and not (dataset_name or datasets):
         raise ValueError("metrics need the dataset they were measured on: pass dataset_name= or datasets=.")
     evaluated_on = dataset_name or (datasets[0] if datasets else None)

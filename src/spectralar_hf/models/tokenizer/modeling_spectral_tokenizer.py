@@ -25,7 +25,7 @@ from transformers.utils import ModelOutput
 
 from ...hub import SpectralARHubMixin
 from ...spectral import spectral_target, validate_omega
-from ...utils import check_pixel_range
+from ...utils import check_generator, check_pixel_range
 from .configuration_spectral_tokenizer import SpectralTokenizerConfig
 
 
@@ -470,6 +470,7 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         """
         config = self.config
         pixel_values = self._check_pixel_values(pixel_values)
+        check_generator(generator)
         encoded = self._encode(pixel_values)
         batch = pixel_values.shape[0]
         if num_tokens is None and config.spectral_supervision:
