@@ -80,6 +80,11 @@ def root(tmp_path_factory):
     for index in range(3):
         Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8)).save(root / "images" / f"ok{index}.png")
     (root / "images" / "broken.png").write_bytes(b"\x89PNG truncated")
+    (root / "idx_truncated").mkdir()
+    write_idx_dataset(root / "idx_truncated", np.stack(blob_images(12, seed=1)), np.arange(12) % 3)
+    archive = root / "idx_truncated" / "t10k-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    (root / "no_images").mkdir()
     (root / "weightless").mkdir()
     (root / "weightless" / "config.json").write_text((root / "tok" / "config.json").read_text())
     (root / "badjson").mkdir()
@@ -135,6 +140,8 @@ CASES = [
     pytest.param(("frobnicate",), r"argument command: invalid choice", id="unknown-command"),
     pytest.param(GEN + ("--frobnicate",), r"unrecognized arguments: --frobnicate", id="unknown-flag"),
     # classes
+    pytest.param(GEN + ("--seed", "-1"), r"argument --seed: must lie in \[0, 4294967295\]", id="seed-negative"),
+    pytest.param(EVAL_TOK + ("--seed", str(2**70)), r"argument --seed: must lie in", id="seed-huge"),
     pytest.param(GEN[:-1] + ("Foo",), r"'Foo' is not a class of this model; known classes", id="class-name-unknown"),
     pytest.param(GEN[:-1] + ("3",), r"class id out of range: 3; this model has 3 classes \(ids 0..2: 0=tee",
                  id="class-id-null"),
@@ -147,7 +154,8 @@ CASES = [
     pytest.param(GEN_FAR + ("--top-k", "5"), r"--top-k does not apply to a FARPipeline", id="far-spectralar-flag"),
     # wrong kind of model / broken checkpoints
     pytest.param(("reconstruct", "{far}", "{photo}", "--output", "{out}/s.png"),
-                 r"holds a FARPipeline \(VAE latents, no spectral tokenizer\); reconstruct expected a SpectralTokenizer",
+                 r"holds a FARPipeline \(VAE latents, no spectral tokenizer\); reconstruct expected a "
+                 r"SpectralTokenizer",
                  id="reconstruct-far-pipeline"),
     pytest.param(("reconstruct", "{gen}", "{photo}", "--output", "{out}/s.png"),
                  r"holds a SpectralAR transformer .*not a SpectralTokenizer", id="reconstruct-generator"),
@@ -166,11 +174,16 @@ CASES = [
     pytest.param(("generate", "{photo}", "--classes", "0"), r"is a file, not a pipeline directory", id="generate-file"),
     pytest.param(("generate", "{root}/missing", "--classes", "0"), r"pipeline '.*missing' does not exist",
                  id="generate-missing"),
-    pytest.param(("info", "{far}/vae"), r"holds a diffusers AutoencoderKL \(VAE\), not a SpectralTokenizer",
+    pytest.param(("info", "{far}/vae"),
+                 r"holds a diffusers AutoencoderKL \(VAE\) \(the vae/ of the pipeline .*\), not a SpectralTokenizer",
                  id="info-vae"),
+    pytest.param(("info", "{far}/transformer"),
+                 r"holds a FAR transformer \(FARTransformer, no VAE\) \(the transformer/ "
+                 r"of the pipeline '.*far'\)", id="info-pipeline-component"),
     pytest.param(("info", "{root}"), r"is not a spectralar_hf checkpoint \(no config.json or model_index.json\)",
                  id="info-plain-folder"),
-    pytest.param(("info", "{badjson}"), r"config.json is not valid JSON .*re-save or re-download", id="config-not-json"),
+    pytest.param(("info", "{badjson}"), r"config.json is not valid JSON .*re-save or re-download",
+                 id="config-not-json"),
     pytest.param(("reconstruct", "{weightless}", "{photo}", "--output", "{out}/s.png"), r"no weights|model.safetensors",
                  id="checkpoint-without-weights"),
     # images in
@@ -188,6 +201,10 @@ CASES = [
                  id="data-dir-corrupt-image"),
     pytest.param(("evaluate", "tokenizer", "{tok}", "--data-dir", "{images}"),
                  r"has no split 'test'.*pass --split train", id="data-dir-no-test-split"),
+    pytest.param(("evaluate", "tokenizer", "{tok}", "--idx-data-dir", "{idx_truncated}"),
+                 r"cannot read the 'test' IDX files in .* \(EOFError: .*truncated or corrupt", id="idx-truncated-gzip"),
+    pytest.param(("evaluate", "tokenizer", "{tok}", "--data-dir", "{no_images}", "--split", "train"),
+                 r"--data-dir '.*no_images' contains no images", id="data-dir-empty"),
     pytest.param(EVAL_TOK + ("--split", "val"), r"split must be 'train' or 'test' for an IDX dataset",
                  id="idx-bad-split"),
     pytest.param(("evaluate", "tokenizer", "{tok}", "--idx-data-dir", "{root}"), r"No t10k-images IDX file",
@@ -221,12 +238,14 @@ CASES = [
                  id="eval-tokenizer-pipeline-flag"),
     pytest.param(EVAL_PIPE + ("--prefixes", "3"), r"--prefixes does not apply to `evaluate pipeline`",
                  id="eval-pipeline-tokenizer-flag"),
-    pytest.param(EVAL_PIPE + ("--plot", "{out}/p.png"), r"--plot draws the --truncation curve", id="plot-without-curve"),
+    pytest.param(EVAL_PIPE + ("--plot", "{out}/p.png"), r"--plot draws the --truncation curve",
+                 id="plot-without-curve"),
     pytest.param(("evaluate", "causality", "{pipe}"), r"`evaluate causality` takes no checkpoint",
                  id="causality-checkpoint"),
     pytest.param(("evaluate", "causality", "--report", "{out}/c.json"), r"--report does not apply to `evaluate "
                  r"causality`", id="causality-report"),
-    pytest.param(("evaluate", "tokenizer"), r"evaluate tokenizer needs a checkpoint directory", id="eval-no-checkpoint"),
+    pytest.param(("evaluate", "tokenizer"), r"evaluate tokenizer needs a checkpoint directory",
+                 id="eval-no-checkpoint"),
     pytest.param(("model-card",), r"use --template", id="model-card-no-template"),
     # outputs
     pytest.param(GEN[:2] + ("--output", "{out}/grid.txt", "--classes", "0"),
@@ -236,7 +255,11 @@ CASES = [
     pytest.param(GEN[:2] + ("--output", "{photo}/x.png", "--classes", "0"), r"'.*photo.png' is a file, not a folder",
                  id="output-under-a-file"),
     pytest.param(GEN[:2] + ("--output", "{notes_png}", "--classes", "0"),
-                 r"--output '.*notes.png' exists and is not an image; refusing to overwrite", id="output-over-non-image"),
+                 r"--output '.*notes.png' exists and is not an image; refusing to overwrite",
+                 id="output-over-non-image"),
+    pytest.param(GEN[:2] + ("--output", "/proc/grid.png", "--classes", "0"), r"cannot write in the folder '/proc'",
+                 id="output-unwritable-folder",
+                 marks=pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux")),
     pytest.param(GEN + ("--strip", "{out}/grid.png"), r"--strip and --output are the same file", id="strip-is-output"),
     pytest.param(REC[:3] + ("--output", "{tok}/config.json"), r"must end in an image extension",
                  id="reconstruct-output-config"),
@@ -247,7 +270,8 @@ CASES = [
     pytest.param(EVAL_TOK[:-1] + ("{pipe}/eval/r.json",), r"inside the model/pipeline directory",
                  id="report-new-file-in-pipeline"),
     pytest.param(EVAL_TOK[:-1] + ("{other_json}",),
-                 r"exists and is not a report of `spectralar-hf evaluate`; refusing to overwrite", id="report-over-json"),
+                 r"exists and is not a report of `spectralar-hf evaluate`; refusing to overwrite",
+                 id="report-over-json"),
     pytest.param(EVAL_TOK[:-1] + ("{out}/r.txt",), r"must end in .json", id="report-not-json"),
     pytest.param(EVAL_TOK[:-1] + ("{out}",), r"must end in .json", id="report-directory"),
     pytest.param(EVAL_TOK + ("--plot", "{notes}"), r"--plot '.*notes.txt' must end in an image extension",
@@ -260,7 +284,8 @@ def _places(root, out) -> dict:
                 fartext=root / "fartext", idx=root / "idx", standin=root / "standin.pt", photo=root / "photo.png",
                 empty=root / "empty.png", notes=root / "notes.txt", notes_png=root / "notes.png",
                 other_json=root / "other.json", images=root / "images", weightless=root / "weightless",
-                badjson=root / "badjson", out=out)
+                badjson=root / "badjson", idx_truncated=root / "idx_truncated", no_images=root / "no_images",
+                out=out)
 
 
 def _run_one_line(capsys, args):

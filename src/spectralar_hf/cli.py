@@ -109,6 +109,17 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1
+
+
+def random_seed(text: str) -> int:
+    """A random seed in [0, 2^32 - 1] (NumPy and torch generators both take it)."""
+    value = _number(text, int)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must lie in [0, {SEED_MAX}], got {text!r}")
+    return value
+
+
 def class_label(text: str) -> int | str:
     """A class id (int >= 0) or a class name."""
     if text.lstrip("+-").isdigit():
@@ -220,7 +231,10 @@ def _describe(root: Path) -> str:
     if (root / "config.json").is_file():
         config = _read_json(root / "config.json")
         name = config.get("model_type") or config.get("_class_name")
-        return _KINDS.get(name, f"a {name!r} model")
+        kind = _KINDS.get(name, f"a {name!r} model")
+        if (root.parent / "model_index.json").is_file():
+            kind += f" (the {root.name}/ of the pipeline {os.fspath(root.parent)!r})"
+        return kind
     if (root / "scheduler_config.json").is_file():
         return "a diffusers scheduler"
     return "no config.json or model_index.json"
@@ -356,7 +370,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     config = tokenizer.config
     parameters = sum(p.numel() for p in tokenizer.parameters())
     print(f"tokenizer: {args.checkpoint}")
-    print(f"  image: {config.image_size}x{config.image_size}, {config.num_channels} channel(s), patch {config.patch_size}")
+    print(f"  image: {config.image_size}x{config.image_size}, {config.num_channels} channel(s), "
+          f"patch {config.patch_size}")
     print(f"  encoder: width {config.encoder_hidden_size}, depth {config.encoder_num_hidden_layers}, "
           f"heads {config.encoder_num_attention_heads}; decoder: width {config.decoder_hidden_size}, "
           f"depth {config.decoder_num_hidden_layers}, heads {config.decoder_num_attention_heads}")
@@ -660,7 +675,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     tokenizer = _load_tokenizer(args.checkpoint, "reconstruct")
     config = tokenizer.config
     n = config.num_latent_tokens
-    prefixes = args.prefixes if args.prefixes is not None else sorted({max(1, round(n * f)) for f in (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)})
+    fractions = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)
+    prefixes = args.prefixes if args.prefixes is not None else sorted({max(1, round(n * f)) for f in fractions})
     bad = [k for k in prefixes if not 1 <= k <= n]
     if bad:
         raise CLIError(f"--prefixes {bad} outside [1, {n}] (this tokenizer has N = {n} tokens)")
@@ -691,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("checkpoint", help="a SpectralARPipeline or FARPipeline directory")
     generate.add_argument("--classes", type=class_label, nargs="+", required=True, help="class ids or names")
     generate.add_argument("--num-per-class", type=positive_int, default=4)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=random_seed, default=0)
     generate.add_argument("--guidance-scale", type=nonnegative_float, default=None,
                           help="1.0 = no CFG; default: the model's")
     generate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
@@ -758,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--knn-images", type=positive_int, default=None,
                           help="pipeline: k-NN reference images (default 10000)")
     evaluate.add_argument("--causality-data", choices=["auto", "cifar100", "crops"], default="auto")
-    evaluate.add_argument("--seed", type=int, default=None)
+    evaluate.add_argument("--seed", type=random_seed, default=None, help="default 0")
     evaluate.add_argument("--report", default=None,
                           help=f"JSON report (default {DEFAULT_REPORT}): must end in .json, may not lie inside a "
                                f"model or pipeline directory, and replaces an existing file only if it is a previous "

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,16 +49,22 @@ def load_evaluation_images(
         raise ValueError("Give exactly one data source: an IDX folder, an image folder or a datasets id.")
     if num_images is not None and num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
-    if idx_data_dir is not None:
-        dataset = load_idx_dataset(idx_data_dir, split)
-    else:
-        try:
+    try:
+        if idx_data_dir is not None:
+            dataset = load_idx_dataset(idx_data_dir, split)
+        else:
             dataset = load_image_dataset(dataset_name, None, train_data_dir, split)
-        except ValueError as error:
-            if "has no split" in str(error) and train_data_dir is not None:
-                raise ValueError(f"{str(error).rstrip('.')}; an image folder without train/test sub-folders only has "
-                                 f"a 'train' split: pass --split train.") from None
-            raise
+    except (EOFError, zlib.error) as error:  # a truncated or corrupt .gz
+        where = f"the {split!r} IDX files in {os.fspath(idx_data_dir)!r}" if idx_data_dir is not None else "the data"
+        raise ValueError(f"cannot read {where} ({type(error).__name__}: {error}); they are truncated or corrupt: "
+                         f"download or unpack them again.") from None
+    except (ValueError, FileNotFoundError) as error:
+        # the training scripts' flag names -> the `spectralar-hf evaluate` ones
+        message = str(error).replace("--train_data_dir", "--data-dir").replace("--idx_data_dir", "--idx-data-dir")
+        if "has no split" in message and train_data_dir is not None:
+            message = (f"{message.rstrip('.')}; an image folder without train/test sub-folders only has a 'train' "
+                       f"split: pass --split train.")
+        raise (ValueError if isinstance(error, ValueError) else FileNotFoundError)(message) from None
     if num_images is not None:
         order = np.random.default_rng(seed).permutation(len(dataset))[: min(num_images, len(dataset))]
         dataset = dataset.select(sorted(order.tolist()))
@@ -286,7 +293,8 @@ def check_report_path(path: str | os.PathLike) -> Path:
                          f"{os.path.join(os.fspath(path), 'evaluation.json')}.")
     folder = _existing_ancestor(target.parent)
     if is_model_directory(folder):
-        raise ValueError(f"report path {os.fspath(path)!r} is inside the model/pipeline directory {os.fspath(folder)!r}; "
+        raise ValueError(f"report path {os.fspath(path)!r} is inside the model/pipeline directory "
+                         f"{os.fspath(folder)!r}; "
                          f"refusing to write there (the checkpoint would change): write the report elsewhere, e.g. "
                          f"outputs/evaluation.json.")
     if target.exists() or target.is_symlink():
