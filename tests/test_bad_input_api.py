@@ -198,6 +198,9 @@ CASES = [
     ("gen-forward-targets-rows", "SpectralARForCausalLM.forward", "labels with 1 row for 2",
      lambda c: c.gen(input_ids=c.codes, class_labels=torch.tensor([0, 1]), labels=c.codes[:1]), ValueError,
      r"labels has 1 rows for a batch of 2"),
+    ("gen-forward-attention-mask", "SpectralARForCausalLM.forward", "attention_mask of shape (3, 5) (was ignored)",
+     lambda c: c.gen(input_ids=c.codes, class_labels=torch.tensor([0, 1]), attention_mask=torch.ones(3, 5)),
+     ValueError, r"attention_mask must be a \(B, positions\) padding mask.*B = 2 and at least 16 positions"),
     # ---------------------------------------------------------------- SpectralARPipeline
     ("sar-guidance-nan", "SpectralARPipeline.__call__", "guidance_scale=NaN",
      lambda c: c.sar([0, 1], guidance_scale=NAN), ValueError, r"guidance_scale must be a finite number"),

@@ -400,6 +400,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                              f"(cache {past_length} + {embeddings.shape[1]} new).")
 
         padding_mask = None
+        if attention_mask is not None:
+            self._check_attention_mask(attention_mask, batch, past_length + embeddings.shape[1])
         if attention_mask is not None and not bool(attention_mask.all()):
             padding_mask = attention_mask[:, -(past_length + embeddings.shape[1]):]
         modulations, head_modulation = self._condition(class_labels)
@@ -416,6 +418,16 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         output = SpectralARCausalLMOutput(loss=loss, logits=logits, class_labels=class_labels,
                                           **{_CACHE_OUTPUT_FIELD: cache if use_cache else None})
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _check_attention_mask(attention_mask, batch: int, length: int) -> None:
+        """A `(B, >= length)` padding mask (no sync: shapes only)."""
+        if (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2
+                or attention_mask.shape[0] != batch or attention_mask.shape[1] < length):
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else \
+                type(attention_mask).__name__
+            raise ValueError(f"attention_mask must be a (B, positions) padding mask (1 = keep) with B = {batch} and at "
+                             f"least {length} positions (cache + new), got {shape}.")
 
     def _check_codes(self, codes: torch.Tensor, name: str = "codes", values: bool = True) -> None:
         """A `(B, L)` integer tensor; with `values`, every entry in `[0, vocab_size)` (one sync)."""
