@@ -7,6 +7,11 @@ stopped (finished shards are skipped) and never leaves a half-written shard behi
 from the dataset's Arrow files, never all at once. Under `accelerate launch` the shards are divided among the
 processes. The merged result is saved to `OUTPUT_DIR/data` (`datasets.load_from_disk`), with the label names.
 
+What the shards depend on (the tokenizer's config and weights, the data source, --max_samples, --flip, the shard count)
+is recorded in `OUTPUT_DIR/pretokenize_settings.json`: a later run resumes only with the same settings and refuses an
+output directory made otherwise (redo it with --overwrite_output_dir, or choose another --output_dir).
+`pretokenize.json` records the tokenizer's absolute path, which examples/train_generator.py loads by default.
+
 Example (the demo data):
   python examples/pretokenize.py --tokenizer runs/fmnist-tokenizer/tokenizer \
       --idx_data_dir /usr/share/datasets/fashion-mnist --flip --output_dir runs/fmnist-codes
@@ -15,6 +20,7 @@ Example (the demo data):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +34,8 @@ from accelerate import Accelerator
 from PIL import Image
 
 from spectralar_hf import SpectralTokenizer
+from spectralar_hf.training.arguments import positive_int, resolve_model_dir
+from spectralar_hf.training.checkpointing import write_json_atomic
 from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
 
 
@@ -41,12 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="train")
     parser.add_argument("--image_column", default=None)
     parser.add_argument("--label_column", default=None)
-    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--max_samples", type=positive_int, default=None)
     parser.add_argument("--flip", action="store_true", help="also encode each image's horizontal mirror")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--num_shards", type=int, default=None, help="default: about 10,000 images per shard")
+    parser.add_argument("--batch_size", type=positive_int, default=256)
+    parser.add_argument("--num_shards", type=positive_int, default=None,
+                        help="default: about 10,000 images per shard")
     parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="delete the shards and data of an earlier run made with other settings and redo them")
     args = parser.parse_args(argv)
     if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:
         parser.error("give exactly one data source: --dataset_name, --train_data_dir or --idx_data_dir")
@@ -56,16 +67,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
     if not Path(args.tokenizer).exists():
         parser.error(f"--tokenizer {args.tokenizer!r} does not exist")
-    if args.batch_size < 1:
-        parser.error("--batch_size must be >= 1")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir!r} is a file, not a directory")
     return args
 
 
+def tokenizer_dir(path: str) -> Path:
+    """The SpectralTokenizer directory of `path` (a tokenizer, or a SpectralARPipeline with tokenizer/); checked."""
+    return resolve_model_dir(path, "--tokenizer", "SpectralTokenizer", model_type="spectral_tokenizer",
+                             pipeline_class="SpectralARPipeline", subfolder="tokenizer",
+                             hint="pass the tokenizer/ folder written by examples/train_tokenizer.py")
+
+
 def load_tokenizer(path: str) -> SpectralTokenizer:
-    root = Path(path)
-    if (root / "model_index.json").is_file():
-        root = root / "tokenizer"
-    return SpectralTokenizer.from_pretrained(root).eval()
+    return SpectralTokenizer.from_pretrained(tokenizer_dir(path)).eval()
+
+
+def file_digest(folder: Path) -> str:
+    """sha256 over the config and weight files of a model directory (names and contents)."""
+    digest = hashlib.sha256()
+    files = [folder / "config.json"] + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_settings(args: argparse.Namespace, tokenizer_folder: Path, num_images: int, num_shards: int,
+                   image_column: str, label_column: str) -> dict:
+    """What the shards depend on; a later run into the same folder resumes only when these are equal."""
+    def folder(value):
+        return None if value is None else str(Path(value).resolve())
+
+    return {"tokenizer_sha256": file_digest(tokenizer_folder), "tokenizer": str(tokenizer_folder.resolve()),
+            "dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name,
+            "train_data_dir": folder(args.train_data_dir), "idx_data_dir": folder(args.idx_data_dir),
+            "split": args.split, "max_samples": args.max_samples, "num_images": num_images,
+            "image_column": image_column, "label_column": label_column, "flip": args.flip, "num_shards": num_shards}
+
+
+SETTINGS = "pretokenize_settings.json"
+OUTPUTS = ("shards", "data", "pretokenize.json", SETTINGS, ".data.partial")
+
+
+def check_output(output: Path, settings: dict, overwrite: bool) -> list[Path]:
+    """The earlier run's files to delete before encoding (with --overwrite_output_dir); `ValueError` when the folder
+    holds shards made with other settings (or of unknown origin) and `overwrite` is not given."""
+    present = [output / name for name in OUTPUTS if (output / name).exists()]
+    if not present:
+        return []
+    settings_file = output / SETTINGS
+    recorded = None
+    if settings_file.is_file():
+        try:
+            recorded = json.loads(settings_file.read_text())
+        except json.JSONDecodeError:
+            recorded = None
+    def compared(values: dict) -> dict:  # the tokenizer is compared by its files, not where it lies
+        return {key: value for key, value in values.items() if key != "tokenizer"}
+
+    if isinstance(recorded, dict) and compared(recorded) == compared(settings):
+        return []  # the same settings: resume (finished shards are kept)
+    if overwrite:
+        return present
+    if not isinstance(recorded, dict):
+        reason = f"holds shards without a readable {SETTINGS} (an older or interrupted run)"
+    else:
+        changed = [key for key in compared(settings) if recorded.get(key) != settings[key]]
+        named = ", ".join(f"{key} {recorded.get(key)!r} -> {settings[key]!r}" if key != "tokenizer_sha256" else
+                          f"the tokenizer's weights or config (the codes were made by {recorded.get('tokenizer')})"
+                          for key in changed)
+        reason = f"holds codes made with other settings ({named})"
+    raise ValueError(f"--output_dir {str(output)!r} {reason}; redo them with --overwrite_output_dir, or choose "
+                     f"another --output_dir.")
 
 
 def load_source(args: argparse.Namespace):
@@ -85,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     accelerator = Accelerator()
     output = Path(args.output_dir)
-    tokenizer = load_tokenizer(args.tokenizer).to(accelerator.device)
+    folder = tokenizer_dir(args.tokenizer)
+    tokenizer = SpectralTokenizer.from_pretrained(folder).eval().to(accelerator.device)
     config = tokenizer.config
     source = load_source(args)
     image_column = find_column(source, args.image_column, ("image", "img", "pixel_values"), "image")
@@ -94,8 +172,21 @@ def main(argv: list[str] | None = None) -> None:
     names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
     transform = ImageTransform(config.image_size, config.num_channels)  # deterministic: resize + centre crop
     num_shards = args.num_shards or max(1, len(source) // 10_000)
+    if num_shards > len(source):
+        raise ValueError(f"--num_shards {num_shards} is more than the {len(source)} images; lower it.")
+    settings = shard_settings(args, folder, len(source), num_shards, image_column, label_column)
+    stale = check_output(output, settings, args.overwrite_output_dir)  # on every process, before any change
+    accelerator.wait_for_everyone()
     shards_dir = output / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        if stale:
+            print(f"--overwrite_output_dir: deleting the earlier codes in {output}: "
+                  f"{', '.join(path.name for path in stale)}", file=sys.stderr)
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        shards_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output / SETTINGS, settings)
+    accelerator.wait_for_everyone()
 
     @torch.no_grad()
     def encode(batch: dict[str, list]) -> dict[str, list]:
@@ -134,10 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         merged.save_to_disk(str(partial))
         shutil.rmtree(output / "data", ignore_errors=True)
         partial.rename(output / "data")
-        info = {"tokenizer": str(args.tokenizer), "num_rows": len(merged), "num_images": len(source),
+        info = {"tokenizer": str(folder.resolve()), "num_rows": len(merged), "num_images": len(source),
                 "flip": args.flip, "num_latent_tokens": config.num_latent_tokens,
                 "codebook_size": config.codebook_size, "label_names": names}
-        (output / "pretokenize.json").write_text(json.dumps(info, indent=2))
+        write_json_atomic(output / "pretokenize.json", info)
         print(f"wrote {len(merged)} code sequences ({len(source)} images{' + flips' if args.flip else ''}) to "
               f"{output / 'data'}")
 
@@ -145,6 +236,6 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"pretokenize: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+        print(f"pretokenize: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

@@ -66,18 +66,30 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from transformers import AutoModel, AutoTokenizer
 from diffusers import AutoencoderKL
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
 from spectralar_hf import FARConfig, FARPipeline, FARTransformer, build_noise_scheduler
 from spectralar_hf.pipelines.pipeline_far import check_components, encode_prompt, vae_scale_factor
+from spectralar_hf.training.arguments import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    open_unit_float,
+    parse_config_overrides,
+    positive_float,
+    positive_int,
+    resolve_model_dir,
+    unit_float,
+)
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
-    latest_checkpoint,
-    resume_from_checkpoint,
+    plan_run,
+    resume,
+    run_config,
     save_checkpoint,
     start_run,
 )
@@ -86,6 +98,7 @@ from spectralar_hf.training.optim import decay_parameter_groups
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
+LR_SCHEDULERS = [scheduler.value for scheduler in SchedulerType]
 
 CACHE_INFO = "cache_info.json"
 STATS_ROWS = 10_000  # latents whose std is recorded in cache_info.json (a check that scaling_factor fits)
@@ -114,14 +127,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--image_column", default=None)
     data.add_argument("--label_column", default=None)
     data.add_argument("--split", default="train")
-    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images")
+    data.add_argument("--max_train_samples", type=positive_int, default=None, help="use only the first N images")
     data.add_argument("--cache_dir", default=None, help="`datasets` cache directory")
     data.add_argument("--flip", action="store_true", help="also cache each image's horizontal mirror")
     data.add_argument("--latents_dir", default=None, help="the latent cache (default: OUTPUT_DIR/latents)")
     data.add_argument("--latent_distribution", default="mean", choices=["mean", "sample"],
                       help="train on the posterior mean, or on a fresh posterior sample every step (caches the std)")
-    data.add_argument("--encode_batch_size", type=int, default=256, help="images per VAE batch when caching")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--encode_batch_size", type=positive_int, default=256,
+                      help="images per VAE batch when caching")
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 
     model = parser.add_argument_group("model")
     model.add_argument("--vae", required=True, help="a diffusers AutoencoderKL directory (or a pipeline with vae/)")
@@ -138,55 +152,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     text.add_argument("--caption_column", default=None, help="a dataset column with one caption per image")
     text.add_argument("--caption_template", default=None,
                       help='captions from the class names, e.g. "a photo of a {label}"')
-    text.add_argument("--max_sequence_length", type=int, default=None,
+    text.add_argument("--max_sequence_length", type=positive_int, default=None,
                       help="truncate captions to N tokens (default: the tokenizer's model_max_length)")
     text.add_argument("--validation_prompts", nargs="*", default=None,
                       help="prompts of the sample grids (default: the template filled with the validation classes' "
                            "names, or the first distinct captions)")
 
     sampling = parser.add_argument_group("sampling defaults saved in the transformer's config (and used for grids)")
-    sampling.add_argument("--num_inference_steps", type=int, default=None, help="outer (frequency) steps")
+    sampling.add_argument("--num_inference_steps", type=positive_int, default=None, help="outer (frequency) steps")
     sampling.add_argument("--diffusion_steps", type=diffusion_steps_argument, default=None,
                           help='inner steps of the head: "linear" (40 -> 100) or an int')
-    sampling.add_argument("--guidance_scale", type=float, default=None, help="CFG scale (1.0 = off; FAR: 3.0)")
+    sampling.add_argument("--guidance_scale", type=finite_float, default=None,
+                          help="CFG scale (1.0 = off; FAR: 3.0)")
     sampling.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
-    sampling.add_argument("--temperature", type=float, nargs="+", default=None, help="a float or START END")
+    sampling.add_argument("--temperature", type=positive_float, nargs="+", default=None,
+                          help="a float or START END")
     sampling.add_argument("--mask_schedule", choices=["none", "cosine"], default=None, help="inference mask")
-    sampling.add_argument("--sample_clip_range", type=float, default=None,
+    sampling.add_argument("--sample_clip_range", type=finite_float, default=None,
                           help="clamp the head's x0 prediction to [-R, R] when sampling (default: no clipping)")
 
     optim = parser.add_argument_group("optimisation (defaults: FAR / MAR)")
-    optim.add_argument("--train_batch_size", type=int, default=64, help="per device")
-    optim.add_argument("--max_train_steps", type=int, default=10000)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--train_batch_size", type=positive_int, default=64, help="per device")
+    optim.add_argument("--max_train_steps", type=positive_int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--learning_rate", type=positive_float, default=1e-4)
     optim.add_argument("--scale_lr", action="store_true", help="lr x total batch / 256 (MAR)")
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.95)
-    optim.add_argument("--adam_weight_decay", type=float, default=0.02)
-    optim.add_argument("--lr_scheduler", default="constant_with_warmup",
+    optim.add_argument("--adam_beta1", type=unit_float, default=0.9)
+    optim.add_argument("--adam_beta2", type=unit_float, default=0.95)
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=0.02)
+    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="constant_with_warmup",
                        help='a diffusers get_scheduler name: "constant_with_warmup" (MAR) or "cosine"')
-    optim.add_argument("--lr_warmup_steps", type=int, default=500)
-    optim.add_argument("--max_grad_norm", type=float, default=3.0)
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    optim.add_argument("--max_grad_norm", type=non_negative_float, default=3.0, help="0: no clipping")
     optim.add_argument("--use_ema", action="store_true")
-    optim.add_argument("--ema_decay", type=float, default=0.9999)
+    optim.add_argument("--ema_decay", type=open_unit_float, default=0.9999)
     optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=non_negative_int, default=0)
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--logging_dir", default="logs")
     run.add_argument("--report_to", default="tensorboard")
-    run.add_argument("--logging_steps", type=int, default=50)
-    run.add_argument("--validation_steps", type=int, default=1000, help="save a class-conditional grid every N")
-    run.add_argument("--validation_classes", type=int, nargs="*", default=None, help="default: up to 10 classes")
-    run.add_argument("--validation_images_per_class", type=int, default=4)
-    run.add_argument("--validation_num_inference_steps", type=int, default=None,
+    run.add_argument("--overwrite_output_dir", action="store_true",
+                     help="delete an earlier run's checkpoints, logs and model in --output_dir and start over (a "
+                          "latent cache in it is kept: it is reused only when made with the same settings)")
+    run.add_argument("--logging_steps", type=positive_int, default=50)
+    run.add_argument("--validation_steps", type=positive_int, default=1000,
+                     help="save a class-conditional grid every N")
+    run.add_argument("--validation_classes", type=non_negative_int, nargs="*", default=None,
+                     help="default: up to 10 classes")
+    run.add_argument("--validation_images_per_class", type=positive_int, default=4)
+    run.add_argument("--validation_num_inference_steps", type=positive_int, default=None,
                      help="outer steps of the grids (default: the saved sampling default)")
     run.add_argument("--validation_diffusion_steps", type=diffusion_steps_argument, default=None,
                      help="inner steps of the grids (default: the saved sampling default)")
-    run.add_argument("--checkpointing_steps", type=int, default=1000)
-    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--checkpointing_steps", type=positive_int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
     run.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint-N path or "latest"')
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
@@ -228,13 +249,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          f"{args.caption_template!r}")
     if args.max_sequence_length is not None and args.max_sequence_length < 1:
         parser.error("--max_sequence_length must be >= 1")
-    if args.config_overrides is not None:
-        try:
-            args.config_overrides = json.loads(args.config_overrides)
-        except json.JSONDecodeError as error:
-            parser.error(f"--config_overrides is not valid JSON ({error.msg})")
-        if not isinstance(args.config_overrides, dict):
-            parser.error("--config_overrides must be a JSON object of FARConfig fields")
+    if args.pretrained_model_name_or_path and args.config_overrides:
+        parser.error("--config_overrides builds a new transformer; it cannot change --pretrained_model_name_or_path")
+    try:
+        args.config_overrides = parse_config_overrides(args.config_overrides, FARConfig)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -434,7 +454,10 @@ def build_model(args: argparse.Namespace, vae: AutoencoderKL, names: dict[int, s
     """A FARTransformer whose latent geometry comes from the VAE and whose classes come from the data, or, with a
     text encoder of hidden size `cross_attention_dim`, a text-only one (`num_classes = 0`)."""
     if args.pretrained_model_name_or_path:
-        model = FARTransformer.from_pretrained(args.pretrained_model_name_or_path)
+        root = resolve_model_dir(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path",
+                                 "FARTransformer", model_type="far", pipeline_class="FARPipeline",
+                                 subfolder="transformer", hint="pass a transformer saved by this script")
+        model = FARTransformer.from_pretrained(root)
         if model.config.cross_attention_dim != cross_attention_dim:
             raise ValueError(f"The pretrained transformer has cross_attention_dim {model.config.cross_attention_dim} "
                              f"but the text encoder's hidden size is {cross_attention_dim}"
@@ -491,9 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     latents_dir = Path(args.latents_dir) if args.latents_dir else output_dir / "latents"
-    if args.resume_from_checkpoint == "latest" and latest_checkpoint(output_dir) is None:
-        raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint found in {output_dir}; start "
-                         f"without it or point to a checkpoint-N directory.")
+    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
+    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("pipeline",),
+                    args.logging_dir)
     # Everything that can be wrong with the arguments is checked before the (possibly long) latent caching.
     vae, vae_dir = load_vae(args.vae)
     source, image_column, label_column = load_source(args)
@@ -509,10 +532,14 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"Cannot read the hidden size of the text encoder {args.text_encoder!r} (no hidden_size in "
                          f"its config).")
     model = build_model(args, vae, names, hidden_size)
+    architecture = model.config.to_dict()  # before the sampling defaults, which a resumed run may change
     set_sampling_defaults(model.config, args)
     noise_scheduler = build_noise_scheduler(model.config)
     # latent channels and side of the VAE vs the transformer; the text encoder's hidden size vs cross_attention_dim
     check_components(vae, model, noise_scheduler, text_encoder, tokenizer)
+    wrong = [c for c in args.validation_classes or [] if c >= len(names)]
+    if wrong:
+        raise ValueError(f"--validation_classes {wrong}: the data has {len(names)} classes (0..{len(names) - 1}).")
     captions = None if args.caption_template is None else {
         index: args.caption_template.format(label=name) for index, name in names.items()}
     rows = len(source) * (2 if args.flip else 1)
@@ -556,8 +583,9 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.register_for_checkpointing(ema)
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
-    start_run(accelerator, output_dir, args, "train_far")
-    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    config = run_config(architecture, use_ema=ema is not None, grad_scaler=accelerator.scaler is not None)
+    global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written
+    start_run(accelerator, output_dir, args, "train_far", plan.stale, config)
     if global_step:
         logger.info(f"Resumed at step {global_step}")
 
@@ -599,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
                 if accelerator.is_main_process:
                     append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
                 log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir, global_step,
                             text_encoder, tokenizer, source)
@@ -685,6 +713,6 @@ def log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
-        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

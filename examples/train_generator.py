@@ -31,15 +31,28 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralARConfig, SpectralARForCausalLM, SpectralARPipeline, SpectralTokenizer
+from spectralar_hf.training.arguments import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    open_unit_float,
+    parse_config_overrides,
+    positive_float,
+    positive_int,
+    resolve_model_dir,
+    unit_float,
+)
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
-    resume_from_checkpoint,
+    plan_run,
+    resume,
+    run_config,
     save_checkpoint,
     start_run,
 )
@@ -47,6 +60,7 @@ from spectralar_hf.training.optim import decay_parameter_groups
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
+LR_SCHEDULERS = [scheduler.value for scheduler in SchedulerType]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--tokenized_dataset", required=True, help="output_dir of pretokenize.py (or its data/)")
     data.add_argument("--tokenizer", default=None, help="default: the tokenizer recorded by pretokenize.py")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="small", help="a SpectralARConfig preset (sizes)")
@@ -62,38 +76,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune this generator")
 
     sampling = parser.add_argument_group("sampling defaults saved in generation_config.json")
-    sampling.add_argument("--guidance_scale", type=float, default=None)
+    sampling.add_argument("--guidance_scale", type=finite_float, default=None)
     sampling.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
-    sampling.add_argument("--top_k", type=int, default=None)
-    sampling.add_argument("--top_p", type=float, default=None)
-    sampling.add_argument("--temperature", type=float, default=None)
+    sampling.add_argument("--top_k", type=positive_int, default=None)
+    sampling.add_argument("--top_p", type=positive_float, default=None, help="in (0, 1]")
+    sampling.add_argument("--temperature", type=positive_float, default=None)
 
     optim = parser.add_argument_group("optimisation (defaults: VAR)")
-    optim.add_argument("--train_batch_size", type=int, default=64, help="per device")
-    optim.add_argument("--max_train_steps", type=int, default=10000)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--train_batch_size", type=positive_int, default=64, help="per device")
+    optim.add_argument("--max_train_steps", type=positive_int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--learning_rate", type=positive_float, default=1e-4)
     optim.add_argument("--scale_lr", action="store_true", help="lr x total batch / 256 (VAR)")
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.95)
-    optim.add_argument("--adam_weight_decay", type=float, default=0.05)
-    optim.add_argument("--lr_scheduler", default="linear", help="warmup then linear decay (VAR)")
-    optim.add_argument("--lr_warmup_steps", type=int, default=500)
-    optim.add_argument("--max_grad_norm", type=float, default=2.0)
+    optim.add_argument("--adam_beta1", type=unit_float, default=0.9)
+    optim.add_argument("--adam_beta2", type=unit_float, default=0.95)
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=0.05)
+    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="linear", help="warmup then linear decay (VAR)")
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    optim.add_argument("--max_grad_norm", type=non_negative_float, default=2.0, help="0: no clipping")
     optim.add_argument("--use_ema", action="store_true")
-    optim.add_argument("--ema_decay", type=float, default=0.999)
+    optim.add_argument("--ema_decay", type=open_unit_float, default=0.999)
     optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=non_negative_int, default=0)
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--logging_dir", default="logs")
     run.add_argument("--report_to", default="tensorboard")
-    run.add_argument("--logging_steps", type=int, default=50)
-    run.add_argument("--validation_steps", type=int, default=1000, help="save a class-conditional grid every N")
-    run.add_argument("--validation_classes", type=int, nargs="*", default=None, help="default: up to 10 classes")
-    run.add_argument("--checkpointing_steps", type=int, default=1000)
-    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--overwrite_output_dir", action="store_true",
+                     help="delete an earlier run's checkpoints, logs and model in --output_dir and start over")
+    run.add_argument("--logging_steps", type=positive_int, default=50)
+    run.add_argument("--validation_steps", type=positive_int, default=1000,
+                     help="save a class-conditional grid every N")
+    run.add_argument("--validation_classes", type=non_negative_int, nargs="*", default=None,
+                     help="default: up to 10 classes")
+    run.add_argument("--checkpointing_steps", type=positive_int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
     run.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint-N path or "latest"')
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
@@ -102,8 +120,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     if not os.path.isdir(args.tokenized_dataset):
         parser.error(f"--tokenized_dataset {args.tokenized_dataset!r} does not exist; run examples/pretokenize.py")
-    if args.max_train_steps < 1 or args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
-        parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
+    if args.top_p is not None and args.top_p > 1:
+        parser.error(f"--top_p must lie in (0, 1], got {args.top_p}")
+    if args.pretrained_model_name_or_path and args.config_overrides:
+        parser.error("--config_overrides builds a new generator; it cannot change --pretrained_model_name_or_path")
+    try:
+        args.config_overrides = parse_config_overrides(args.config_overrides, SpectralARConfig)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -124,23 +148,44 @@ def load_codes(args: argparse.Namespace) -> tuple[datasets.Dataset, str]:
     if tokenizer is None:
         if not info_file.is_file():
             raise ValueError("Pass --tokenizer: there is no pretokenize.json recording which tokenizer made the codes.")
-        tokenizer = json.loads(info_file.read_text())["tokenizer"]
+        try:
+            tokenizer = json.loads(info_file.read_text())["tokenizer"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{info_file} is corrupt (no tokenizer recorded); pass --tokenizer.") from None
+        tokenizer = recorded_tokenizer(tokenizer, info_file)
     return dataset, tokenizer
 
 
+def recorded_tokenizer(path: str, info_file: Path) -> str:
+    """The tokenizer recorded in pretokenize.json. Older versions recorded the path relative to the working directory
+    of pretokenize.py: it is looked up from the working directory, then from each folder above the codes."""
+    recorded = Path(path)
+    if recorded.is_absolute() or recorded.exists():
+        candidates = [recorded]
+    else:
+        candidates = [recorded] + [parent / recorded for parent in info_file.resolve().parents]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    raise ValueError(f"The tokenizer {path!r} recorded in {info_file} does not exist (looked from the working "
+                     f"directory and the folders above the codes); pass --tokenizer.")
+
+
 def load_tokenizer(path: str) -> SpectralTokenizer:
-    root = Path(path)
-    if (root / "model_index.json").is_file():
-        root = root / "tokenizer"
-    if not root.exists():
-        raise ValueError(f"Tokenizer {path!r} does not exist.")
+    root = resolve_model_dir(path, "--tokenizer", "SpectralTokenizer", model_type="spectral_tokenizer",
+                             pipeline_class="SpectralARPipeline", subfolder="tokenizer",
+                             hint="pass the tokenizer that made the codes (examples/train_tokenizer.py's tokenizer/)")
     return SpectralTokenizer.from_pretrained(root).eval()
 
 
 def build_model(args: argparse.Namespace, tokenizer: SpectralTokenizer, dataset) -> SpectralARForCausalLM:
     """A generator whose vocabulary, length, classes and image geometry come from the tokenizer and the data."""
     if args.pretrained_model_name_or_path:
-        return SpectralARForCausalLM.from_pretrained(args.pretrained_model_name_or_path)
+        root = resolve_model_dir(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path",
+                                 "SpectralARForCausalLM", model_type="spectralar",
+                                 pipeline_class="SpectralARPipeline", subfolder="transformer",
+                                 hint="pass a generator saved by this script (pipeline/transformer)")
+        return SpectralARForCausalLM.from_pretrained(root)
     label_feature = dataset.features["label"]
     if isinstance(label_feature, datasets.ClassLabel):
         names = dict(enumerate(label_feature.names))
@@ -150,8 +195,12 @@ def build_model(args: argparse.Namespace, tokenizer: SpectralTokenizer, dataset)
     t = tokenizer.config
     fields = dict(vocab_size=t.codebook_size, num_image_tokens=t.num_latent_tokens, num_classes=len(names),
                   id2label=names, image_size=t.image_size, num_channels=t.num_channels)
-    fields.update(json.loads(args.config_overrides) if args.config_overrides else {})
-    return SpectralARForCausalLM(SpectralARConfig.from_preset(args.preset, **fields))
+    fields.update(args.config_overrides)
+    try:
+        config = SpectralARConfig.from_preset(args.preset, **fields)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--preset {args.preset!r} / --config_overrides: {error}") from None
+    return SpectralARForCausalLM(config)
 
 
 def set_sampling_defaults(model: SpectralARForCausalLM, args: argparse.Namespace) -> None:
@@ -166,6 +215,9 @@ def set_sampling_defaults(model: SpectralARForCausalLM, args: argparse.Namespace
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
+    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("pipeline",),
+                    args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -188,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
                          f"{model.config.num_image_tokens}: were they made by this tokenizer?")
     if len(dataset) < args.train_batch_size:
         raise ValueError(f"The dataset has {len(dataset)} sequences, fewer than one batch of {args.train_batch_size}.")
+    wrong = [c for c in args.validation_classes or [] if c >= model.config.num_classes]
+    if wrong:
+        raise ValueError(f"--validation_classes {wrong}: the generator has {model.config.num_classes} classes "
+                         f"(0..{model.config.num_classes - 1}).")
     set_sampling_defaults(model, args)
     loader = torch.utils.data.DataLoader(
         dataset.with_format("torch", columns=["codes", "label"]), batch_size=args.train_batch_size, shuffle=True,
@@ -210,8 +266,10 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.register_for_checkpointing(ema)
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
-    start_run(accelerator, output_dir, args, "train_generator")
-    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    config = run_config(accelerator.unwrap_model(model).config, use_ema=ema is not None,
+                        grad_scaler=accelerator.scaler is not None)
+    global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written
+    start_run(accelerator, output_dir, args, "train_generator", plan.stale, config)
     if global_step:
         logger.info(f"Resumed at step {global_step}")
 
@@ -246,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
                 if accelerator.is_main_process:
                     append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
                 log_samples(accelerator, model, ema, tokenizer, args, output_dir, global_step)
             if global_step >= args.max_train_steps:
@@ -298,6 +356,6 @@ def log_samples(accelerator, model, ema, tokenizer, args, output_dir: Path, step
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
-        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

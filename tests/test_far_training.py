@@ -261,10 +261,12 @@ def test_far_latent_cache_is_reused_not_recomputed(trained_far, trained_vae, idx
                                   "--checkpointing_steps", 1000))
     assert {p.name: p.stat().st_mtime_ns for p in (output / "latents").iterdir()} == stamp
     assert (output / "pipeline" / "model_index.json").is_file()
-    # a cache made with other settings is refused, not silently reused
+    # a cache made with other settings is refused, not silently reused (--overwrite_output_dir: a new run, which
+    # deletes the earlier run's files but keeps the cache, which it checks)
     with pytest.raises(ValueError, match="other settings"):
         run(FAR_SCRIPT, *far_args(trained_vae, idx_folder, output, "--max_train_samples", 4, "--max_train_steps", 1,
-                                  "--train_batch_size", 4))
+                                  "--train_batch_size", 4, "--overwrite_output_dir"))
+    assert (output / "pipeline" / "model_index.json").is_file()  # the refused run deleted nothing
 
 
 def test_far_script_resume_after_sigkill_is_exact(trained_vae, idx_folder, tmp_path):

@@ -73,28 +73,19 @@ def test_latest_checkpoint_ignores_partial_saves(tmp_path):
         checkpoint_step(tmp_path / ".checkpoint-400.partial")
 
 
-def test_resume_from_checkpoint_resolves_latest_paths_and_bare_names(tmp_path, monkeypatch):
-    from spectralar_hf.training.checkpointing import resume_from_checkpoint
+def test_find_checkpoint_resolves_latest_paths_and_bare_names(tmp_path, monkeypatch):
+    from spectralar_hf.training.checkpointing import find_checkpoint, resume_from_checkpoint
 
-    class RecordingAccelerator:
-        loaded: list[str] = []
-
-        def load_state(self, path: str) -> None:
-            self.loaded.append(path)
-
-    accelerator = RecordingAccelerator()
     for step in (100, 300):
         (tmp_path / f"checkpoint-{step}").mkdir()
     (tmp_path / ".checkpoint-400.partial").mkdir()
     monkeypatch.chdir(tmp_path.parent)  # bare names must resolve inside output_dir, not the working directory
-    assert resume_from_checkpoint(accelerator, tmp_path, None) == 0 and accelerator.loaded == []
-    assert resume_from_checkpoint(accelerator, tmp_path, "latest") == 300
-    assert resume_from_checkpoint(accelerator, tmp_path, "checkpoint-100") == 100
-    assert resume_from_checkpoint(accelerator, tmp_path, str(tmp_path / "checkpoint-300")) == 300
-    assert accelerator.loaded == [str(tmp_path / "checkpoint-300"), str(tmp_path / "checkpoint-100"),
-                                  str(tmp_path / "checkpoint-300")]
+    assert resume_from_checkpoint(object(), tmp_path, None) == 0  # a fresh start touches nothing
+    assert find_checkpoint(tmp_path, "latest") == tmp_path / "checkpoint-300"
+    assert find_checkpoint(tmp_path, "checkpoint-100") == tmp_path / "checkpoint-100"
+    assert find_checkpoint(tmp_path, str(tmp_path / "checkpoint-300")) == tmp_path / "checkpoint-300"
     for bad in ("checkpoint-200", ".checkpoint-400.partial", str(tmp_path / "missing")):
         with pytest.raises(ValueError, match="no complete checkpoint"):
-            resume_from_checkpoint(accelerator, tmp_path, bad)
+            find_checkpoint(tmp_path, bad)
     with pytest.raises(ValueError, match="no complete checkpoint"):
-        resume_from_checkpoint(accelerator, tmp_path / "empty", "latest")
+        find_checkpoint(tmp_path / "empty", "latest")

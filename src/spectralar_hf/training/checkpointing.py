@@ -1,15 +1,30 @@
-"""Crash-safe training checkpoints for accelerate runs.
+"""Crash-safe training checkpoints and run state for accelerate runs.
 
 A checkpoint is first written to a hidden `.checkpoint-N.partial` directory and renamed to `checkpoint-N` only when
 every file is on disk, so a process killed during a save never leaves a directory that `latest` would pick up.
+
+One output directory holds one run: `plan_run` refuses to start a new run where an earlier one left its files (unless
+it is resumed, or `--overwrite_output_dir` deletes them first), and `resume` checks a checkpoint before loading it:
+the model configuration and the checkpointed components recorded in its `run_config.json` must match the new run's,
+and accelerate's RNG state file must load (accelerate itself only logs a failure and continues, which silently loses
+the exact resume). `run_info.json` is written (atomically) only after these checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -37,8 +52,29 @@ def checkpoint_step(path: str | Path) -> int:
     return int(match.group(1))
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None = None) -> Path:
-    """`accelerator.save_state` into `output_dir/checkpoint-{step}` atomically; keep at most `total_limit`."""
+RUN_CONFIG = "run_config.json"
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """Write `value` as JSON to `path` through a temporary file and `os.replace`: a reader (or a run killed while
+    writing) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(value, indent=2, default=str) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None = None,
+                    run_config: dict | None = None) -> Path:
+    """`accelerator.save_state` into `output_dir/checkpoint-{step}` atomically; keep at most `total_limit`.
+
+    `run_config` (see `run_config`) is saved with it as `run_config.json`, which `resume` compares."""
     root = Path(output_dir)
     final = root / f"checkpoint-{step}"
     partial = root / f".checkpoint-{step}.partial"
@@ -49,6 +85,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if run_config is not None:
+            write_json_atomic(partial / RUN_CONFIG, run_config)
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -84,14 +122,60 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         handle.write(json.dumps(record, default=float) + "\n")
 
 
-def resume_from_checkpoint(accelerator, output_dir: str | Path, choice: str | None) -> int:
-    """Restore a run: `choice` is None (fresh start), "latest", a `checkpoint-N` directory path, or a bare
-    `checkpoint-N` name inside `output_dir` (as in diffusers' scripts). Returns the step N.
+# ---------------------------------------------------------------------------------------------------------------
+# Run state: one run per output directory, checked resumes
+# ---------------------------------------------------------------------------------------------------------------
 
-    Raises `ValueError` when no complete checkpoint matches.
-    """
-    if not choice:
-        return 0
+RUN_FILES = ("run_info.json", "train_log.jsonl", "samples", "latent_stats.json")
+VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "name_or_path", "dtype", "torch_dtype"}
+
+
+def run_config(model_config: Any, **components: Any) -> dict:
+    """What a checkpoint must match to be resumed: the model's configuration (without version / bookkeeping keys)
+    and the checkpointed components (EMA, discriminator sizes, mixed precision, ...), JSON-normalised."""
+    if hasattr(model_config, "to_dict"):
+        model_config = model_config.to_dict()
+    model = {key: value for key, value in dict(model_config).items()
+             if not key.startswith("_") and key not in VOLATILE_CONFIG_KEYS}
+    return json.loads(json.dumps({"model": model, "components": components}, default=str, sort_keys=True))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                found.append(f"{name} (not in the checkpoint, now {new[key]!r})")
+            elif key not in new:
+                found.append(f"{name} (checkpoint {old[key]!r}, not set now)")
+            else:
+                found += _differences(old[key], new[key], name)
+        return found
+    return [] if old == new else [f"{prefix} (checkpoint {old!r}, now {new!r})"]
+
+
+def check_run_config(checkpoint: Path, config: dict | None) -> None:
+    """Raise `ValueError` naming the differing fields when `checkpoint` was saved by a run with another model
+    configuration or other checkpointed components. Checkpoints of older versions (no run_config.json) pass."""
+    recorded_file = Path(checkpoint) / RUN_CONFIG
+    if config is None or not recorded_file.is_file():
+        return
+    try:
+        recorded = json.loads(recorded_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{recorded_file} is corrupt ({error.msg}); resume from another checkpoint.") from None
+    changed = _differences(recorded, config)
+    if changed:
+        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ValueError(f"Cannot resume {checkpoint}: it was saved by a run with another configuration ({shown}). "
+                         f"Resume with the arguments of that run (see {recorded_file}), or start a new run in "
+                         f"another --output_dir.")
+
+
+def find_checkpoint(output_dir: str | Path, choice: str) -> Path:
+    """`choice` is "latest", a `checkpoint-N` directory path, or a bare `checkpoint-N` name inside `output_dir` (as
+    in diffusers' scripts). Raises `ValueError` when no complete checkpoint matches."""
     if choice == "latest":
         path = latest_checkpoint(output_dir)
     else:
@@ -101,18 +185,152 @@ def resume_from_checkpoint(accelerator, output_dir: str | Path, choice: str | No
     if path is None or not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
         raise ValueError(f"--resume_from_checkpoint {choice!r}: no complete checkpoint found in {output_dir}; start "
                          f"without it or point to a checkpoint-N directory.")
-    accelerator.load_state(str(path))
-    return checkpoint_step(path)
+    return path
 
 
-def start_run(accelerator, output_dir: str | Path, args, project_name: str) -> None:
-    """On the main process: create `output_dir`, record `run_info.json` (world size, device, arguments) and start
-    the trackers."""
-    if not accelerator.is_main_process:
-        return
+def earlier_run_files(output_dir: str | Path, outputs: tuple[str, ...] = (), logging_dir: str | None = None
+                      ) -> list[Path]:
+    """The files and folders of an earlier run in `output_dir`: checkpoints (complete or partial), run_info.json,
+    train_log.jsonl, samples, the saved model folders `outputs` and the logging dir (when inside `output_dir`)."""
     root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    info = {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
-            "mixed_precision": accelerator.mixed_precision, "args": vars(args)}
-    (root / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
-    accelerator.init_trackers(project_name, config={key: str(value) for key, value in vars(args).items()})
+    if not root.is_dir():
+        return []
+    names = set(RUN_FILES) | {RUN_CONFIG} | set(outputs)
+    if logging_dir and not Path(logging_dir).is_absolute() and len(Path(logging_dir).parts) == 1:
+        names.add(logging_dir)
+    found = []
+    for path in sorted(root.iterdir()):
+        partial = path.name.startswith(".checkpoint-") and path.name.endswith(".partial")
+        if path.name in names or CHECKPOINT_PATTERN.match(path.name) or partial:
+            found.append(path)
+    return found
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What `plan_run` decided: the checkpoint to resume (or None) and the earlier run's files to delete first."""
+
+    output_dir: Path
+    checkpoint: Path | None = None
+    stale: list[Path] = dataclasses.field(default_factory=list)
+
+
+def plan_run(output_dir: str | Path, resume: str | None, overwrite: bool = False, outputs: tuple[str, ...] = (),
+             logging_dir: str | None = None) -> RunPlan:
+    """Check `--output_dir` / `--resume_from_checkpoint` / `--overwrite_output_dir` before anything is written (on
+    every process; nothing is changed here).
+
+    A new run (no `resume`) needs an output directory without an earlier run's files (`earlier_run_files`), or
+    `overwrite`, in which case those files are listed in `RunPlan.stale` for `start_run` to delete. A resumed run
+    needs a complete checkpoint. Raises `ValueError` with the fix otherwise."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--output_dir {str(root)!r} is a file, not a directory.")
+    if resume and overwrite:
+        raise ValueError("--overwrite_output_dir would delete the run that --resume_from_checkpoint continues; pass "
+                         "only one of them.")
+    if resume:
+        return RunPlan(root, find_checkpoint(root, resume))
+    found = earlier_run_files(root, outputs, logging_dir)
+    if found and not overwrite:
+        names = ", ".join(path.name for path in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ValueError(f"--output_dir {str(root)!r} holds an earlier run ({names}); continue it with "
+                         f"--resume_from_checkpoint latest, delete it and start over with --overwrite_output_dir, "
+                         f"or choose another --output_dir.")
+    return RunPlan(root, None, found)
+
+
+def load_rng_states(path: Path) -> dict:
+    """accelerate's RNG state file of one process, loaded as `Accelerator.load_state` loads it; `ValueError` naming
+    the file when it is missing or unreadable (accelerate would only log "Could not load random states")."""
+    from accelerate.utils import load
+
+    fix = ("the resume would not be exact; resume from an earlier checkpoint, or start a new run (another "
+           "--output_dir, or --overwrite_output_dir)")
+    if not path.is_file():
+        raise ValueError(f"The checkpoint has no RNG state file {path}: {fix}.")
+    try:
+        states = load(path)
+    except Exception as error:  # noqa: BLE001 - any unpickling error means a corrupt file
+        raise ValueError(f"The RNG state file {path} is corrupt ({type(error).__name__}): {fix}.") from None
+    if not isinstance(states, dict) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(states):
+        raise ValueError(f"The RNG state file {path} does not hold accelerate's random states: {fix}.")
+    return states
+
+
+def resume(accelerator, checkpoint: str | Path | None, config: dict | None = None) -> int:
+    """Load `checkpoint` (None: a fresh run, step 0) after checking its `run_config.json` against `config` and its
+    RNG state file; afterwards the RNG state must be the saved one. Drops the records after the checkpoint's step
+    from `train_log.jsonl` (they are trained again). Returns the step N of `checkpoint-N`."""
+    if checkpoint is None:
+        return 0
+    checkpoint = Path(checkpoint)
+    step = checkpoint_step(checkpoint)
+    check_run_config(checkpoint, config)
+    # every process checks the files of all processes, so that all of them stop on the same error
+    for index in range(accelerator.num_processes):
+        if index != accelerator.process_index:
+            load_rng_states(checkpoint / f"random_states_{index}.pkl")
+    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    states = load_rng_states(rng_file)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        first = next((line for line in lines if "size mismatch" in line or "Missing key" in line
+                      or "Unexpected key" in line or "Number of custom checkpoints" in line), lines[0])
+        raise ValueError(f"Cannot resume {checkpoint}: it does not fit this run ({first[:300]}); resume with the "
+                         f"arguments of the run that saved it, or start a new run in another --output_dir.") from None
+    if not torch.equal(torch.get_rng_state(), states["torch_manual_seed"]):
+        raise ValueError(f"The RNG states of {rng_file} were not restored: the resume would not be exact; resume "
+                         f"from an earlier checkpoint, or start a new run.")
+    if accelerator.is_main_process:
+        truncate_log(checkpoint.parent / "train_log.jsonl", step)
+    return step
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the records of `train_log.jsonl` up to `step` (a resumed run logs the later steps again)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a kill
+    if len(kept) != len(lines):
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(temporary, path)
+
+
+def resume_from_checkpoint(accelerator, output_dir: str | Path, choice: str | None, config: dict | None = None) -> int:
+    """`resume` of `find_checkpoint(output_dir, choice)`; 0 when `choice` is None."""
+    return resume(accelerator, find_checkpoint(output_dir, choice) if choice else None, config)
+
+
+def start_run(accelerator, output_dir: str | Path, args, project_name: str, stale: list[Path] | tuple = (),
+              config: dict | None = None) -> None:
+    """On the main process: delete an earlier run's files `stale` (`plan_run` with `--overwrite_output_dir`), create
+    `output_dir`, record `run_info.json` (world size, device, arguments, `config`) atomically and start the
+    trackers. Call it after `resume`, so that a failed resume leaves the run's files as they were."""
+    if accelerator.is_main_process:
+        root = Path(output_dir)
+        if stale:
+            logger.warning(f"--overwrite_output_dir: deleting the earlier run in {root}: "
+                           f"{', '.join(path.name for path in stale)}")
+        for path in stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        info = {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
+                "mixed_precision": accelerator.mixed_precision, "args": vars(args), "run_config": config}
+        write_json_atomic(root / "run_info.json", info)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.init_trackers(project_name, config={key: str(value) for key, value in vars(args).items()})
