@@ -30,7 +30,7 @@ from spectralar_hf import (
     SpectralTokenizerConfig,
     build_noise_scheduler,
 )
-from spectralar_hf.evaluation import classification, curves, fid, manifold, reconstruction
+from spectralar_hf.evaluation import causality, classification, curves, fid, manifold, reconstruction
 from spectralar_hf.evaluation.report import to_8bit, write_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -335,6 +335,29 @@ def test_a_previous_report_is_replaced_atomically_and_the_stand_in_is_named(root
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary files left
 
 
+def test_fewer_images_than_asked_is_said(root, tmp_path, capsys):
+    status, out, err = run(capsys, *[a.format(**_places(root, tmp_path)) for a in EVAL_TOK], "--num-images", 400,
+                           "--prefixes", 1)
+    lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line]
+    assert status == 0 and len(lines) == 1, err
+    assert "warning: --num-images 400: the 'test' split has only 12 images; all 12 were used" in lines[0]
+    assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 12
+
+
+def test_causality_cifar100_offline_points_at_the_offline_crops(capsys):
+    status, out, err = run(capsys, "evaluate", "causality", "--causality-data", "cifar100", "--num-images", 2)
+    if status == 0:
+        pytest.skip("CIFAR-100 is in the local datasets cache")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and "pass --causality-data crops" in lines[0], err
+
+
+def test_causality_module_rejects_fewer_than_two_images(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        causality.main(["--num_images", "0"])
+    assert exit_.value.code == 2 and "correlations need at least 2 images" in capsys.readouterr().err
+
+
 def test_write_report_api_refuses_checkpoint_files(root):
     before = (root / "tok" / "config.json").read_bytes()
     with pytest.raises(ValueError, match="inside the model/pipeline directory"):
@@ -430,6 +453,7 @@ API_CASES = [
     pytest.param(lambda ex: classification.knn_predict(torch.rand(2, 4), torch.rand(6, 4),
                                                        torch.tensor([-1, 0, 1, 0, 1, 0])),
                  r"class ids >= 0", id="knn-negative-labels"),
+    pytest.param(lambda ex: causality.offline_natural_crops(0), r"n >= 1", id="causality-zero-crops"),
     pytest.param(lambda ex: curves.plot_curve([{"k": 1, "f": 1.0}, {"k": 2, "f": 2.0}], "k", "f", "curve.txt"),
                  r"does not end in an image extension", id="plot-txt"),
 ]

@@ -496,6 +496,12 @@ def _extractor(args: argparse.Namespace):
     return extractor, dim
 
 
+def _note_fewer(notes: list[str], flag: str, asked: int | None, got: int, split: str) -> None:
+    if asked is not None and got < asked:
+        notes.append(f"{flag} {asked}: the {split!r} split has only {got} images; all {got} were used (the report's "
+                     f"counts say so)")
+
+
 def _feature_warning(extractor, dim: int | None) -> None:
     """After a successful run: say when the feature network is not the FID Inception-v3 (a stand-in or another
     network): its FIDs are not comparable to published ones."""
@@ -557,6 +563,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                     write_report)
 
     seed = args.seed if args.seed is not None else 0
+    notes: list[str] = []  # warnings, printed after a successful run (an error stays one line)
     if args.target == "tokenizer":
         tokenizer = _load_tokenizer(args.checkpoint, "evaluate tokenizer")
         config = tokenizer.config
@@ -568,6 +575,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         extractor, dim = _extractor(args) if args.fid else (None, None)
         images, _ = load_evaluation_images(config.image_size, config.num_channels, split=split,
                                            num_images=args.num_images, seed=seed, **sources)
+        _note_fewer(notes, "--num-images", args.num_images, len(images), split)
         if args.fid and len(images) < 2:
             raise CLIError(f"rFID needs at least 2 images, the {split!r} split gives {len(images)}")
         report = {"checkpoint": args.checkpoint, "split": split, **sources,
@@ -597,6 +605,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         extractor, dim = _extractor(args)
         reference, reference_labels = load_evaluation_images(image_size, num_channels, split=split,
                                                              num_images=args.num_images, seed=seed, **sources)
+        _note_fewer(notes, "--num-images", args.num_images, len(reference), split)
         if len(reference) < 4:
             raise CLIError(f"the {split!r} split gives {len(reference)} reference image(s); precision / recall "
                            f"(k = 3) need at least 4: raise --num-images or use a larger split")
@@ -605,6 +614,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             knn_images = args.knn_images if args.knn_images is not None else DEFAULT_KNN_IMAGES
             classifier = load_evaluation_images(image_size, num_channels, split=args.knn_split,
                                                 num_images=knn_images, seed=seed + 2, **sources)
+            _note_fewer(notes, "--knn-images", args.knn_images, len(classifier[0]), args.knn_split)
             if classifier[1] is None or reference_labels is None:
                 raise CLIError(f"--knn-split needs a labelled dataset; {args.knn_split!r} / {split!r} have no "
                                f"label column")
@@ -632,6 +642,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report["feature_dim"] = dim
     write_report(report_path, report)
     _feature_warning(extractor, dim)
+    for note in notes:
+        print(f"spectralar-hf evaluate: warning: {note}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     if table:
         print(table)
@@ -654,8 +666,12 @@ def _evaluate_causality(args: argparse.Namespace) -> None:
         raise CLIError(f"--num-images {num_images}: correlations need at least 2 images")
     from .evaluation.causality import main as causality_main
 
-    causality_main(["--num_images", str(num_images), "--data", args.causality_data,
-                    "--seed", str(args.seed if args.seed is not None else 0)])
+    try:
+            causality_main(["--num_images", str(num_images), "--data", args.causality_data,
+                        "--seed", str(args.seed if args.seed is not None else 0)])
+    except OSError as error:  # --causality-data cifar100 offline
+        raise CLIError(f"{_one_line(error).split(', or use')[0].rstrip('.')}, or pass --causality-data crops (offline "
+                       f"photo crops)") from None
 
 
 def cmd_model_card(args: argparse.Namespace) -> None:

@@ -218,6 +218,8 @@ def load_cifar100_validation(num_images: int | None = None, cache_dir: str | Non
 
     from ..training.data import numpy_to_pixel_values
 
+    if num_images is not None and num_images < 1:
+        raise ValueError(f"num_images must be >= 1 (or None for all 10,000), got {num_images}.")
     try:
         dataset = datasets.load_dataset(CIFAR100_DATASET, split=CIFAR100_SPLIT, cache_dir=cache_dir)
     except Exception as error:  # offline: ConnectionError, DatasetNotFoundError, OSError, ... depending on versions
@@ -240,6 +242,8 @@ def offline_natural_crops(n: int, seed: int = 0, size: int = PAPER_IMAGE_SIZE,
 
     from ..training.data import load_sample_photos, random_crops
 
+    if n < 1:
+        raise ValueError(f"offline_natural_crops needs n >= 1 crops, got {n}.")
     photos = load_sample_photos(OFFLINE_PHOTOS)
     try:
         from sklearn.datasets import load_sample_images
@@ -250,10 +254,20 @@ def offline_natural_crops(n: int, seed: int = 0, size: int = PAPER_IMAGE_SIZE,
     return random_crops(photos, n, size, scale=scale, seed=seed)
 
 
+def _at_least_two(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"correlations need at least 2 images, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     """CLI: print Table 1 on CIFAR-100 (when reachable) or on offline photo crops; returns the markdown."""
     parser = argparse.ArgumentParser(description="SpectralAR §4.2 causality (R^2) analysis, Table 1.")
-    parser.add_argument("--num_images", type=int, default=10_000, help="number of images (paper: 10,000)")
+    parser.add_argument("--num_images", type=_at_least_two, default=10_000, help="number of images (paper: 10,000)")
     parser.add_argument("--data", choices=("auto", "cifar100", "crops"), default="auto",
                         help="auto: CIFAR-100 test split when reachable, else offline photo crops")
     parser.add_argument("--seed", type=int, default=0, help="seed of the offline crops")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -218,7 +219,16 @@ def plot_curve(rows: Sequence[dict[str, Any]], x: str, ys: Sequence[str] | str, 
     if title:
         draw.text((left + plot_w / 2, 6), title, fill="black", font=font, anchor="ma")
     path = os.fspath(path)
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    image.save(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder or ".", prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    os.close(handle)
+    try:  # written to a temporary file and renamed: an interrupted run never leaves half a PNG
+        image.save(temporary, format=Image.registered_extensions()[suffix])
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
     return path
