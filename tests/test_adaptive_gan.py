@@ -50,6 +50,31 @@ def test_weight_is_clamped_and_scale_invariant():
     assert flat.item() == 7.0
 
 
+def test_weight_matches_vqgan_on_a_hand_computed_case():
+    """VQGAN: `||grad_W L_rec|| / (||grad_W L_G|| + 1e-4)`, clamped to `[0, max]`, on a last layer of two weights whose
+    gradients are known in closed form: W = (1, 2), L_rec = 1.5 w1^2 + 4 w2 has gradient (3 w1, 4) = (3, 4), norm 5;
+    L_G = -(1.2 w1 + 1.6 w2) has gradient (-1.2, -1.6), norm 2."""
+    last = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+
+    def losses(adversarial_scale=1.0):
+        return 1.5 * last[0] ** 2 + 4.0 * last[1], -adversarial_scale * (1.2 * last[0] + 1.6 * last[1])
+
+    weight = adaptive_adversarial_weight(*losses(), last)
+    assert weight.dtype == torch.float64 and weight.dim() == 0
+    assert weight.item() == pytest.approx(5.0 / 2.0001, rel=1e-12)  # 2.499875...
+    assert 0.5 * weight.item() == pytest.approx(1.24993750312, rel=1e-10)  # times a GAN weight of 0.5
+    # eps shows when the GAN gradient is small: |grad L_G| = 2e-3 gives 5 / 2.1e-3 (not 5 / 2e-3 = 2500)
+    assert adaptive_adversarial_weight(*losses(1e-3), last).item() == pytest.approx(5.0 / 2.1e-3, rel=1e-9)
+    # clamped to [0, max]: 2.4999 -> 2 with max 2; no GAN gradient gives 5 / 1e-4 = 5e4 -> the default max 1e4
+    assert adaptive_adversarial_weight(*losses(), last, max_weight=2.0).item() == 2.0
+    assert adaptive_adversarial_weight(*losses(0.0), last).item() == 1e4
+    # the ratio of the norms of the whole gradients: L_rec's gradient (3 w1, 4) at W = (-2, 0) is (-6, 4)
+    with torch.no_grad():
+        last.copy_(torch.tensor([-2.0, 0.0], dtype=torch.float64))
+    assert adaptive_adversarial_weight(*losses(), last).item() == pytest.approx(52 ** 0.5 / 2.0001, rel=1e-12)
+    assert last.grad is None
+
+
 @pytest.fixture(scope="module")
 def idx_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("idx")
@@ -85,9 +110,34 @@ SCRIPTS = {
 }
 
 
+# The layer that writes the pixels, identified by its output size (no other decoder layer has it): the tokenizer's
+# head (4 x 4 patch x 1 channel = 16 out_features; hidden size 64) or the VAE's conv_out (1 out_channel).
+OUTPUT_LAYER = {
+    "train_tokenizer.py": (16, ["--config_overrides", '{"num_channels": 1, "codebook_size": 64, "patch_size": 4}']),
+    "train_vae.py": (1, []),
+}
+
+
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_scripts_log_a_positive_adaptive_weight(script, idx_folder, tmp_path):
-    run_in_process(script, ["--idx_data_dir", idx_folder, *SCRIPTS[script], "--output_dir", tmp_path,
+def test_scripts_log_the_gan_weight_times_the_adaptive_factor(script, idx_folder, tmp_path, monkeypatch):
+    """The logged weight is --gan_weight times VQGAN's factor computed on the decoder's output layer with the
+    default max, and the factor is the gradient-norm ratio of the losses the script passes."""
+    from spectralar_hf.training import losses
+
+    calls = []
+    original = losses.adaptive_adversarial_weight
+
+    def recording(reconstruction_loss, adversarial_loss, last_layer_weight, **kwargs):
+        factor = original(reconstruction_loss, adversarial_loss, last_layer_weight, **kwargs)
+        rec_grad, = torch.autograd.grad(reconstruction_loss, last_layer_weight, retain_graph=True)
+        adv_grad, = torch.autograd.grad(adversarial_loss, last_layer_weight, retain_graph=True)
+        calls.append(dict(factor=factor.item(), rec=rec_grad.norm().item(), adv=adv_grad.norm().item(),
+                          shape=tuple(last_layer_weight.shape), leaf=last_layer_weight.is_leaf, **kwargs))
+        return factor
+
+    monkeypatch.setattr(losses, "adaptive_adversarial_weight", recording)  # the scripts import it from here
+    rows, overrides = OUTPUT_LAYER[script]
+    run_in_process(script, ["--idx_data_dir", idx_folder, *SCRIPTS[script], *overrides, "--output_dir", tmp_path,
                             "--train_batch_size", 8, "--max_train_steps", 3, "--report_to", "none",
                             "--logging_steps", 1, "--validation_steps", 1000, "--lr_warmup_steps", 1,
                             "--gan_weight", 0.5, "--adaptive_gan_weight", "--discriminator_start", 1,
@@ -95,7 +145,13 @@ def test_scripts_log_a_positive_adaptive_weight(script, idx_folder, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert "adaptive_gan_weight" not in records[0]  # step 1: the discriminator has not started
     weights = [record["adaptive_gan_weight"] for record in records[1:]]
-    assert len(weights) == 2 and all(np.isfinite(w) and w > 0 for w in weights)
+    assert len(weights) == 2 == len(calls) and all(np.isfinite(w) and w > 0 for w in weights)
+    for logged, call in zip(weights, calls):
+        assert call["leaf"] and call["shape"][0] == rows, call
+        assert call.get("max_weight", 1e4) == 1e4
+        assert call["rec"] > 0 and call["adv"] > 0
+        assert call["factor"] == pytest.approx(min(call["rec"] / (call["adv"] + 1e-4), 1e4), rel=1e-5)
+        assert logged == pytest.approx(0.5 * call["factor"], rel=1e-6)
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
