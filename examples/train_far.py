@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.register_for_checkpointing(ema)
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
-    config = run_config(architecture, use_ema=ema is not None, grad_scaler=accelerator.scaler is not None)
+    config = run_config("train_far.py", architecture, use_ema=ema is not None,
+                        grad_scaler=accelerator.scaler is not None)
     global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written
     start_run(accelerator, output_dir, args, "train_far", plan.stale, config)
     if global_step:

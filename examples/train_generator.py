@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.register_for_checkpointing(ema)
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
-    config = run_config(accelerator.unwrap_model(model).config, use_ema=ema is not None,
+    config = run_config("train_generator.py", accelerator.unwrap_model(model).config, use_ema=ema is not None,
                         grad_scaler=accelerator.scaler is not None)
     global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written
     start_run(accelerator, output_dir, args, "train_generator", plan.stale, config)

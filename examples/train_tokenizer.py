@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
     config_record = run_config(
-        config, use_ema=ema is not None, codebook_restart=restarter is not None,
+        "train_tokenizer.py", config, use_ema=ema is not None, codebook_restart=restarter is not None,
         train_decoder_only=args.train_decoder_only, grad_scaler=accelerator.scaler is not None,
         discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
     global_step = resume(accelerator, plan.checkpoint, config_record)  # checked before run_info.json is (re)written

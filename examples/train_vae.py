@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.register_for_checkpointing(ema)
     progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
     accelerator.register_for_checkpointing(progress_state)
-    config = run_config({key: value for key, value in dict(vae.config).items() if key != "scaling_factor"},
+    architecture = {key: value for key, value in dict(vae.config).items() if key != "scaling_factor"}
+    config = run_config("train_vae.py", architecture,
                         use_ema=ema is not None, grad_scaler=accelerator.scaler is not None,
                         discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
     global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written

@@ -289,6 +289,11 @@ def damage_rng(checkpoint: Path) -> None:
     path.write_bytes(path.read_bytes()[:60])
 
 
+def from_another_script(checkpoint: Path) -> None:
+    record = json.loads((checkpoint / "run_config.json").read_text())
+    (checkpoint / "run_config.json").write_text(json.dumps({**record, "script": "train_vae.py"}))
+
+
 @pytest.mark.parametrize("damage,extra,message", [
     (None, ["--use_ema", "--config_overrides", '{"hidden_size": 32}'],
      r"another configuration \(model.hidden_size \(checkpoint 64, now 32\)"),
@@ -298,7 +303,8 @@ def damage_rng(checkpoint: Path) -> None:
     # a checkpoint of an older version (no run_config.json): the size mismatch is still one clear line
     (lambda c: (c / "run_config.json").unlink(), ["--use_ema", "--config_overrides", '{"hidden_size": 32}'],
      r"Cannot resume .*checkpoint-2: it does not fit this run \(size mismatch for"),
-], ids=["other-config", "other-components", "corrupt-rng", "missing-rng", "legacy-size-mismatch"])
+    (from_another_script, ["--use_ema"], r"saved by train_vae.py, not by train_generator.py"),
+], ids=["other-config", "other-components", "corrupt-rng", "missing-rng", "legacy-size-mismatch", "other-script"])
 def test_resume_checks_the_checkpoint_before_rewriting_run_info(damage, extra, message, generator_run, codes,
                                                                 tmp_path):
     output = tmp_path / "run"

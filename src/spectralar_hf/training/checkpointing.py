@@ -130,14 +130,16 @@ RUN_FILES = ("run_info.json", "train_log.jsonl", "samples", "latent_stats.json")
 VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "name_or_path", "dtype", "torch_dtype"}
 
 
-def run_config(model_config: Any, **components: Any) -> dict:
-    """What a checkpoint must match to be resumed: the model's configuration (without version / bookkeeping keys)
-    and the checkpointed components (EMA, discriminator sizes, mixed precision, ...), JSON-normalised."""
+def run_config(script: str, model_config: Any, **components: Any) -> dict:
+    """What a checkpoint must match to be resumed: the script that saved it, the model's configuration (without
+    version / bookkeeping keys) and the checkpointed components (EMA, discriminator sizes, a gradient scaler, ...),
+    JSON-normalised."""
     if hasattr(model_config, "to_dict"):
         model_config = model_config.to_dict()
     model = {key: value for key, value in dict(model_config).items()
              if not key.startswith("_") and key not in VOLATILE_CONFIG_KEYS}
-    return json.loads(json.dumps({"model": model, "components": components}, default=str, sort_keys=True))
+    record = {"script": script, "model": model, "components": components}
+    return json.loads(json.dumps(record, default=str, sort_keys=True))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -165,6 +167,9 @@ def check_run_config(checkpoint: Path, config: dict | None) -> None:
         recorded = json.loads(recorded_file.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{recorded_file} is corrupt ({error.msg}); resume from another checkpoint.") from None
+    if isinstance(recorded, dict) and recorded.get("script") != config.get("script") and recorded.get("script"):
+        raise ValueError(f"Cannot resume {checkpoint}: it was saved by {recorded['script']}, not by "
+                         f"{config.get('script')}; point --resume_from_checkpoint to a checkpoint of this script.")
     changed = _differences(recorded, config)
     if changed:
         shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
