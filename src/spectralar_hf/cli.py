@@ -491,8 +491,10 @@ def _extractor(args: argparse.Namespace):
     try:
         extractor = InceptionFeatureExtractor(path=args.inception)
         dim = extractor.feature_dim()
-    except (FileNotFoundError, ValueError) as error:
-        raise CLIError(str(error).splitlines()[0]) from None
+    except (FileNotFoundError, ValueError) as error:  # the library says `path=`; the command line says --inception
+        message = _one_line(error).replace("; check `path=`.", ".").replace("pass `path=`", "pass --inception")
+        raise CLIError(message.replace("The Inception file", "--inception").replace("The Inception path",
+                                                                                      "--inception")) from None
     return extractor, dim
 
 

@@ -285,12 +285,12 @@ def check_report_path(path: str | os.PathLike) -> Path:
     * its folder can be created and written.
     """
     target = Path(path)
-    if target.suffix.lower() != REPORT_SUFFIX:
-        raise ValueError(f"report path {os.fspath(path)!r} must end in {REPORT_SUFFIX} (the report is JSON), e.g. "
-                         f"outputs/evaluation.json.")
     if target.is_dir():
         raise ValueError(f"report path {os.fspath(path)!r} is a directory; give a file name, e.g. "
                          f"{os.path.join(os.fspath(path), 'evaluation.json')}.")
+    if target.suffix.lower() != REPORT_SUFFIX:
+        raise ValueError(f"report path {os.fspath(path)!r} must end in {REPORT_SUFFIX} (the report is JSON), e.g. "
+                         f"outputs/evaluation.json.")
     folder = _existing_ancestor(target.parent)
     if is_model_directory(folder):
         raise ValueError(f"report path {os.fspath(path)!r} is inside the model/pipeline directory "
