@@ -110,7 +110,8 @@ CASES = [
     pytest.param(GEN + ("--temperature", "inf"), r"argument --temperature: expected a finite number, got 'inf'",
                  id="temperature-inf"),
     pytest.param(GEN + ("--temperature", "0"), r"argument --temperature: must be > 0", id="temperature-0"),
-    pytest.param(GEN + ("--top-k", "0"), r"argument --top-k: must be >= 1, got '0'", id="top-k-0"),
+    pytest.param(GEN + ("--top-k", "0"), r"argument --top-k: must be >= 1, got .0. \(omit --top-k for no top-k "
+                 r"filtering\)", id="top-k-0"),
     pytest.param(GEN + ("--num-tokens", "0"), r"argument --num-tokens: must be >= 1", id="num-tokens-0"),
     pytest.param(GEN + ("--num-per-class", "0"), r"argument --num-per-class: must be >= 1", id="num-per-class-0"),
     pytest.param(GEN + ("--num-per-class", "two"), r"argument --num-per-class: expected an integer, got 'two'",

@@ -101,6 +101,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def top_k(text: str) -> int:
+    """`--top-k`: an int >= 1 (0, GenerationConfig's "no top-k", is refused: omit the flag instead)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r} (omit --top-k for no top-k filtering)")
+    return value
+
+
 def nonnegative_int(text: str) -> int:
     """An int >= 0."""
     value = _number(text, int)
@@ -730,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="1.0 = no CFG; default: the model's")
     generate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
     generate.add_argument("--temperature", type=positive_float, default=None)
-    generate.add_argument("--top-k", type=positive_int, default=None, help="omit for no top-k filtering")
+    generate.add_argument("--top-k", type=top_k, default=None, help="omit for no top-k filtering")
     generate.add_argument("--top-p", type=probability, default=None, help="in (0, 1]; omit for no nucleus filtering")
     generate.add_argument("--num-tokens", type=positive_int, default=None,
                           help="truncated generation: decode only k tokens")
@@ -777,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance-scale", type=nonnegative_float, default=None)
     evaluate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
     evaluate.add_argument("--temperature", type=positive_float, default=None)
-    evaluate.add_argument("--top-k", type=positive_int, default=None)
+    evaluate.add_argument("--top-k", type=top_k, default=None)
     evaluate.add_argument("--top-p", type=probability, default=None)
     evaluate.add_argument("--num-inference-steps", type=positive_int, default=None,
                           help="FAR: outer (frequency) steps")
