@@ -20,7 +20,6 @@ Example (the demo data):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from PIL import Image
 
 from spectralar_hf import SpectralTokenizer
 from spectralar_hf.training.arguments import positive_int, resolve_model_dir
-from spectralar_hf.training.checkpointing import write_json_atomic
+from spectralar_hf.training.checkpointing import model_fingerprint, write_json_atomic
 from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
 
 
@@ -83,26 +82,13 @@ def load_tokenizer(path: str) -> SpectralTokenizer:
     return SpectralTokenizer.from_pretrained(tokenizer_dir(path)).eval()
 
 
-def file_digest(folder: Path) -> str:
-    """sha256 over the config and weight files of a model directory (names and contents)."""
-    digest = hashlib.sha256()
-    files = [folder / "config.json"] + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    for path in files:
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0")
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 24), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
 def shard_settings(args: argparse.Namespace, tokenizer_folder: Path, num_images: int, num_shards: int,
                    image_column: str, label_column: str) -> dict:
     """What the shards depend on; a later run into the same folder resumes only when these are equal."""
     def folder(value):
         return None if value is None else str(Path(value).resolve())
 
-    return {"tokenizer_sha256": file_digest(tokenizer_folder), "tokenizer": str(tokenizer_folder.resolve()),
+    return {"tokenizer_sha256": model_fingerprint(tokenizer_folder), "tokenizer": str(tokenizer_folder.resolve()),
             "dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name,
             "train_data_dir": folder(args.train_data_dir), "idx_data_dir": folder(args.idx_data_dir),
             "split": args.split, "max_samples": args.max_samples, "num_images": num_images,

@@ -50,6 +50,7 @@ from spectralar_hf.training.arguments import (
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
+    model_fingerprint,
     plan_run,
     resume,
     run_config,
@@ -171,10 +172,22 @@ def recorded_tokenizer(path: str, info_file: Path) -> str:
                      f"directory and the folders above the codes); pass --tokenizer.")
 
 
-def load_tokenizer(path: str) -> SpectralTokenizer:
+def load_tokenizer(path: str, tokenized_dataset: str | None = None) -> SpectralTokenizer:
+    """The tokenizer at `path` (a tokenizer or a SpectralARPipeline folder); with `tokenized_dataset`, checked to be
+    the one that made the codes (the fingerprint pretokenize.py recorded)."""
     root = resolve_model_dir(path, "--tokenizer", "SpectralTokenizer", model_type="spectral_tokenizer",
                              pipeline_class="SpectralARPipeline", subfolder="tokenizer",
                              hint="pass the tokenizer that made the codes (examples/train_tokenizer.py's tokenizer/)")
+    if tokenized_dataset is not None:
+        folder = Path(tokenized_dataset)
+        settings_file = next((f for f in (folder / "pretokenize_settings.json",
+                                          folder.parent / "pretokenize_settings.json") if f.is_file()), None)
+        recorded = json.loads(settings_file.read_text()).get("tokenizer_sha256") if settings_file else None
+        if recorded is not None and recorded != model_fingerprint(root):
+            raise ValueError(f"--tokenizer {path!r} is not the tokenizer that made the codes in {tokenized_dataset} "
+                             f"(its weights or config differ; pretokenize.py used "
+                             f"{json.loads(settings_file.read_text()).get('tokenizer')}); pass that tokenizer, or "
+                             f"omit --tokenizer.")
     return SpectralTokenizer.from_pretrained(root).eval()
 
 
@@ -230,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed, device_specific=True)
 
     dataset, tokenizer_path = load_codes(args)
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, args.tokenized_dataset)
     model = build_model(args, tokenizer, dataset)
     if model.config.vocab_size != tokenizer.config.codebook_size or (
             model.config.num_image_tokens != tokenizer.config.num_latent_tokens):

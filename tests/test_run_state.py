@@ -190,6 +190,15 @@ def test_pretokenize_overwrite_redoes_the_shards_and_records_an_absolute_tokeniz
     assert (output / "shards" / "shard-00000").stat().st_mtime_ns == kept
 
 
+def test_the_tokenizer_fingerprint_survives_a_resave_but_not_other_weights(models, tmp_path):
+    from spectralar_hf import SpectralTokenizer
+    from spectralar_hf.training.checkpointing import model_fingerprint
+
+    SpectralTokenizer.from_pretrained(models / "tokenizer_a").save_pretrained(tmp_path / "copy")
+    assert model_fingerprint(tmp_path / "copy") == model_fingerprint(models / "tokenizer_a")
+    assert model_fingerprint(models / "tokenizer_b") != model_fingerprint(models / "tokenizer_a")
+
+
 def test_train_generator_runs_from_another_directory(codes, models, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -384,6 +393,8 @@ def test_bad_numbers_and_config_overrides_are_usage_errors(name, extra, message,
      "is a saved FARPipeline pipeline, not a SpectralTokenizer folder or a SpectralARPipeline folder"),
     ("pretokenize", ["--tokenizer", "IDX"], "is a folder without config.json (not a saved model)"),
     ("train_generator", ["--tokenizer", "MODELS/far"], "--tokenizer 'MODELS/far' is a saved far model"),
+    ("train_generator", ["--tokenizer", "MODELS/tokenizer_b"],
+     "--tokenizer 'MODELS/tokenizer_b' is not the tokenizer that made the codes"),
     ("train_generator", ["--pretrained_model_name_or_path", "MODELS/tokenizer_a"],
      "is a saved spectral_tokenizer model, not a SpectralARForCausalLM folder"),
     ("train_vae", ["--pretrained_model_name_or_path", "MODELS/tokenizer_a"],
@@ -394,7 +405,7 @@ def test_bad_numbers_and_config_overrides_are_usage_errors(name, extra, message,
     ("train_generator", ["--resume_from_checkpoint", "/nowhere/checkpoint-5"], "no complete checkpoint found"),
     ("train_vae", ["--resume_from_checkpoint", "latest", "--overwrite_output_dir"], "pass only one of them"),
 ], ids=["pretokenize-generator", "pretokenize-far-pipeline", "pretokenize-data-folder", "generator-far-tokenizer",
-        "generator-pretrained-tokenizer", "vae-pretrained-tokenizer", "far-pretrained-generator",
+        "generator-other-tokenizer", "generator-pretrained-tokenizer", "vae-pretrained-tokenizer", "far-pretrained-generator",
         "far-validation-classes", "resume-nowhere", "resume-and-overwrite"])
 def test_wrong_folders_and_values_are_clear_errors(name, extra, message, models, idx_folder, codes, tmp_path):
     places = {"MODELS": str(models), "IDX": str(idx_folder)}

@@ -339,3 +339,31 @@ def start_run(accelerator, output_dir: str | Path, args, project_name: str, stal
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.init_trackers(project_name, config={key: str(value) for key, value in vars(args).items()})
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """sha256 of a saved model's configuration (without version / bookkeeping keys) and its weights (every tensor's
+    name, dtype, shape and values): equal for the same model saved again, e.g. inside a pipeline."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    root = Path(folder)
+    digest = hashlib.sha256()
+    config_file = root / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        config = {key: value for key, value in config.items()
+                  if not key.startswith("_") and key not in VOLATILE_CONFIG_KEYS}
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(root.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    if not tensors:
+        for path in sorted(root.glob("*.bin")):
+            tensors.update(torch.load(path, map_location="cpu", weights_only=True))
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
