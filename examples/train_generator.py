@@ -184,10 +184,10 @@ def load_tokenizer(path: str, tokenized_dataset: str | None = None) -> SpectralT
                                           folder.parent / "pretokenize_settings.json") if f.is_file()), None)
         recorded = json.loads(settings_file.read_text()).get("tokenizer_sha256") if settings_file else None
         if recorded is not None and recorded != model_fingerprint(root):
-            raise ValueError(f"--tokenizer {path!r} is not the tokenizer that made the codes in {tokenized_dataset} "
-                             f"(its weights or config differ; pretokenize.py used "
-                             f"{json.loads(settings_file.read_text()).get('tokenizer')}); pass that tokenizer, or "
-                             f"omit --tokenizer.")
+            used = json.loads(settings_file.read_text()).get("tokenizer")
+            raise ValueError(f"--tokenizer {path!r} is not the tokenizer that made the codes in {tokenized_dataset}: "
+                             f"its weights or config differ from those of {used} when pretokenize.py ran; pass the "
+                             f"tokenizer that made the codes, or encode them again with this one.")
     return SpectralTokenizer.from_pretrained(root).eval()
 
 

@@ -270,6 +270,18 @@ def vae_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         config["sample_size"] = args.resolution
     if args.num_channels is not None:
         config["in_channels"] = config["out_channels"] = args.num_channels
+    def positive_ints(value) -> bool:
+        return isinstance(value, list) and len(value) > 0 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+
+    if not positive_ints(config.get("block_out_channels")):
+        raise ValueError(f"block_out_channels must be a non-empty list of positive ints, got "
+                         f"{config.get('block_out_channels')!r}.")
+    for name in ("in_channels", "out_channels", "latent_channels", "layers_per_block", "sample_size",
+                 "norm_num_groups"):
+        value = config.get(name, 1)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"The VAE's {name} must be an int, got {value!r}.")
     stages = len(config["block_out_channels"])
     config.setdefault("down_block_types", ["DownEncoderBlock2D"] * stages)
     config.setdefault("up_block_types", ["UpDecoderBlock2D"] * stages)
@@ -308,7 +320,12 @@ def build_vae(args: argparse.Namespace) -> AutoencoderKL:
         if changes:
             vae.register_to_config(**changes)
         return vae
-    return AutoencoderKL(**vae_config_from_args(args))
+    config = vae_config_from_args(args)
+    try:
+        return AutoencoderKL(**config)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise ValueError(f"AutoencoderKL cannot be built from this config ({type(error).__name__}: {error}); check "
+                         f"--vae_config.") from None
 
 
 def sample_size(vae: AutoencoderKL) -> int:

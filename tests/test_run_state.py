@@ -404,9 +404,10 @@ def test_bad_numbers_and_config_overrides_are_usage_errors(name, extra, message,
     ("train_far", ["--validation_classes", "12"], "--validation_classes [12]: the data has 10 classes"),
     ("train_generator", ["--resume_from_checkpoint", "/nowhere/checkpoint-5"], "no complete checkpoint found"),
     ("train_vae", ["--resume_from_checkpoint", "latest", "--overwrite_output_dir"], "pass only one of them"),
+    ("train_vae", ["--vae_config", '{"block_out_channels": "64"}'], "block_out_channels must be a non-empty list"),
 ], ids=["pretokenize-generator", "pretokenize-far-pipeline", "pretokenize-data-folder", "generator-far-tokenizer",
         "generator-other-tokenizer", "generator-pretrained-tokenizer", "vae-pretrained-tokenizer", "far-pretrained-generator",
-        "far-validation-classes", "resume-nowhere", "resume-and-overwrite"])
+        "far-validation-classes", "resume-nowhere", "resume-and-overwrite", "vae-config-type"])
 def test_wrong_folders_and_values_are_clear_errors(name, extra, message, models, idx_folder, codes, tmp_path):
     places = {"MODELS": str(models), "IDX": str(idx_folder)}
 
