@@ -103,8 +103,8 @@ def check_output(output: Path, settings: dict, overwrite: bool) -> list[Path]:
     """The earlier run's files to delete before encoding (with --overwrite_output_dir); `ValueError` when the folder
     holds shards made with other settings (or of unknown origin) and `overwrite` is not given."""
     present = [output / name for name in OUTPUTS if (output / name).exists()]
-    if not present:
-        return []
+    if not present or present == [output / "shards"] and not any((output / "shards").iterdir()):
+        return []  # nothing encoded yet
     settings_file = output / SETTINGS
     recorded = None
     if settings_file.is_file():
@@ -112,7 +112,8 @@ def check_output(output: Path, settings: dict, overwrite: bool) -> list[Path]:
             recorded = json.loads(settings_file.read_text())
         except json.JSONDecodeError:
             recorded = None
-    def compared(values: dict) -> dict:  # the tokenizer is compared by its files, not where it lies
+
+    def compared(values: dict) -> dict:  # the tokenizer is compared by its fingerprint, not where it lies
         return {key: value for key, value in values.items() if key != "tokenizer"}
 
     if isinstance(recorded, dict) and compared(recorded) == compared(settings):

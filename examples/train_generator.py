@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.register_for_checkpointing(progress_state)
     config = run_config("train_generator.py", accelerator.unwrap_model(model).config, use_ema=ema is not None,
                         grad_scaler=accelerator.scaler is not None)
-    global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written
+    # the checkpoint is checked before run_info.json is (re)written
+    global_step = resume(accelerator, plan.checkpoint, config, output_dir)
     start_run(accelerator, output_dir, args, "train_generator", plan.stale, config)
     if global_step:
         logger.info(f"Resumed at step {global_step}")

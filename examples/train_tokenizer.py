@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_tokenizer.py", config, use_ema=ema is not None, codebook_restart=restarter is not None,
         train_decoder_only=args.train_decoder_only, grad_scaler=accelerator.scaler is not None,
         discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
-    global_step = resume(accelerator, plan.checkpoint, config_record)  # checked before run_info.json is (re)written
+    # the checkpoint is checked before run_info.json is (re)written
+    global_step = resume(accelerator, plan.checkpoint, config_record, output_dir)
     start_run(accelerator, output_dir, args, "train_tokenizer", plan.stale, config_record)
     if global_step:
         logger.info(f"Resumed at step {global_step}")

@@ -457,7 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     config = run_config("train_vae.py", architecture,
                         use_ema=ema is not None, grad_scaler=accelerator.scaler is not None,
                         discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
-    global_step = resume(accelerator, plan.checkpoint, config)  # checked before run_info.json is (re)written
+    # the checkpoint is checked before run_info.json is (re)written
+    global_step = resume(accelerator, plan.checkpoint, config, output_dir)
     start_run(accelerator, output_dir, args, "train_vae", plan.stale, config)
     if global_step:
         logger.info(f"Resumed at step {global_step}")

@@ -341,6 +341,24 @@ def test_resume_drops_the_log_records_after_the_checkpoint(generator_run, codes,
         (output / "checkpoint-1" / "run_config.json").read_text())
 
 
+def test_resume_from_another_directory_keeps_both_runs_apart(generator_run, codes, tmp_path):
+    """A checkpoint of another directory resumes into an empty --output_dir (its log is left alone), but not into
+    one that holds a run of its own."""
+    source = tmp_path / "source"
+    shutil.copytree(generator_run, source)
+    before = snapshot(source)
+    occupied = tmp_path / "occupied"
+    earlier_run(occupied, "train_generator")
+    with pytest.raises(ValueError, match="belongs to another directory.*holds an earlier run of its own"):
+        run("train_generator", *generator_args(codes, occupied, "--max_train_steps", 3, "--use_ema",
+                                               "--resume_from_checkpoint", source / "checkpoint-1"))
+    run("train_generator", *generator_args(codes, tmp_path / "new", "--max_train_steps", 3, "--use_ema",
+                                           "--resume_from_checkpoint", source / "checkpoint-1"))
+    assert snapshot(source) == before
+    steps = [json.loads(line)["step"] for line in (tmp_path / "new" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [2, 3]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: one-line usage errors
 # ---------------------------------------------------------------------------------------------------------------
@@ -406,8 +424,9 @@ def test_bad_numbers_and_config_overrides_are_usage_errors(name, extra, message,
     ("train_vae", ["--resume_from_checkpoint", "latest", "--overwrite_output_dir"], "pass only one of them"),
     ("train_vae", ["--vae_config", '{"block_out_channels": "64"}'], "block_out_channels must be a non-empty list"),
 ], ids=["pretokenize-generator", "pretokenize-far-pipeline", "pretokenize-data-folder", "generator-far-tokenizer",
-        "generator-other-tokenizer", "generator-pretrained-tokenizer", "vae-pretrained-tokenizer", "far-pretrained-generator",
-        "far-validation-classes", "resume-nowhere", "resume-and-overwrite", "vae-config-type"])
+        "generator-other-tokenizer", "generator-pretrained-tokenizer", "vae-pretrained-tokenizer",
+        "far-pretrained-generator", "far-validation-classes", "resume-nowhere", "resume-and-overwrite",
+        "vae-config-type"])
 def test_wrong_folders_and_values_are_clear_errors(name, extra, message, models, idx_folder, codes, tmp_path):
     places = {"MODELS": str(models), "IDX": str(idx_folder)}
 

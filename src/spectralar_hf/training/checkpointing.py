@@ -234,9 +234,14 @@ def plan_run(output_dir: str | Path, resume: str | None, overwrite: bool = False
     if resume and overwrite:
         raise ValueError("--overwrite_output_dir would delete the run that --resume_from_checkpoint continues; pass "
                          "only one of them.")
-    if resume:
-        return RunPlan(root, find_checkpoint(root, resume))
     found = earlier_run_files(root, outputs, logging_dir)
+    if resume:
+        checkpoint = find_checkpoint(root, resume)
+        if found and checkpoint.resolve().parent != root.resolve():
+            raise ValueError(f"--resume_from_checkpoint {str(checkpoint)!r} belongs to another directory, but "
+                             f"--output_dir {str(root)!r} holds an earlier run of its own; continue a run in the "
+                             f"directory of its checkpoints, or resume into an empty --output_dir.")
+        return RunPlan(root, checkpoint)
     if found and not overwrite:
         names = ", ".join(path.name for path in found[:5]) + (", ..." if len(found) > 5 else "")
         raise ValueError(f"--output_dir {str(root)!r} holds an earlier run ({names}); continue it with "
@@ -263,10 +268,11 @@ def load_rng_states(path: Path) -> dict:
     return states
 
 
-def resume(accelerator, checkpoint: str | Path | None, config: dict | None = None) -> int:
+def resume(accelerator, checkpoint: str | Path | None, config: dict | None = None,
+           output_dir: str | Path | None = None) -> int:
     """Load `checkpoint` (None: a fresh run, step 0) after checking its `run_config.json` against `config` and its
     RNG state file; afterwards the RNG state must be the saved one. Drops the records after the checkpoint's step
-    from `train_log.jsonl` (they are trained again). Returns the step N of `checkpoint-N`."""
+    from `output_dir/train_log.jsonl` (they are trained again). Returns the step N of `checkpoint-N`."""
     if checkpoint is None:
         return 0
     checkpoint = Path(checkpoint)
@@ -289,8 +295,8 @@ def resume(accelerator, checkpoint: str | Path | None, config: dict | None = Non
     if not torch.equal(torch.get_rng_state(), states["torch_manual_seed"]):
         raise ValueError(f"The RNG states of {rng_file} were not restored: the resume would not be exact; resume "
                          f"from an earlier checkpoint, or start a new run.")
-    if accelerator.is_main_process:
-        truncate_log(checkpoint.parent / "train_log.jsonl", step)
+    if accelerator.is_main_process and output_dir is not None:
+        truncate_log(Path(output_dir) / "train_log.jsonl", step)
     return step
 
 
@@ -314,7 +320,7 @@ def truncate_log(path: Path, step: int) -> None:
 
 def resume_from_checkpoint(accelerator, output_dir: str | Path, choice: str | None, config: dict | None = None) -> int:
     """`resume` of `find_checkpoint(output_dir, choice)`; 0 when `choice` is None."""
-    return resume(accelerator, find_checkpoint(output_dir, choice) if choice else None, config)
+    return resume(accelerator, find_checkpoint(output_dir, choice) if choice else None, config, output_dir)
 
 
 def start_run(accelerator, output_dir: str | Path, args, project_name: str, stale: list[Path] | tuple = (),
