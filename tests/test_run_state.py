@@ -313,7 +313,10 @@ def from_another_script(checkpoint: Path) -> None:
     (lambda c: (c / "run_config.json").unlink(), ["--use_ema", "--config_overrides", '{"hidden_size": 32}'],
      r"Cannot resume .*checkpoint-2: it does not fit this run \(size mismatch for"),
     (from_another_script, ["--use_ema"], r"saved by train_vae.py, not by train_generator.py"),
-], ids=["other-config", "other-components", "corrupt-rng", "missing-rng", "legacy-size-mismatch", "other-script"])
+    (lambda c: (c / "model.safetensors").write_bytes(b"\0" * 16), ["--use_ema"],
+     r"Cannot resume .*checkpoint-2: a file of it cannot be read \(SafetensorError"),
+], ids=["other-config", "other-components", "corrupt-rng", "missing-rng", "legacy-size-mismatch", "other-script",
+        "corrupt-weights"])
 def test_resume_checks_the_checkpoint_before_rewriting_run_info(damage, extra, message, generator_run, codes,
                                                                 tmp_path):
     output = tmp_path / "run"

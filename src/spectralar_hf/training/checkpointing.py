@@ -286,12 +286,16 @@ def resume(accelerator, checkpoint: str | Path | None, config: dict | None = Non
     states = load_rng_states(rng_file)
     try:
         accelerator.load_state(str(checkpoint))
-    except RuntimeError as error:
+    except Exception as error:  # noqa: BLE001 - turned into one line naming the checkpoint and the fix
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        first = next((line for line in lines if "size mismatch" in line or "Missing key" in line
-                      or "Unexpected key" in line or "Number of custom checkpoints" in line), lines[0])
-        raise ValueError(f"Cannot resume {checkpoint}: it does not fit this run ({first[:300]}); resume with the "
-                         f"arguments of the run that saved it, or start a new run in another --output_dir.") from None
+        mismatch = next((line for line in lines if "size mismatch" in line or "Missing key" in line
+                         or "Unexpected key" in line or "Number of custom checkpoints" in line), None)
+        if mismatch is not None:
+            raise ValueError(f"Cannot resume {checkpoint}: it does not fit this run ({mismatch[:300]}); resume with "
+                             f"the arguments of the run that saved it, or start a new run in another --output_dir."
+                             ) from None
+        raise ValueError(f"Cannot resume {checkpoint}: a file of it cannot be read ({type(error).__name__}: "
+                         f"{lines[0][:300]}); resume from an earlier checkpoint, or start a new run.") from None
     if not torch.equal(torch.get_rng_state(), states["torch_manual_seed"]):
         raise ValueError(f"The RNG states of {rng_file} were not restored: the resume would not be exact; resume "
                          f"from an earlier checkpoint, or start a new run.")
