@@ -7,11 +7,13 @@ training data and the metrics (as `model-index`). The card template ships as pac
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from importlib import resources
 from typing import Any, Callable
 
+import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 LIBRARY_NAME = "spectralar_hf"
@@ -206,6 +208,26 @@ def push_folder_to_hub(
                                  commit_message=commit_message or "Upload with spectralar_hf")
 
 
+# Address alignment (bytes) of every tensor torch's CPU allocator creates.
+CPU_TENSOR_ALIGNMENT = 64
+
+
+def align_loaded_weights(module: torch.nn.Module) -> torch.nn.Module:
+    """Copy the CPU parameters and buffers of `module` that sit at addresses not aligned to `CPU_TENSOR_ALIGNMENT`
+    bytes into fresh tensors (which are); returns `module`.
+
+    safetensors (0.8) hands transformers and diffusers CPU tensors at 8-byte-aligned addresses, and CPU BLAS kernels
+    choose their summation order by alignment, so a loaded model's outputs differed from the saved model's by ~1e-7
+    relative (a `(1, 256) x (256, 32)` matmul already does) and a saved pipeline did not reproduce its images bit
+    for bit. The copy costs one pass over the weights at load time; CUDA tensors are left alone.
+    """
+    with torch.no_grad():
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() % CPU_TENSOR_ALIGNMENT:
+                tensor.data = tensor.data.clone()
+    return module
+
+
 class SpectralARHubMixin:
     """`push_to_hub` for our `PreTrainedModel`s (the same files as `save_pretrained` plus our model card), and a
     `from_pretrained` that checks a local directory first, so that a missing directory, a pipeline directory, a
@@ -214,14 +236,14 @@ class SpectralARHubMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' `from_pretrained`, after cheap checks of a local directory (see
-        `spectralar_hf.utils.check_model_directory`)."""
+        `spectralar_hf.utils.check_model_directory`), with CPU weights realigned (`align_loaded_weights`)."""
         from .utils import check_model_directory, local_directory
 
         directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
         if directory is not None and kwargs.get("config") is None and not kwargs.get("gguf_file"):
             check_model_directory(directory, cls.config_class, cls.__name__)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            return align_loaded_weights(super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs))
         except RuntimeError as error:
             if "ignore_mismatched_sizes" not in str(error):
                 raise

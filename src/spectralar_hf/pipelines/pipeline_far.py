@@ -11,7 +11,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..hub import build_model_card, push_folder_to_hub
+from ..hub import align_loaded_weights, build_model_card, push_folder_to_hub
 from ..models.far import FARConfig, FARTransformer, check_scheduler
 from ..spectral import far_level_schedule, frequency_filter
 from ..utils import (
@@ -176,13 +176,18 @@ class FARPipeline(_OtherPipelineMethods, DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' `from_pretrained`, after cheap checks of a local directory: `model_index.json` written for this
-        pipeline, every component folder with a valid config and intact weights (each error names the file)."""
+        pipeline, every component folder with a valid config and intact weights (each error names the file); CPU weights
+        are realigned (`align_loaded_weights`), so the loaded pipeline reproduces the saved one's images bit for bit."""
         directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
         if directory is not None:
             check_pipeline_directory(directory, cls.__name__, ("vae", "transformer", "scheduler"),
                                      {"FARTransformer": FARConfig})
             pretrained_model_name_or_path = str(directory) if not kwargs.get("subfolder") else pretrained_model_name_or_path
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for component in pipe.components.values():  # e.g. the VAE: diffusers keeps safetensors' unaligned tensors
+            if isinstance(component, torch.nn.Module):
+                align_loaded_weights(component)
+        return pipe
 
     def __init__(self, vae: AutoencoderKL, transformer: FARTransformer, scheduler: DDPMScheduler,
                  text_encoder: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None):

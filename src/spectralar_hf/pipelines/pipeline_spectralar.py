@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from ..hub import build_model_card, push_folder_to_hub
+from ..hub import align_loaded_weights, build_model_card, push_folder_to_hub
 from ..models.generator import SpectralARConfig, SpectralARForCausalLM
 from ..models.tokenizer import SpectralTokenizer, SpectralTokenizerConfig
 from ..utils import (
@@ -225,14 +225,19 @@ class SpectralARPipeline(_OtherPipelineMethods, DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' `from_pretrained`, after cheap checks of a local directory: `model_index.json` written for this
-        pipeline, both component folders with valid configs and intact weights (each error names the file)."""
+        pipeline, both component folders with valid configs and intact weights (each error names the file); CPU weights
+        are realigned (`align_loaded_weights`), so the loaded pipeline reproduces the saved one's images bit for bit."""
         directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
         if directory is not None:
             check_pipeline_directory(directory, cls.__name__, ("tokenizer", "transformer"),
                                      {"SpectralTokenizer": SpectralTokenizerConfig,
                                       "SpectralARForCausalLM": SpectralARConfig})
             pretrained_model_name_or_path = str(directory) if not kwargs.get("subfolder") else pretrained_model_name_or_path
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for component in pipe.components.values():  # e.g. the VAE: diffusers keeps safetensors' unaligned tensors
+            if isinstance(component, torch.nn.Module):
+                align_loaded_weights(component)
+        return pipe
 
     def __init__(self, tokenizer: SpectralTokenizer, transformer: SpectralARForCausalLM):
         super().__init__()
