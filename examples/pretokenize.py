@@ -223,6 +223,6 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+    except (ValueError, OSError) as error:  # bad input, a missing or unreadable file: one line, exit 2
         print(f"pretokenize: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

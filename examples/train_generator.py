@@ -370,6 +370,6 @@ def log_samples(accelerator, model, ema, tokenizer, args, output_dir: Path, step
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+    except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
         print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

@@ -589,6 +589,6 @@ def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_di
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as error:  # user errors: one line, exit status 2
+    except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
         print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
