@@ -33,7 +33,8 @@ from accelerate import Accelerator
 from PIL import Image
 
 from spectralar_hf import SpectralTokenizer
-from spectralar_hf.training.arguments import positive_int, resolve_model_dir
+from spectralar_hf.argtypes import positive_int
+from spectralar_hf.training.arguments import resolve_model_dir
 from spectralar_hf.training.checkpointing import model_fingerprint, write_json_atomic
 from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
 

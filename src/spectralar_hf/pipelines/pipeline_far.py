@@ -11,7 +11,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..hub import align_loaded_weights, build_model_card, push_folder_to_hub
+from ..hub import build_model_card, push_folder_to_hub
 from ..models.far import FARConfig, FARTransformer, check_scheduler
 from ..spectral import far_level_schedule, frequency_filter
 from ..utils import (
@@ -19,12 +19,11 @@ from ..utils import (
     check_finite_tensor,
     check_generator,
     check_int,
-    check_pipeline_directory,
-    local_directory,
 )
 from .pipeline_spectralar import (
     LIBRARY_NAME,
     SpectralARPipeline,
+    _CheckedLoading,
     _OtherPipelineMethods,
     check_output_type,
     preprocess_images,
@@ -129,7 +128,7 @@ def encode_prompt(text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     return states, inputs["attention_mask"].to(device)
 
 
-class FARPipeline(_OtherPipelineMethods, DiffusionPipeline):
+class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
     r"""
     Class- or text-conditional image generation with FAR (frequency progressive autoregression, continuous tokens):
     the transformer and its diffusion head generate VAE latents from low to high frequency, the VAE decodes them.
@@ -163,6 +162,8 @@ class FARPipeline(_OtherPipelineMethods, DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _optional_components = ["text_encoder", "tokenizer"]
+    _checked_components = ("vae", "transformer", "scheduler")
+    _component_configs = {"FARTransformer": FARConfig}
     _callback_tensor_inputs = ["latents"]
     _other_methods = {
         "reconstruct": "it is a SpectralARPipeline method (spectral tokens); a FAR pipeline round-trips images through "
@@ -172,22 +173,6 @@ class FARPipeline(_OtherPipelineMethods, DiffusionPipeline):
         "decode": "decode latents to images with pipe.decode_latents(latents) (a SpectralARPipeline decodes codes with "
                   "decode()).",
     }
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' `from_pretrained`, after cheap checks of a local directory: `model_index.json` written for this
-        pipeline, every component folder with a valid config and intact weights (each error names the file); CPU weights
-        are realigned (`align_loaded_weights`), so the loaded pipeline reproduces the saved one's images bit for bit."""
-        directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
-        if directory is not None:
-            check_pipeline_directory(directory, cls.__name__, ("vae", "transformer", "scheduler"),
-                                     {"FARTransformer": FARConfig})
-            pretrained_model_name_or_path = str(directory) if not kwargs.get("subfolder") else pretrained_model_name_or_path
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        for component in pipe.components.values():  # e.g. the VAE: diffusers keeps safetensors' unaligned tensors
-            if isinstance(component, torch.nn.Module):
-                align_loaded_weights(component)
-        return pipe
 
     def __init__(self, vae: AutoencoderKL, transformer: FARTransformer, scheduler: DDPMScheduler,
                  text_encoder: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None):

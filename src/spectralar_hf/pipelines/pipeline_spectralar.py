@@ -142,6 +142,29 @@ class _OtherPipelineMethods:
         return super().__getattr__(name)
 
 
+class _CheckedLoading:
+    """`from_pretrained` of our pipelines: diffusers' loading after cheap checks of a local directory
+    (`model_index.json` written for this pipeline, each of `_checked_components` present with a valid config and
+    intact weights; every error names the file), with CPU weights realigned (`align_loaded_weights`) so that a
+    loaded pipeline reproduces the saved one's images bit for bit."""
+
+    _checked_components: tuple[str, ...] = ()
+    _component_configs: dict[str, type] = {}  # our component classes -> their config classes
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        if directory is not None:
+            check_pipeline_directory(directory, cls.__name__, cls._checked_components, cls._component_configs)
+            if not kwargs.get("subfolder"):
+                pretrained_model_name_or_path = str(directory)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for component in pipe.components.values():  # e.g. a VAE: diffusers keeps safetensors' unaligned tensors
+            if isinstance(component, torch.nn.Module):
+                align_loaded_weights(component)
+        return pipe
+
+
 @dataclass
 class SpectralARPipelineOutput(ImagePipelineOutput):
     """Output of [`SpectralARPipeline`].
@@ -195,7 +218,7 @@ def check_components(tokenizer: SpectralTokenizer, transformer: SpectralARForCau
                          f"{t.num_channels} channels.")
 
 
-class SpectralARPipeline(_OtherPipelineMethods, DiffusionPipeline):
+class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
     r"""
     Class-conditional image generation with SpectralAR: the transformer samples spectral codes coarse to fine, the
     tokenizer decodes them.
@@ -216,28 +239,13 @@ class SpectralARPipeline(_OtherPipelineMethods, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer->tokenizer"
+    _checked_components = ("tokenizer", "transformer")
+    _component_configs = {"SpectralTokenizer": SpectralTokenizerConfig, "SpectralARForCausalLM": SpectralARConfig}
     _callback_tensor_inputs = ["codes"]
     _other_methods = {
         "decode_latents": "it is a FARPipeline method; here decode codes with pipe.decode(codes).",
         "encode_prompt": "SpectralAR is class-conditional (no text); pass class_labels.",
     }
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' `from_pretrained`, after cheap checks of a local directory: `model_index.json` written for this
-        pipeline, both component folders with valid configs and intact weights (each error names the file); CPU weights
-        are realigned (`align_loaded_weights`), so the loaded pipeline reproduces the saved one's images bit for bit."""
-        directory = local_directory(pretrained_model_name_or_path, kwargs.get("subfolder"))
-        if directory is not None:
-            check_pipeline_directory(directory, cls.__name__, ("tokenizer", "transformer"),
-                                     {"SpectralTokenizer": SpectralTokenizerConfig,
-                                      "SpectralARForCausalLM": SpectralARConfig})
-            pretrained_model_name_or_path = str(directory) if not kwargs.get("subfolder") else pretrained_model_name_or_path
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        for component in pipe.components.values():  # e.g. the VAE: diffusers keeps safetensors' unaligned tensors
-            if isinstance(component, torch.nn.Module):
-                align_loaded_weights(component)
-        return pipe
 
     def __init__(self, tokenizer: SpectralTokenizer, transformer: SpectralARForCausalLM):
         super().__init__()

@@ -1,80 +1,15 @@
-"""Argument checking shared by the examples/ scripts: argparse types for numbers (NaN / inf and out-of-range values
-are refused with a one-line usage error, exit status 2) and `--config_overrides` (a JSON object whose keys must be
-fields of the config class; a typo is named with its close matches)."""
+"""Argument checking shared by the examples/ scripts (numbers: `spectralar_hf.argtypes`): `--config_overrides` (a JSON
+object whose keys must be fields of the config class; a typo is named with its close matches) and model folders given
+to a flag (what a folder holds, and whether it is what the flag expects)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import inspect
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
-
-
-def _number(value: str, kind: type) -> float | int:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an int' if kind is int else 'a number'}, got {value!r}") from None
-    if kind is float and not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
-    return number
-
-
-def finite_float(value: str) -> float:
-    """A float that is neither NaN nor infinite (argparse's `float` accepts "nan" and "inf")."""
-    return _number(value, float)
-
-
-def positive_float(value: str) -> float:
-    """A finite float > 0."""
-    number = _number(value, float)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return number
-
-
-def non_negative_float(value: str) -> float:
-    """A finite float >= 0."""
-    number = _number(value, float)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return number
-
-
-def open_unit_float(value: str) -> float:
-    """A float in (0, 1) (an EMA decay, a beta)."""
-    number = _number(value, float)
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}")
-    return number
-
-
-def unit_float(value: str) -> float:
-    """A float in [0, 1) (Adam's betas)."""
-    number = _number(value, float)
-    if not 0 <= number < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
-    return number
-
-
-def positive_int(value: str) -> int:
-    """An int >= 1."""
-    number = _number(value, int)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value!r}")
-    return number
-
-
-def non_negative_int(value: str) -> int:
-    """An int >= 0."""
-    number = _number(value, int)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value!r}")
-    return number
 
 
 def config_fields(config_class: type | Callable) -> set[str]:
