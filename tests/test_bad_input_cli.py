@@ -183,7 +183,7 @@ CASES = [
                  r"of the pipeline '.*far'\)", id="info-pipeline-component"),
     pytest.param(("info", "{root}"), r"is not a spectralar_hf checkpoint \(no config.json or model_index.json\)",
                  id="info-plain-folder"),
-    pytest.param(("info", "{badjson}"), r"config.json is not valid JSON .*re-save or re-download",
+    pytest.param(("info", "{badjson}"), r"config.json is not valid JSON .*restore it or save the model again",
                  id="config-not-json"),
     pytest.param(("reconstruct", "{weightless}", "{photo}", "--output", "{out}/s.png"), r"no weights|model.safetensors",
                  id="checkpoint-without-weights"),

@@ -11,6 +11,8 @@ import argparse
 import math
 from typing import Callable
 
+from .utils import format_bound, interval
+
 # NumPy's and torch's generators both accept seeds in [0, 2^32 - 1].
 SEED_MAX = 2**32 - 1
 
@@ -26,16 +28,12 @@ def _parse(text: str, kind: type) -> float | int:
     return value
 
 
-def _show(bound: float) -> str:
-    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
-
-
 def _range_words(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if high is None:
-        return f"be {'>' if low_open else '>='} {_show(low)}"
+        return f"be {'>' if low_open else '>='} {format_bound(low)}"
     if low is None:
-        return f"be {'<' if high_open else '<='} {_show(high)}"
-    return f"lie in {'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
+        return f"be {'<' if high_open else '<='} {format_bound(high)}"
+    return f"lie in {interval(low, high, low_open, high_open)}"
 
 
 def number_type(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,

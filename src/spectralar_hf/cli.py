@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from .argtypes import non_negative_float, number_type, positive_float, positive_int, probability, random_seed
+from .utils import describe_folder, read_json
 
 EXIT_USAGE = 2
 
@@ -138,45 +139,6 @@ def _save(image, path: str, flag: str = "--output") -> None:
     print(f"wrote {target}")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise CLIError(f"{path} is not valid JSON ({type(error).__name__}: {str(error).splitlines()[0]}); the "
-                       f"checkpoint is damaged: re-save or re-download it") from None
-    if not isinstance(content, dict):
-        raise CLIError(f"{path} is not a JSON object; the checkpoint is damaged: re-save or re-download it")
-    return content
-
-
-# What config.json's `model_type` / `_class_name` or model_index.json's `_class_name` say a folder holds.
-_KINDS = {
-    "spectral_tokenizer": "a SpectralTokenizer",
-    "spectralar": "a SpectralAR transformer (SpectralARForCausalLM, no tokenizer)",
-    "far": "a FAR transformer (FARTransformer, no VAE)",
-    "AutoencoderKL": "a diffusers AutoencoderKL (VAE)",
-    "SpectralARPipeline": "a SpectralARPipeline",
-    "FARPipeline": "a FARPipeline (VAE latents, no spectral tokenizer)",
-}
-
-
-def _describe(root: Path) -> str:
-    """What the folder `root` holds, in words, from its model_index.json / config.json."""
-    if (root / "model_index.json").is_file():
-        name = _read_json(root / "model_index.json").get("_class_name")
-        return _KINDS.get(name, f"a {name!r} pipeline")
-    if (root / "config.json").is_file():
-        config = _read_json(root / "config.json")
-        name = config.get("model_type") or config.get("_class_name")
-        kind = _KINDS.get(name, f"a {name!r} model")
-        if (root.parent / "model_index.json").is_file():
-            kind += f" (the {root.name}/ of the pipeline {os.fspath(root.parent)!r})"
-        return kind
-    if (root / "scheduler_config.json").is_file():
-        return "a diffusers scheduler"
-    return "no config.json or model_index.json"
-
-
 def _checkpoint_root(path: str, what: str) -> Path:
     root = Path(path)
     if not root.exists():
@@ -194,20 +156,20 @@ def _load_tokenizer(path: str, command: str = "this command"):
     if root.is_file():
         raise CLIError(f"{path!r} is a file; {command} {TOKENIZER_EXPECTED} directory")
     if (root / "model_index.json").is_file():
-        if _read_json(root / "model_index.json").get("_class_name") != "SpectralARPipeline":
-            raise CLIError(f"{path!r} holds {_describe(root)}; {command} {TOKENIZER_EXPECTED} directory")
+        if read_json(root / "model_index.json", "pipeline index").get("_class_name") != "SpectralARPipeline":
+            raise CLIError(f"{path!r} holds {describe_folder(root)}; {command} {TOKENIZER_EXPECTED} directory")
         root = root / "tokenizer"
         if not (root / "config.json").is_file():
             raise CLIError(f"{path!r} is a SpectralARPipeline without a tokenizer/config.json; the pipeline is "
                            f"incomplete: re-save it with save_pretrained")
     config_file = root / "config.json"
     if not root.is_dir() or not config_file.is_file():
-        raise CLIError(f"{path!r} is not a spectralar_hf checkpoint ({_describe(root)}); {command} "
+        raise CLIError(f"{path!r} is not a spectralar_hf checkpoint ({describe_folder(root)}); {command} "
                        f"{TOKENIZER_EXPECTED} directory")
-    model_type = _read_json(config_file).get("model_type")
+    model_type = read_json(config_file, "model config").get("model_type")
     if model_type != "spectral_tokenizer":
-        raise CLIError(f"{path!r} holds {_describe(root)}, not a SpectralTokenizer; {command} {TOKENIZER_EXPECTED} "
-                       f"directory")
+        raise CLIError(f"{path!r} holds {describe_folder(root)}, not a SpectralTokenizer; {command} "
+                       f"{TOKENIZER_EXPECTED} directory")
     return SpectralTokenizer.from_pretrained(root).eval()
 
 
@@ -221,9 +183,9 @@ def _load_pipeline(path: str, command: str = "generate"):
     if root.is_file():
         raise CLIError(f"{path!r} is a file, not a pipeline directory; {expected}")
     if not (root / "model_index.json").is_file():
-        raise CLIError(f"{path!r} is not a pipeline directory (no model_index.json): it holds {_describe(root)}; "
+        raise CLIError(f"{path!r} is not a pipeline directory (no model_index.json): it holds {describe_folder(root)}; "
                        f"{expected}")
-    class_name = _read_json(root / "model_index.json").get("_class_name")
+    class_name = read_json(root / "model_index.json", "pipeline index").get("_class_name")
     pipelines = {"SpectralARPipeline": SpectralARPipeline, "FARPipeline": FARPipeline}
     if class_name not in pipelines:
         raise CLIError(f"{path!r} holds a {class_name!r}; {expected}")
@@ -298,7 +260,8 @@ def cmd_info(args: argparse.Namespace) -> None:
             _print_far_info(pipe, args.checkpoint)
             return
         _print_generator_info(pipe.transformer, args.checkpoint)
-    elif (root / "config.json").is_file() and _read_json(root / "config.json").get("model_type") == "spectralar":
+    elif (root / "config.json").is_file() and \
+            read_json(root / "config.json", "model config").get("model_type") == "spectralar":
         from .models.generator import SpectralARForCausalLM
 
         _print_generator_info(SpectralARForCausalLM.from_pretrained(root), args.checkpoint)

@@ -21,7 +21,8 @@ import torch
 # Values this far outside a pixel range are taken as rounding, not as a wrong convention.
 PIXEL_TOLERANCE = 1e-3
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-MODEL_CLASSES = {"spectral_tokenizer": "SpectralTokenizer", "spectralar": "SpectralARForCausalLM", "far": "FARTransformer"}
+MODEL_CLASSES = {"spectral_tokenizer": "SpectralTokenizer", "spectralar": "SpectralARForCausalLM",
+                 "far": "FARTransformer"}
 PIPELINE_CLASSES = ("SpectralARPipeline", "FARPipeline")
 
 
@@ -37,6 +38,18 @@ def _scalar(value: Any) -> Any:
     if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return value.item()
     return value
+
+
+def format_bound(bound: float) -> str:
+    """A range bound for a message: integral values without decimals (4294967295, not 4.29497e+09)."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+def interval(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
+    """The interval from `low` to `high` in words, e.g. "(0, 1]" or "[1, inf)" (`None`: unbounded)."""
+    left = "-inf" if low is None else format_bound(low)
+    right = "inf" if high is None else format_bound(high)
+    return f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
 
 
 def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -55,10 +68,8 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        left = "-inf" if low is None else f"{low:g}"
-        right = "inf" if high is None else f"{high:g}"
-        interval = f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
-        raise ValueError(f"{name} must lie in {interval}, got {value:g}{hint_suffix(hint)}")
+        raise ValueError(f"{name} must lie in {interval(low, high, low_open, high_open)}, got {value:g}"
+                         f"{hint_suffix(hint)}")
     return value
 
 
@@ -240,6 +251,41 @@ def read_json(path: Path, what: str) -> dict:
         raise OSError(f"{path} must hold a JSON object ({{...}}), got a {type(data).__name__}; the {what} is corrupt: "
                       f"restore it or save the model again with save_pretrained.")
     return data
+
+
+# What a folder holds, by config.json's `model_type` / `_class_name` or model_index.json's `_class_name`.
+FOLDER_KINDS = {
+    "spectral_tokenizer": "a SpectralTokenizer",
+    "spectralar": "a SpectralAR transformer (SpectralARForCausalLM, no tokenizer)",
+    "far": "a FAR transformer (FARTransformer, no VAE)",
+    "AutoencoderKL": "a diffusers AutoencoderKL (VAE)",
+    "SpectralARPipeline": "a SpectralARPipeline",
+    "FARPipeline": "a FARPipeline (VAE latents, no spectral tokenizer)",
+}
+
+
+def describe_folder(path: str | Path) -> str:
+    """What `path` holds, in words, for error messages ("a FARPipeline (VAE latents, no spectral tokenizer)", "a
+    SpectralTokenizer (the tokenizer/ of the pipeline 'p')", "no config.json or model_index.json", ...). Raises
+    `OSError` for a config file that is not a JSON object."""
+    root = Path(path)
+    if not root.exists():
+        return "a path that does not exist"
+    if not root.is_dir():
+        return "a file, not a folder"
+    if (root / "model_index.json").is_file():
+        name = read_json(root / "model_index.json", "pipeline index").get("_class_name")
+        return FOLDER_KINDS.get(name, f"a {name!r} pipeline")
+    if (root / "config.json").is_file():
+        config = read_json(root / "config.json", "model config")
+        name = config.get("model_type") or config.get("_class_name")
+        kind = FOLDER_KINDS.get(name, f"a {name!r} model")
+        if (root.parent / "model_index.json").is_file():
+            kind += f" (the {root.name}/ of the pipeline {os.fspath(root.parent)!r})"
+        return kind
+    if (root / "scheduler_config.json").is_file():
+        return "a diffusers scheduler"
+    return "no config.json or model_index.json"
 
 
 def check_safetensors_file(path: Path) -> None:

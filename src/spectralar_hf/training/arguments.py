@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from ..utils import describe_folder, read_json
+
 
 def config_fields(config_class: type | Callable) -> set[str]:
     """The keyword fields of a config class: a (transformers) dataclass's fields, else the `__init__` parameters."""
@@ -55,27 +57,6 @@ def parse_config_overrides(text: str | dict | None, config_class: type, flag: st
     return values
 
 
-def describe_model_dir(path: str | Path) -> str:
-    """What a folder holds, for error messages: "a saved FARPipeline pipeline", "a saved far model", "a folder
-    without config.json (not a saved model)", ..."""
-    root = Path(path)
-    if not root.exists():
-        return "a path that does not exist"
-    if not root.is_dir():
-        return "a file, not a model folder"
-    for name in ("model_index.json", "config.json"):
-        file = root / name
-        if file.is_file():
-            try:
-                config = json.loads(file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return f"a folder with an unreadable {name}"
-            kind = config.get("_class_name") or config.get("model_type") if isinstance(config, dict) else None
-            what = "pipeline" if name == "model_index.json" else "model"
-            return f"a saved {kind} {what}" if kind else f"a folder whose {name} names no model class"
-    return "a folder without config.json (not a saved model)"
-
-
 def resolve_model_dir(path: str | Path, flag: str, expected: str, *, model_type: str | None = None,
                       class_name: str | None = None, pipeline_class: str | None = None, subfolder: str | None = None,
                       hint: str = "") -> Path:
@@ -84,25 +65,14 @@ def resolve_model_dir(path: str | Path, flag: str, expected: str, *, model_type:
     Anything else (another model, a pipeline of another kind, a folder that is not a saved model) is a `ValueError`
     saying what `path` is and what `flag` expects."""
     root = Path(path)
-    index = root / "model_index.json"
-    if pipeline_class and subfolder and index.is_file():
-        try:
-            pipeline = json.loads(index.read_text()).get("_class_name")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            pipeline = None
-        if pipeline == pipeline_class:
+    if pipeline_class and subfolder and (root / "model_index.json").is_file():
+        if read_json(root / "model_index.json", "pipeline index").get("_class_name") == pipeline_class:
             root = root / subfolder
-    config_file = root / "config.json"
-    config = None
-    if config_file.is_file():
-        try:
-            config = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            config = None
-    if isinstance(config, dict) and ((model_type and config.get("model_type") == model_type)
-                                     or (class_name and config.get("_class_name") == class_name)):
+    config = read_json(root / "config.json", "model config") if (root / "config.json").is_file() else {}
+    if (model_type and config.get("model_type") == model_type) or \
+            (class_name and config.get("_class_name") == class_name):
         return root
     wanted = f"a {expected} folder" + (f" or a {pipeline_class} folder" if pipeline_class else "")
-    what = describe_model_dir(path) if root == Path(path) else f"a {pipeline_class} whose {subfolder}/ is " \
-        f"{describe_model_dir(root)}"
-    raise ValueError(f"{flag} {str(path)!r} is {what}, not {wanted}" + (f"; {hint}." if hint else "."))
+    what = describe_folder(path) if root == Path(path) else f"a {pipeline_class} whose {subfolder}/ holds " \
+        f"{describe_folder(root)}"
+    raise ValueError(f"{flag} {str(path)!r} holds {what}, not {wanted}" + (f"; {hint}." if hint else "."))
