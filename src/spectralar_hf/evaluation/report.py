@@ -11,7 +11,6 @@ import io
 import json
 import os
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,10 +53,6 @@ def load_evaluation_images(
             dataset = load_idx_dataset(idx_data_dir, split)
         else:
             dataset = load_image_dataset(dataset_name, None, train_data_dir, split)
-    except (EOFError, zlib.error) as error:  # a truncated or corrupt .gz
-        where = f"the {split!r} IDX files in {os.fspath(idx_data_dir)!r}" if idx_data_dir is not None else "the data"
-        raise ValueError(f"cannot read {where} ({type(error).__name__}: {error}); they are truncated or corrupt: "
-                         f"download or unpack them again.") from None
     except (ValueError, FileNotFoundError) as error:
         # the training scripts' flag names -> the `spectralar-hf evaluate` ones
         message = str(error).replace("--train_data_dir", "--data-dir").replace("--idx_data_dir", "--idx-data-dir")

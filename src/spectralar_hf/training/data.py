@@ -6,6 +6,7 @@ import copy
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -116,8 +117,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (MNIST / Fashion-MNIST format, optionally gzipped) into a NumPy array."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise ValueError(f"cannot read {path} ({type(error).__name__}: {error}); the file is truncated or corrupt: "
+                         f"download or unpack it again.") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number).")
     dims = data[3]
