@@ -15,6 +15,15 @@ from .models.tokenizer import (
     SpectralTokenizerEncoderOutput,
     SpectralTokenizerOutput,
 )
+from .models.vqgan import (
+    MASKGIT_VQGAN_PRESETS,
+    MaskGITVQGAN,
+    MaskGITVQGANConfig,
+    MaskGITVQGANDecoderOutput,
+    MaskGITVQGANEncoderOutput,
+    MaskGITVQGANOutput,
+    PixelDecoder,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +33,8 @@ AutoConfig.register(SpectralARConfig.model_type, SpectralARConfig, exist_ok=True
 AutoModelForCausalLM.register(SpectralARConfig, SpectralARForCausalLM, exist_ok=True)
 AutoConfig.register(FARConfig.model_type, FARConfig, exist_ok=True)
 AutoModel.register(FARConfig, FARTransformer, exist_ok=True)
+AutoConfig.register(MaskGITVQGANConfig.model_type, MaskGITVQGANConfig, exist_ok=True)
+AutoModel.register(MaskGITVQGANConfig, MaskGITVQGAN, exist_ok=True)
 
 __all__ = [
     "SPECTRALAR_PRESETS",
@@ -47,4 +58,11 @@ __all__ = [
     "FARPipelineOutput",
     "FARTransformer",
     "build_noise_scheduler",
+    "MASKGIT_VQGAN_PRESETS",
+    "MaskGITVQGAN",
+    "MaskGITVQGANConfig",
+    "MaskGITVQGANDecoderOutput",
+    "MaskGITVQGANEncoderOutput",
+    "MaskGITVQGANOutput",
+    "PixelDecoder",
 ]
