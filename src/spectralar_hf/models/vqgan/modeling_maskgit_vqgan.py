@@ -188,6 +188,8 @@ class MaskGITVQGANPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Only for fresh models: from_pretrained marks loaded tensors and the `init` helpers leave those alone.
+        # transformers (5.24) skips, for models outside its own code base, modules without parameters of their own
+        # (e.g. the quantizer): the codebook is initialised through its `nn.Embedding`, the model's only one.
         if isinstance(module, nn.Conv2d):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
@@ -195,9 +197,9 @@ class MaskGITVQGANPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.GroupNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, MaskGITVQGANQuantizer):
-            size = module.embedding.num_embeddings
-            init.uniform_(module.embedding.weight, -1.0 / size, 1.0 / size)
+        elif isinstance(module, nn.Embedding):
+            size = module.num_embeddings
+            init.uniform_(module.weight, -1.0 / size, 1.0 / size)
 
 
 class MaskGITVQGAN(SpectralARHubMixin, MaskGITVQGANPreTrainedModel):
