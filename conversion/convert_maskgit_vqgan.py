@@ -59,8 +59,8 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict {{key: tensor}}.")
     not_tensors = [key for key, value in data.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"{path} is not a flat state dict: entries {_names(not_tensors)} are not tensors (the released "
-                         f"MaskGIT-VQGAN .bin maps parameter names straight to tensors).")
+        raise ValueError(f"{path} is not a flat state dict: entries {_names(not_tensors)} are not tensors (the "
+                         f"released MaskGIT-VQGAN .bin maps parameter names straight to tensors).")
     return dict(data)
 
 
@@ -91,7 +91,8 @@ def convert(checkpoint: str | Path, output: str | Path, preset: str = DEFAULT_PR
     """Read `checkpoint`, build `MaskGITVQGAN(from_preset(preset))` with its weights and `save_pretrained(output)`."""
     output = Path(output)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not overwrite)):
-        what = "a file" if not output.is_dir() else f"a non-empty directory ({sorted(p.name for p in output.iterdir())[:6]})"
+        entries = sorted(p.name for p in output.iterdir())[:6] if output.is_dir() else []
+        what = f"a non-empty directory ({entries})" if output.is_dir() else "a file"
         raise ValueError(f"--output {str(output)!r} is {what}; choose a new directory"
                          + (" or pass --overwrite." if output.is_dir() else "."))
     config = MaskGITVQGANConfig.from_preset(preset)

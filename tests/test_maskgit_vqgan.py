@@ -305,6 +305,9 @@ def test_one_hot_soft_codes_decode_like_hard_codes(tiny):
         raw = tiny.decode_codes(codes, clamp=False).reconstruction
     assert torch.equal(hard, raw.clamp(0, 1))
     assert hard.min() >= 0 and hard.max() <= 1
+    logits = torch.randn(1, size, 8, 8, requires_grad=True)  # TiTok stage 2 trains through the soft codes
+    tiny.decode_soft_codes(logits.softmax(1), dim=1, clamp=False).reconstruction.square().sum().backward()
+    assert logits.grad.abs().sum() > 0
 
 
 def test_save_and_from_pretrained_round_trip(tiny, tmp_path):

@@ -298,8 +298,8 @@ class MaskGITVQGAN(SpectralARHubMixin, MaskGITVQGANPreTrainedModel):
         if probabilities.shape[-1] != size or 0 in probabilities.shape:
             raise ValueError(f"probabilities of shape {tuple(probabilities.shape)} (codebook axis last) must have "
                              f"{size} entries (the codebook size) on the codebook axis dim={dim}.")
-        low, _ = check_finite_tensor("probabilities", probabilities)
-        sums = probabilities.float().sum(dim=-1)
+        low, _ = check_finite_tensor("probabilities", probabilities.detach())
+        sums = probabilities.detach().float().sum(dim=-1)
         error = float((sums - 1).abs().max())
         if low < 0 or error > SOFT_CODE_TOLERANCE:
             raise ValueError(f"probabilities must be non-negative and sum to 1 over the codebook axis (got minimum "
@@ -332,9 +332,10 @@ class MaskGITVQGAN(SpectralARHubMixin, MaskGITVQGANPreTrainedModel):
         pixel_values = self._check_pixel_values(pixel_values)
         latents = self.encoder(pixel_values)
         quantized, codes, commitment_loss, codebook_loss = self.quantize(latents)
+        quantization_loss = commitment_loss + self.config.commitment_cost * codebook_loss
         output = MaskGITVQGANEncoderOutput(
             codes=codes, quantized=quantized, latents=latents, commitment_loss=commitment_loss,
-            codebook_loss=codebook_loss, quantization_loss=commitment_loss + self.config.commitment_cost * codebook_loss,
+            codebook_loss=codebook_loss, quantization_loss=quantization_loss,
         )
         return output if return_dict else output.to_tuple()
 
