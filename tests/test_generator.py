@@ -306,3 +306,21 @@ def test_prefix_completion_keeps_prefix_and_continues_greedily(tokens_per_step):
     assert torch.equal(model.sample(LABELS, prefix_codes=greedy), greedy)
     with pytest.raises(ValueError, match="multiple of tokens_per_step"):
         model.sample(LABELS, prefix_codes=greedy[:, :5] if tokens_per_step == 4 else torch.cat([greedy, greedy], 1))
+
+
+@torch.no_grad()
+def test_fresh_model_has_vars_initialisation():
+    """VAR's init reaches every block: transformers skips _init_weights for modules without parameters of their own
+    (the blocks), which once left the AdaLN gates at the default N(0, std) instead of std * init_adaln_gamma."""
+    torch.manual_seed(0)
+    config = SpectralARConfig.from_preset("tiny")
+    model = SpectralARForCausalLM(config)
+    std, width = config.initializer_range, config.hidden_size
+    for block in model.layers:
+        gates, modulation = block.ada_lin.weight[: 2 * width], block.ada_lin.weight[2 * width :]
+        assert gates.std().item() == pytest.approx(std * config.init_adaln_gamma, rel=0.1)
+        assert modulation.std().item() == pytest.approx(std * config.init_adaln, rel=0.1)
+        for linear in (block.attn.proj, block.mlp.fc2):
+            assert linear.weight.std().item() == pytest.approx(std / (2 * config.num_hidden_layers) ** 0.5, rel=0.1)
+        assert block.attn.qkv.weight.std().item() == pytest.approx(std, rel=0.1)
+    assert model.lm_head.weight.std().item() == pytest.approx(std * config.init_head, rel=0.1)

@@ -263,3 +263,14 @@ def test_decode_rejects_bad_codes_and_prefixes(tiny_tokenizer):
         tiny_tokenizer.decode(torch.zeros(2, 17, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[1, 16\]"):
         tiny_tokenizer(torch.zeros(2, 3, 32, 32), num_tokens=20)
+
+
+def test_fresh_codebook_is_uniform_in_one_over_k():
+    """TiTok's codebook init (uniform in +-1/K) reaches the codebook: its module has no parameters of its own, and
+    transformers skips those in _init_weights, which once left it at nn.Embedding's N(0, 1)."""
+    torch.manual_seed(0)
+    tokenizer = SpectralTokenizer(SpectralTokenizerConfig.from_preset("tiny-32"))
+    size = tokenizer.config.codebook_size
+    weight = tokenizer.quantizer.codebook.weight.detach()
+    assert weight.abs().max() <= 1.0 / size
+    assert weight.std().item() == pytest.approx((1.0 / size) / 3**0.5, rel=0.1)

@@ -195,19 +195,21 @@ class SpectralARPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, SpectralARAttention) and module.l2_norm:
             init.constant_(module.log_scale, math.log(4.0))
-        if isinstance(module, SpectralARBlock):
-            depth_scale = 1.0 / math.sqrt(2 * config.num_hidden_layers)
-            for linear in (module.attn.proj, module.mlp.fc2):
-                init.copy_(linear.weight, _trunc_normal_like(linear.weight, std) * depth_scale)
-            width = config.hidden_size
-            rows = torch.full((6 * width, 1), float(config.init_adaln))
-            rows[: 2 * width] = config.init_adaln_gamma
-            init.copy_(module.ada_lin.weight, _trunc_normal_like(module.ada_lin.weight, std) * rows)
-        elif isinstance(module, SpectralARForCausalLM):
+        if isinstance(module, SpectralARForCausalLM):
+            # transformers calls _init_weights children first and skips modules without parameters of their own
+            # (SpectralARBlock), so the blocks' scaled layers are set here, after their Linear defaults above.
             init.trunc_normal_(module.position_embedding, std=std)
             init.copy_(module.head_ada_lin.weight,
                        _trunc_normal_like(module.head_ada_lin.weight, std) * config.init_adaln)
             init.copy_(module.lm_head.weight, _trunc_normal_like(module.lm_head.weight, std) * config.init_head)
+            depth_scale = 1.0 / math.sqrt(2 * config.num_hidden_layers)
+            width = config.hidden_size
+            rows = torch.full((6 * width, 1), float(config.init_adaln))
+            rows[: 2 * width] = config.init_adaln_gamma
+            for block in module.layers:
+                for linear in (block.attn.proj, block.mlp.fc2):
+                    init.copy_(linear.weight, _trunc_normal_like(linear.weight, std) * depth_scale)
+                init.copy_(block.ada_lin.weight, _trunc_normal_like(block.ada_lin.weight, std) * rows)
 
 
 def _trunc_normal_like(tensor: torch.Tensor, std: float) -> torch.Tensor:

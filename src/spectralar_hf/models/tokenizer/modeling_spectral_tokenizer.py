@@ -305,9 +305,9 @@ class SpectralTokenizerPreTrainedModel(PreTrainedModel):
             init.normal_(module.mask_token, std=scale)
             init.normal_(module.position_embedding, std=scale)
             init.normal_(module.latent_position_embedding, std=scale)
-        elif isinstance(module, SpectralTokenizerQuantizer):
-            size = module.codebook.num_embeddings
-            init.uniform_(module.codebook.weight, -1.0 / size, 1.0 / size)
+        elif isinstance(module, nn.Embedding):  # the quantizer's codebook (its module has no parameters of its own,
+            size = module.num_embeddings      # and transformers skips such modules): uniform in +-1/K, as TiTok
+            init.uniform_(module.weight, -1.0 / size, 1.0 / size)
 
 
 class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
