@@ -380,3 +380,14 @@ def test_bad_config(overrides, message):
     assert message in str(info.value)
     with pytest.raises(ValueError, match="Unknown MaskGIT-VQGAN preset"):
         MaskGITVQGANConfig.from_preset("f8")
+
+
+def test_other_loaders_name_the_maskgit_class(tiny, tmp_path):
+    """A MaskGIT-VQGAN folder given to another model's from_pretrained, or to a script / CLI flag, says what it is."""
+    from spectralar_hf import SpectralTokenizer
+    from spectralar_hf.utils import describe_folder
+
+    tiny.save_pretrained(tmp_path / "vqgan")
+    with pytest.raises(ValueError, match="load it with MaskGITVQGAN.from_pretrained"):
+        SpectralTokenizer.from_pretrained(tmp_path / "vqgan")
+    assert describe_folder(tmp_path / "vqgan") == "a MaskGIT-VQGAN (MaskGITVQGAN)"

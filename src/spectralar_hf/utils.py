@@ -22,7 +22,7 @@ import torch
 PIXEL_TOLERANCE = 1e-3
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 MODEL_CLASSES = {"spectral_tokenizer": "SpectralTokenizer", "spectralar": "SpectralARForCausalLM",
-                 "far": "FARTransformer"}
+                 "far": "FARTransformer", "maskgit_vqgan": "MaskGITVQGAN"}
 PIPELINE_CLASSES = ("SpectralARPipeline", "FARPipeline")
 
 
@@ -258,6 +258,7 @@ FOLDER_KINDS = {
     "spectral_tokenizer": "a SpectralTokenizer",
     "spectralar": "a SpectralAR transformer (SpectralARForCausalLM, no tokenizer)",
     "far": "a FAR transformer (FARTransformer, no VAE)",
+    "maskgit_vqgan": "a MaskGIT-VQGAN (MaskGITVQGAN)",
     "AutoencoderKL": "a diffusers AutoencoderKL (VAE)",
     "SpectralARPipeline": "a SpectralARPipeline",
     "FARPipeline": "a FARPipeline (VAE latents, no spectral tokenizer)",
