@@ -10,6 +10,12 @@ from transformers import PreTrainedConfig
 
 from ...spectral import OMEGA_SCHEDULES, omega_schedule, validate_omega
 from ...utils import check_config_types, check_positive_fields
+from ..vqgan.configuration_maskgit_vqgan import MaskGITVQGANConfig
+
+# The MaskGIT-VQGAN fields a `pixel_decoder` dict may set (image size and channels come from the tokenizer). Missing
+# ones take `MaskGITVQGANConfig`'s defaults, which are the released `maskgit-vqgan-imagenet-f16-256` decoder's sizes.
+PIXEL_DECODER_FIELDS = ("hidden_channels", "channel_mult", "num_res_blocks", "z_channels", "codebook_size",
+                        "codebook_dim", "dropout", "norm_num_groups", "norm_eps")
 
 # Named sizes. "titok-b64" is the paper's tokenizer (TiTok-B-64 settings: ViT-B encoder and decoder, 256 px,
 # patch 16, 64 tokens, 4096 x 12 l2-normalised codebook). The small ones are for tests, demos and CPU training.
@@ -80,7 +86,35 @@ class SpectralTokenizerConfig(PreTrainedConfig):
             targets). Off: every step decodes all N tokens against the full image.
         causal (`bool`, defaults to `True`): spectral causal mask in encoder and decoder. With both flags off the
             model is the plain TiTok-style 1D tokenizer (Table 4, row 1).
-        layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02).
+        layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02). TiTok's ViTs use
+            PyTorch's default LayerNorm eps, 1e-5.
+
+    TiTok architecture options (bytedance/1d-tokenizer `TiTokEncoder` / `TiTokDecoder` / `TiTok.decode`). The defaults
+    are SpectralAR's own layout; with the options below one class holds TiTok's tokenizers too:
+
+        class_token (`bool`, defaults to `False`): a learned class token (`encoder.class_embedding`,
+            `decoder.class_embedding`) in front of the patches (encoder) and of the mask tokens (decoder), as TiTok's
+            `class_embedding`. `position_embedding` then has `num_patches + 1` rows, row 0 for the class token, as
+            TiTok's `positional_embedding` (added to `[class; patches]`). The class token belongs to the image side of
+            the spectral causal mask (it never sees spectral tokens in the encoder; spectral tokens do not see it in
+            the decoder) and its output is dropped.
+        legacy_latent_projection (`bool`, defaults to `False`): TiTok's `is_legacy=True` encoder head (the released
+            TiTok checkpoints): the `(B, N, width)` latent tokens after `ln_post` are *reshaped* (not transposed) to
+            `(B, width, N)` before the 1x1 projection to `token_dim`, so every latent mixes features of all N tokens.
+            That breaks the prefix property, so it requires `causal=False`.
+        decoder_output_conv (`bool`, defaults to `False`): TiTok's `is_legacy=False` pixel head: after the linear
+            per-patch head and unpatchify, a 3x3 convolution `decoder.conv_out` (C -> C channels, padding 1).
+        pixel_decoder (`dict`, optional): TiTok's two-stage decoder. `None` (default): the ViT decoder predicts pixels
+            with the linear per-patch head `decoder.head`. A dict of MaskGIT-VQGAN decoder settings (keys from
+            `PIXEL_DECODER_FIELDS`: `hidden_channels`, `channel_mult`, `num_res_blocks`, `z_channels`,
+            `codebook_size`, `codebook_dim`, `dropout`, `norm_num_groups`, `norm_eps`; missing keys take the released
+            MaskGIT-VQGAN's sizes, so `{}` is TiTok's pixel decoder): the ViT decoder's per-patch output goes through
+            TiTok's `ffn` head (`decoder.ffn`: Linear width -> 2 width, Tanh, Linear -> `codebook_size` proxy logits),
+            `softmax(logits) @ pixel_quantize.embedding.weight` gives a `(B, z_channels, grid, grid)` latent, and the
+            MaskGIT-VQGAN decoder `pixel_decoder` turns it into an image. The VQGAN works in [0, 1]; the tokenizer
+            returns `2 * y - 1` so its output stays in the [-1, 1] convention. The VQGAN's downsampling factor
+            `2 ** (len(channel_mult) - 1)` must equal `patch_size` (one proxy code per patch). Stored in config.json
+            with every field filled in.
 
     Example:
 
@@ -116,6 +150,10 @@ class SpectralTokenizerConfig(PreTrainedConfig):
     causal: bool = True
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    class_token: bool = False
+    legacy_latent_projection: bool = False
+    decoder_output_conv: bool = False
+    pixel_decoder: dict | None = None
 
     def __post_init__(self, **kwargs):
         check_config_types(self)
@@ -151,7 +189,47 @@ class SpectralTokenizerConfig(PreTrainedConfig):
             self.omega = omega_schedule(self.num_latent_tokens, self.image_size, self.omega)
         else:
             self.omega = validate_omega(self.omega, self.num_latent_tokens, self.image_size)
+        if self.legacy_latent_projection and self.causal:
+            raise ValueError(
+                "legacy_latent_projection=True (TiTok's is_legacy encoder head) mixes the features of all latent "
+                "tokens into every code, which breaks the spectral prefix property; set causal=False with it (the "
+                "plain TiTok tokenizer), or use the default projection."
+            )
+        if self.pixel_decoder is not None:
+            if self.decoder_output_conv:
+                raise ValueError("decoder_output_conv (TiTok's RGB head) and pixel_decoder (TiTok's proxy-code head "
+                                 "+ MaskGIT-VQGAN decoder) are alternatives; set only one of them.")
+            self.pixel_decoder = self._check_pixel_decoder(self.pixel_decoder)
         super().__post_init__(**kwargs)
+
+    def _check_pixel_decoder(self, settings: dict) -> dict:
+        """Validate the `pixel_decoder` dict with `MaskGITVQGANConfig`'s checks; return it with every field filled."""
+        unknown = sorted(set(settings) - set(PIXEL_DECODER_FIELDS))
+        if unknown:
+            hint = (" (image size and channels are the tokenizer's own image_size / num_channels)"
+                    if {"image_size", "num_channels"} & set(unknown) else "")
+            raise ValueError(f"pixel_decoder has unknown keys {unknown}{hint}; allowed: {list(PIXEL_DECODER_FIELDS)}.")
+        try:
+            vqgan = MaskGITVQGANConfig(image_size=self.image_size, num_channels=self.num_channels, **settings)
+        except (TypeError, ValueError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"pixel_decoder: {error}") from None
+        if vqgan.downsample_factor != self.patch_size:
+            raise ValueError(
+                f"pixel_decoder upsamples by {vqgan.downsample_factor} (2 ** (len(channel_mult) - 1) with channel_mult "
+                f"{vqgan.channel_mult}) but patch_size is {self.patch_size}: the ViT decoder predicts one proxy code "
+                f"per patch, so the upsampling factor must equal patch_size (TiTok: patch 16, channel_mult of 5 "
+                f"levels)."
+            )
+        return {name: copy.deepcopy(getattr(vqgan, name)) for name in PIXEL_DECODER_FIELDS}
+
+    @property
+    def pixel_decoder_config(self) -> MaskGITVQGANConfig | None:
+        """The `MaskGITVQGANConfig` of the pixel decoder (for `PixelDecoder.from_config` or to build the matching
+        MaskGIT-VQGAN teacher), or `None` without a pixel decoder."""
+        if self.pixel_decoder is None:
+            return None
+        return MaskGITVQGANConfig(image_size=self.image_size, num_channels=self.num_channels, **self.pixel_decoder)
 
     @property
     def grid_size(self) -> int:

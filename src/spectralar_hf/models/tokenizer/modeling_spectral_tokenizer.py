@@ -9,6 +9,11 @@ size ``omega_k`` (Eq. 5-6):
 * quantizer: l2-normalised codebook, straight-through estimator, commitment loss (TiTok);
 * decoder: ViT over ``[h*w mask tokens; s_1..s_k]``; mask tokens see every present spectral token, spectral token
   ``i`` sees only spectral tokens ``<= i``. Per-sample prefix lengths are one batched pass with attention masking.
+  Its per-patch outputs become pixels through a linear head, or (``config.pixel_decoder``, TiTok's stage 2) through
+  proxy-code logits, ``softmax @ codebook`` and a MaskGIT-VQGAN pixel decoder.
+
+TiTok's own options (class token, its legacy latent projection, its RGB output convolution, the pixel decoder) are
+config flags; see [`SpectralTokenizerConfig`].
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from transformers.utils import ModelOutput
 from ...hub import SpectralARHubMixin
 from ...spectral import spectral_target, validate_omega
 from ...utils import check_generator, check_pixel_range
+from ..vqgan.modeling_maskgit_vqgan import MaskGITVQGANQuantizer
+from ..vqgan.pixel_decoder import PixelDecoder
 from .configuration_spectral_tokenizer import SpectralTokenizerConfig
 
 
@@ -58,10 +65,14 @@ class SpectralTokenizerDecoderOutput(ModelOutput):
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`): the
             decoded low-pass image for each sample's prefix, in about [-1, 1] (not clamped).
         num_tokens (`torch.LongTensor` of shape `(batch_size,)`): the prefix length used for each sample.
+        proxy_logits (`torch.FloatTensor` of shape `(batch_size, pixel_codebook_size, grid_size, grid_size)`, only
+            with a pixel decoder): the per-patch logits over the MaskGIT-VQGAN codebook (TiTok's stage 1 trains them
+            with `F.cross_entropy(proxy_logits, vqgan_codes)`, `vqgan_codes` of shape `(batch_size, grid, grid)`).
     """
 
     reconstruction: torch.FloatTensor | None = None
     num_tokens: torch.LongTensor | None = None
+    proxy_logits: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -78,6 +89,7 @@ class SpectralTokenizerOutput(ModelOutput):
         latents (`torch.FloatTensor` of shape `(batch_size, num_latent_tokens, token_dim)`): pre-quantisation
             encoder outputs (used e.g. to restart dead codes).
         num_tokens (`torch.LongTensor` of shape `(batch_size,)`): the prefix length `k` of each sample.
+        proxy_logits (`torch.FloatTensor`, only with a pixel decoder): see [`SpectralTokenizerDecoderOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -89,6 +101,7 @@ class SpectralTokenizerOutput(ModelOutput):
     codes: torch.LongTensor | None = None
     latents: torch.FloatTensor | None = None
     num_tokens: torch.LongTensor | None = None
+    proxy_logits: torch.FloatTensor | None = None
 
 
 class SpectralTokenizerAttention(nn.Module):
@@ -137,7 +150,7 @@ class SpectralTokenizerBlock(GradientCheckpointingLayer):
 
 
 class SpectralTokenizerEncoder(nn.Module):
-    """ViT over `[patches; latent tokens]` -> `(B, N, token_dim)` continuous latents."""
+    """ViT over `[(class token;) patches; latent tokens]` -> `(B, N, token_dim)` continuous latents."""
 
     def __init__(self, config: SpectralTokenizerConfig):
         super().__init__()
@@ -145,8 +158,12 @@ class SpectralTokenizerEncoder(nn.Module):
         self.causal = config.causal
         self.num_patches = config.num_patches
         self.num_latent_tokens = config.num_latent_tokens
+        self.legacy_latent_projection = config.legacy_latent_projection
+        # image-side tokens: the patches, behind TiTok's class token when there is one
+        self.num_image_tokens = config.num_patches + int(config.class_token)
         self.patch_embed = nn.Conv2d(config.num_channels, width, config.patch_size, stride=config.patch_size)
-        self.position_embedding = nn.Parameter(torch.empty(config.num_patches, width))
+        self.class_embedding = nn.Parameter(torch.empty(width)) if config.class_token else None
+        self.position_embedding = nn.Parameter(torch.empty(self.num_image_tokens, width))
         self.latent_tokens = nn.Parameter(torch.empty(config.num_latent_tokens, width))
         self.latent_position_embedding = nn.Parameter(torch.empty(config.num_latent_tokens, width))
         self.norm_pre = nn.LayerNorm(width, eps=config.layer_norm_eps)
@@ -159,23 +176,33 @@ class SpectralTokenizerEncoder(nn.Module):
         self.proj = nn.Linear(width, config.token_dim)
 
     def attention_mask(self, device: torch.device) -> torch.Tensor | None:
-        """`(L, L)` boolean mask over `[patches; latents]`, or `None` for full attention (`causal=False`)."""
+        """`(L, L)` boolean mask over `[(class;) patches; latents]`, or `None` for full attention (`causal=False`)."""
         if not self.causal:
             return None
-        num_patches, num_latents = self.num_patches, self.num_latent_tokens
-        mask = torch.ones(num_patches + num_latents, num_patches + num_latents, dtype=torch.bool, device=device)
-        mask[:num_patches, num_patches:] = False  # patches never see latents
-        mask[num_patches:, num_patches:] = torch.ones(num_latents, num_latents, dtype=torch.bool, device=device).tril()
+        num_image, num_latents = self.num_image_tokens, self.num_latent_tokens
+        mask = torch.ones(num_image + num_latents, num_image + num_latents, dtype=torch.bool, device=device)
+        mask[:num_image, num_image:] = False  # patches (and the class token) never see latents
+        mask[num_image:, num_image:] = torch.ones(num_latents, num_latents, dtype=torch.bool, device=device).tril()
         return mask
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embed(pixel_values).flatten(2).transpose(1, 2) + self.position_embedding
+        patches = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)
+        if self.class_embedding is not None:  # TiTok: [class; patches] + positional_embedding
+            cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+            patches = torch.cat([cls, patches], dim=1)
+        patches = patches + self.position_embedding
         latents = (self.latent_tokens + self.latent_position_embedding).expand(patches.shape[0], -1, -1)
         hidden_states = self.norm_pre(torch.cat([patches, latents.to(patches.dtype)], dim=1))
         mask = self.attention_mask(hidden_states.device)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask)
-        return self.proj(self.norm_post(hidden_states[:, self.num_patches:]))
+        latents = self.norm_post(hidden_states[:, self.num_image_tokens:])
+        if self.legacy_latent_projection:
+            # TiTok's is_legacy head reshapes (B, N, width) to (B, width, N, 1) before its 1x1 conv: row-major
+            # reinterpretation, so latent m reads the features at flat positions c * N + m of all tokens.
+            batch, length, width = latents.shape
+            latents = latents.reshape(batch, width, length).transpose(1, 2)
+        return self.proj(latents)
 
 
 class SpectralTokenizerQuantizer(nn.Module):
@@ -213,19 +240,22 @@ class SpectralTokenizerQuantizer(nn.Module):
 
 
 class SpectralTokenizerDecoder(nn.Module):
-    """ViT over `[h*w mask tokens; s_1..s_k]` -> `(B, C, H, W)` image of the prefix's spectral level."""
+    """ViT over `[(class token;) h*w mask tokens; s_1..s_k]` -> `(B, C, H, W)` image of the prefix's spectral level,
+    or, with a pixel decoder, `(B, h*w, K)` proxy-code logits per patch (TiTok's `ffn` head)."""
 
     def __init__(self, config: SpectralTokenizerConfig):
         super().__init__()
         width = config.decoder_hidden_size
         self.causal = config.causal
         self.num_patches = config.num_patches
+        self.num_image_tokens = config.num_patches + int(config.class_token)
         self.grid_size = config.grid_size
         self.patch_size = config.patch_size
         self.num_channels = config.num_channels
         self.token_embed = nn.Linear(config.token_dim, width)
+        self.class_embedding = nn.Parameter(torch.empty(width)) if config.class_token else None
         self.mask_token = nn.Parameter(torch.empty(width))
-        self.position_embedding = nn.Parameter(torch.empty(config.num_patches, width))
+        self.position_embedding = nn.Parameter(torch.empty(self.num_image_tokens, width))
         self.latent_position_embedding = nn.Parameter(torch.empty(config.num_latent_tokens, width))
         self.norm_pre = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(
@@ -234,19 +264,29 @@ class SpectralTokenizerDecoder(nn.Module):
             for _ in range(config.decoder_num_hidden_layers)
         )
         self.norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.head = nn.Linear(width, config.patch_size**2 * config.num_channels)
+        if config.pixel_decoder is None:
+            self.head = nn.Linear(width, config.patch_size**2 * config.num_channels)
+            # TiTok's is_legacy=False RGB head ends with a 3x3 convolution on the unpatchified image
+            self.conv_out = (nn.Conv2d(config.num_channels, config.num_channels, 3, padding=1)
+                             if config.decoder_output_conv else None)
+        else:
+            # TiTok's is_legacy=True head (1x1 convs there, per-token linears here): proxy-code logits per patch
+            self.ffn = nn.Sequential(nn.Linear(width, 2 * width), nn.Tanh(),
+                                     nn.Linear(2 * width, config.pixel_decoder["codebook_size"]))
 
     def attention_mask(self, num_tokens: torch.Tensor, length: int) -> torch.Tensor | None:
-        """`(B, 1, L, L)` boolean mask over `[mask tokens; s_1..s_length]` for per-sample prefixes `num_tokens`.
+        """`(B, 1, L, L)` boolean mask over `[(class;) mask tokens; s_1..s_length]` for per-sample prefixes
+        `num_tokens`.
 
         Spectral tokens beyond a sample's prefix are hidden from every query. With `causal`, spectral token `i`
-        sees only spectral tokens `<= i` (not the mask tokens, which carry information about later tokens).
-        Returns `None` when every query may see every key (no causal mask and all prefixes of full length).
+        sees only spectral tokens `<= i` (not the mask tokens, which carry information about later tokens, nor the
+        class token). Returns `None` when every query may see every key (no causal mask and all prefixes of full
+        length).
         """
         if not self.causal and bool((num_tokens == length).all()):
             return None
         device = num_tokens.device
-        num_patches = self.num_patches
+        num_patches = self.num_image_tokens  # the image side: mask tokens and the class token
         present = torch.arange(length, device=device) < num_tokens.unsqueeze(1)  # (B, length)
         keys = torch.cat([present.new_ones(present.shape[0], num_patches), present], dim=1)  # (B, L)
         mask = keys[:, None, :].repeat(1, num_patches + length, 1)  # (B, L, L)
@@ -256,16 +296,29 @@ class SpectralTokenizerDecoder(nn.Module):
         return mask.unsqueeze(1)
 
     def forward(self, tokens: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
-        """`tokens` `(B, k, token_dim)` quantized vectors, `num_tokens` `(B,)` prefix lengths `<= k`."""
+        """`tokens` `(B, k, token_dim)` quantized vectors, `num_tokens` `(B,)` prefix lengths `<= k`.
+
+        Returns the `(B, C, H, W)` image, or with a pixel decoder the `(B, h*w, K)` proxy-code logits (row-major
+        patches).
+        """
         batch, length = tokens.shape[:2]
         spectral = self.token_embed(tokens) + self.latent_position_embedding[:length]
-        masks = (self.mask_token + self.position_embedding).expand(batch, -1, -1).to(spectral.dtype)
-        hidden_states = self.norm_pre(torch.cat([masks, spectral], dim=1))
+        if self.class_embedding is None:
+            image_side = self.mask_token + self.position_embedding
+        else:  # TiTok: [class; mask tokens] + positional_embedding
+            masks = self.mask_token.expand(self.num_patches, -1)
+            image_side = torch.cat([self.class_embedding[None], masks], dim=0) + self.position_embedding
+        image_side = image_side.expand(batch, -1, -1).to(spectral.dtype)
+        hidden_states = self.norm_pre(torch.cat([image_side, spectral], dim=1))
         mask = self.attention_mask(num_tokens, length)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask)
-        patches = self.head(self.norm_post(hidden_states[:, : self.num_patches]))
-        return self.unpatchify(patches)
+        first = self.num_image_tokens - self.num_patches  # drop the class token's output
+        patches = self.norm_post(hidden_states[:, first : self.num_image_tokens])
+        if not hasattr(self, "head"):
+            return self.ffn(patches)
+        image = self.unpatchify(self.head(patches))
+        return image if self.conv_out is None else self.conv_out(image)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """`(B, h*w, p*p*C)` -> `(B, C, h*p, w*p)`."""
@@ -292,7 +345,7 @@ class SpectralTokenizerPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):  # GroupNorm: the pixel decoder's
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, SpectralTokenizerEncoder):
@@ -300,13 +353,18 @@ class SpectralTokenizerPreTrainedModel(PreTrainedModel):
             init.normal_(module.position_embedding, std=scale)
             init.normal_(module.latent_tokens, std=scale)
             init.normal_(module.latent_position_embedding, std=scale)
+            if module.class_embedding is not None:  # TiTok: width ** -0.5, as its other embeddings
+                init.normal_(module.class_embedding, std=scale)
         elif isinstance(module, SpectralTokenizerDecoder):
             scale = module.mask_token.shape[-1] ** -0.5
             init.normal_(module.mask_token, std=scale)
             init.normal_(module.position_embedding, std=scale)
             init.normal_(module.latent_position_embedding, std=scale)
+            if module.class_embedding is not None:
+                init.normal_(module.class_embedding, std=scale)
         elif isinstance(module, nn.Embedding):  # the quantizer's codebook (its module has no parameters of its own,
-            size = module.num_embeddings      # and transformers skips such modules): uniform in +-1/K, as TiTok
+            size = module.num_embeddings      # and transformers skips such modules): uniform in +-1/K, as TiTok;
+            # the pixel decoder's proxy codebook too (normally loaded from a MaskGIT-VQGAN)
             init.uniform_(module.weight, -1.0 / size, 1.0 / size)
 
 
@@ -332,6 +390,14 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         self.encoder = SpectralTokenizerEncoder(config)
         self.quantizer = SpectralTokenizerQuantizer(config)
         self.decoder = SpectralTokenizerDecoder(config)
+        pixel_config = config.pixel_decoder_config
+        if pixel_config is not None:
+            # TiTok's names: `pixel_quantize.embedding.weight` (the MaskGIT-VQGAN codebook) and `pixel_decoder.*`
+            # (the MaskGIT-VQGAN `decoder.*`), so both load from a MaskGIT-VQGAN state dict by a prefix change.
+            self.pixel_quantize = MaskGITVQGANQuantizer(pixel_config.codebook_size, pixel_config.codebook_dim)
+            self.pixel_decoder = PixelDecoder.from_config(pixel_config)
+        else:
+            self.pixel_quantize = self.pixel_decoder = None
         self.post_init()
 
     # ------------------------------------------------------------------ input checks
@@ -392,6 +458,53 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
             raise ValueError(_prefix_error(num_tokens, num_tokens, available, limit))
         return torch.full((batch,), num_tokens, dtype=torch.long, device=device)
 
+    def _decode_tokens(self, tokens: torch.Tensor, prefix: torch.LongTensor):
+        """ViT decoder (+ pixel decoder): `(reconstruction in [-1, 1], proxy_logits (B, K, h, w) or None)`."""
+        output = self.decoder(tokens, prefix)
+        if self.pixel_decoder is None:
+            return output, None
+        grid = self.config.grid_size
+        proxy_logits = output.transpose(1, 2).reshape(output.shape[0], -1, grid, grid)
+        return self._pixel_decode(proxy_logits.float().softmax(dim=1)), proxy_logits
+
+    def _pixel_decode(self, probabilities: torch.Tensor) -> torch.Tensor:
+        # TiTok.decode: einsum('nchw,cd->ndhw', softmax(logits, 1), codebook), then the MaskGIT-VQGAN decoder. Here
+        # in float32 (as MaskGITVQGAN.embed_soft_codes); the VQGAN's [0, 1] output is mapped to [-1, 1] by 2y - 1.
+        latents = self.pixel_quantize.soft_lookup(probabilities.movedim(1, -1))
+        return self.pixel_decoder(latents.to(self.dtype)) * 2 - 1
+
+    def pixel_decode(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Decode per-patch proxy-code distributions with the pixel decoder (only with `config.pixel_decoder`).
+
+        Args:
+            probabilities: `(B, K, grid_size, grid_size)` float distributions over the `K` proxy codes (the layout of
+                `proxy_logits.softmax(1)`); a one-hot grid gives the MaskGIT-VQGAN decode of those codes.
+
+        Returns:
+            `(B, C, H, W)` images in the tokenizer's [-1, 1] convention (`2 * vqgan_output - 1`, unclamped).
+        """
+        if self.pixel_decoder is None:
+            raise ValueError("This tokenizer has no pixel decoder (config.pixel_decoder is None); its decode() "
+                             "predicts pixels directly.")
+        config = self.config
+        size, grid = config.pixel_decoder["codebook_size"], config.grid_size
+        if (not isinstance(probabilities, torch.Tensor) or not torch.is_floating_point(probabilities)
+                or probabilities.dim() != 4 or tuple(probabilities.shape[1:]) != (size, grid, grid)
+                or probabilities.shape[0] == 0):
+            raise ValueError(f"probabilities must be a float tensor of shape (B, {size}, {grid}, {grid}) (proxy codes "
+                             f"x patch grid), got {getattr(probabilities, 'dtype', type(probabilities).__name__)} of "
+                             f"shape {tuple(getattr(probabilities, 'shape', ()))}.")
+        return self._pixel_decode(probabilities)
+
+    def last_layer_weight(self) -> nn.Parameter:
+        """Weight of the layer that outputs pixels (for the adaptive GAN weight of VQGAN-style training):
+        `pixel_decoder.conv_out`, else `decoder.conv_out` (TiTok's RGB head), else the linear head `decoder.head`."""
+        if self.pixel_decoder is not None:
+            return self.pixel_decoder.conv_out.weight
+        if self.decoder.conv_out is not None:
+            return self.decoder.conv_out.weight
+        return self.decoder.head.weight
+
     # ------------------------------------------------------------------ public API
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
@@ -423,7 +536,8 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
                 `k`. Codes after a sample's prefix are ignored (they cannot change its output).
 
         Returns:
-            [`SpectralTokenizerDecoderOutput`] with `reconstruction` `(B, C, H, W)`.
+            [`SpectralTokenizerDecoderOutput`] with `reconstruction` `(B, C, H, W)` (and, with a pixel decoder,
+            `proxy_logits` `(B, K, grid_size, grid_size)`).
         """
         config = self.config
         if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
@@ -445,8 +559,9 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         prefix = self._prefix_lengths(num_tokens, codes.shape[0], codes.shape[1], codes.device)
         length = int(prefix.max())
         tokens = self.quantizer.lookup(codes[:, :length].long()).to(self.dtype)
-        reconstruction = self.decoder(tokens, prefix)
-        output = SpectralTokenizerDecoderOutput(reconstruction=reconstruction, num_tokens=prefix)
+        reconstruction, proxy_logits = self._decode_tokens(tokens, prefix)
+        output = SpectralTokenizerDecoderOutput(reconstruction=reconstruction, num_tokens=prefix,
+                                                proxy_logits=proxy_logits)
         return output if return_dict else output.to_tuple()
 
     def forward(
@@ -482,13 +597,13 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         else:
             target = pixel_values
         length = int(prefix.max())
-        reconstruction = self.decoder(encoded.quantized[:, :length].to(pixel_values.dtype), prefix)
+        reconstruction, proxy_logits = self._decode_tokens(encoded.quantized[:, :length].to(pixel_values.dtype), prefix)
         reconstruction_loss = F.mse_loss(reconstruction.float(), target.float())
         loss = reconstruction_loss + encoded.codebook_loss + config.commitment_cost * encoded.commitment_loss
         output = SpectralTokenizerOutput(
             loss=loss, reconstruction_loss=reconstruction_loss, codebook_loss=encoded.codebook_loss,
             commitment_loss=encoded.commitment_loss, reconstruction=reconstruction, target=target,
-            codes=encoded.codes, latents=encoded.latents, num_tokens=prefix,
+            codes=encoded.codes, latents=encoded.latents, num_tokens=prefix, proxy_logits=proxy_logits,
         )
         return output if return_dict else output.to_tuple()
 
