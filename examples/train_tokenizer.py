@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                     adversarial = hinge_generator_loss(functional_call(critic, frozen, (output.reconstruction,)))
                     weight = args.gan_weight
                     if args.adaptive_gan_weight:
-                        last_layer = accelerator.unwrap_model(model).decoder.head.weight
+                        last_layer = accelerator.unwrap_model(model).last_layer_weight()
                         weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer,
                                                                   max_weight=args.adaptive_gan_weight_max)
                         logs["adaptive_gan_weight"] = weight.item()
