@@ -264,11 +264,12 @@ class SpectralTokenizerDecoder(nn.Module):
             for _ in range(config.decoder_num_hidden_layers)
         )
         self.norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.head = self.conv_out = self.ffn = None
         if config.pixel_decoder is None:
             self.head = nn.Linear(width, config.patch_size**2 * config.num_channels)
             # TiTok's is_legacy=False RGB head ends with a 3x3 convolution on the unpatchified image
-            self.conv_out = (nn.Conv2d(config.num_channels, config.num_channels, 3, padding=1)
-                             if config.decoder_output_conv else None)
+            if config.decoder_output_conv:
+                self.conv_out = nn.Conv2d(config.num_channels, config.num_channels, 3, padding=1)
         else:
             # TiTok's is_legacy=True head (1x1 convs there, per-token linears here): proxy-code logits per patch
             self.ffn = nn.Sequential(nn.Linear(width, 2 * width), nn.Tanh(),
@@ -315,7 +316,7 @@ class SpectralTokenizerDecoder(nn.Module):
             hidden_states = layer(hidden_states, mask)
         first = self.num_image_tokens - self.num_patches  # drop the class token's output
         patches = self.norm_post(hidden_states[:, first : self.num_image_tokens])
-        if not hasattr(self, "head"):
+        if self.ffn is not None:
             return self.ffn(patches)
         image = self.unpatchify(self.head(patches))
         return image if self.conv_out is None else self.conv_out(image)
