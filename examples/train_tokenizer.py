@@ -5,6 +5,14 @@ Loss (Algorithm 1, against the nested target lowpass(x, omega_k) of a random pre
     L2 + VQ (codebook + commitment)  [+ perceptual (LPIPS)]  [+ hinge GAN with a patch discriminator from
     --discriminator_start, + LeCAM]
 
+TiTok's two-stage recipe (a tokenizer built with a `pixel_decoder`, i.e. a MaskGIT-VQGAN pixel decoder):
+  stage 1, --proxy_teacher VQGAN_DIR: the L2 term becomes the cross-entropy of the decoder's proxy logits against the
+           frozen MaskGIT-VQGAN's codes of each sample's nested target (+ VQ); the teacher's decoder and codebook are
+           copied into the tokenizer's pixel decoder and stay frozen. No perceptual / GAN losses.
+  stage 2, --train_decoder_only --pretrained_model_name_or_path STAGE1/tokenizer: encoder and codebook frozen; the
+           ViT decoder, its proxy-code head and the pixel decoder (with its proxy codebook, which TiTok's code also
+           trains) learn with L2 + perceptual + GAN.
+
 Data (exactly one):
   --dataset_name NAME        any `datasets` id with an image column (needs the Hub or a local cache)
   --train_data_dir DIR       an image folder (`datasets` "imagefolder")
@@ -16,6 +24,13 @@ Examples:
   # offline, CPU: the demo tokenizer on Fashion-MNIST at 32x32
   python examples/train_tokenizer.py --idx_data_dir /usr/share/datasets/fashion-mnist --preset fmnist-32 \
       --learning_rate 1e-3 --use_ema --max_train_steps 8000 --output_dir runs/fmnist-tokenizer
+
+  # TiTok's two stages (VQGAN_DIR: a MaskGIT-VQGAN, e.g. converted by conversion/convert_maskgit_vqgan.py)
+  python examples/train_tokenizer.py --dataset_name ILSVRC/imagenet-1k --preset titok-b64 \
+      --config_overrides '{"pixel_decoder": {}}' --proxy_teacher VQGAN_DIR --use_ema --output_dir runs/stage1
+  python examples/train_tokenizer.py --dataset_name ILSVRC/imagenet-1k --train_decoder_only \
+      --pretrained_model_name_or_path runs/stage1/tokenizer --perceptual_weight 0.1 --gan_weight 0.01 \
+      --discriminator_start 20000 --lecam_weight 0.001 --use_ema --output_dir runs/stage2
 
   # 8 GPUs, bf16: the paper's tokenizer on ImageNet with perceptual and GAN losses
   accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/train_tokenizer.py \
@@ -57,6 +72,7 @@ from spectralar_hf.training.arguments import parse_config_overrides, resolve_mod
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
+    model_fingerprint,
     plan_run,
     resume,
     run_config,
@@ -117,6 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--train_decoder_only", action="store_true",
                        help="freeze encoder and quantizer (the codes stay the same) and fine-tune the decoder, as "
                             "TiTok's second stage; implies --no_codebook_restart")
+    model.add_argument("--proxy_teacher", type=str, default=None,
+                       help="TiTok's first stage: a MaskGITVQGAN folder whose codes of the nested targets the "
+                            "decoder's proxy logits learn (cross-entropy); needs a tokenizer with a matching "
+                            "pixel_decoder")
 
     losses = parser.add_argument_group("losses (TiTok weights: perceptual 0.1, GAN 0.01 from 20k steps, LeCAM 0.001)")
     losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.0)
@@ -185,6 +205,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
     if not 0 < args.photo_crop_scale[0] <= args.photo_crop_scale[1] <= 1:
         parser.error(f"--photo_crop_scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {list(args.photo_crop_scale)}")
+    if args.proxy_teacher is not None:
+        stage2 = [f"--{flag}" for flag in ("perceptual_weight", "gan_weight", "lecam_weight")
+                  if getattr(args, flag) > 0]
+        if stage2:
+            parser.error(f"--proxy_teacher (TiTok's stage 1) trains with the proxy-code cross-entropy only; "
+                         f"{', '.join(stage2)} belong to stage 2 (--train_decoder_only)")
+        if args.train_decoder_only:
+            parser.error("--proxy_teacher (stage 1) trains the encoder; --train_decoder_only is stage 2: give one")
     if args.pretrained_model_name_or_path and args.config_overrides:
         parser.error("--config_overrides builds a new tokenizer; it cannot change --pretrained_model_name_or_path")
     try:
@@ -248,6 +276,36 @@ def validation_batch(dataset, args: argparse.Namespace, config: SpectralTokenize
     return torch.stack([plain[i]["pixel_values"] for i in range(min(4, len(plain)))])
 
 
+def load_proxy_teacher(args: argparse.Namespace, model: SpectralTokenizer, device: torch.device):
+    """Stage 1: the frozen MaskGIT-VQGAN of --proxy_teacher (eval, no gradients, on `device`) and its fingerprint.
+
+    The tokenizer's `pixel_decoder` must be the teacher's decoder (same fields, hence the same codebook and grid):
+    the teacher's decoder and codebook are copied into it, as TiTok's stage 2 starts from the VQGAN's decoder."""
+    from spectralar_hf import MaskGITVQGAN
+
+    config = model.config
+    if config.pixel_decoder is None:
+        raise ValueError("--proxy_teacher needs a tokenizer with a pixel decoder (proxy-code logits); build one with "
+                         "--config_overrides '{\"pixel_decoder\": {...}}' (the teacher's decoder sizes)")
+    root = resolve_model_dir(args.proxy_teacher, "--proxy_teacher", "MaskGITVQGAN", model_type="maskgit_vqgan",
+                             hint="pass a MaskGITVQGAN saved with save_pretrained (e.g. by "
+                                  "conversion/convert_maskgit_vqgan.py)")
+    teacher = MaskGITVQGAN.from_pretrained(root).to(device).eval().requires_grad_(False)
+    wanted = config.pixel_decoder_config
+    fields = ("num_channels", "codebook_size", "downsample_factor", "hidden_channels", "channel_mult",
+              "num_res_blocks", "z_channels", "codebook_dim", "norm_num_groups", "norm_eps")
+    differ = [f"{name} (teacher {getattr(teacher.config, name)!r}, tokenizer {getattr(wanted, name)!r})"
+              for name in fields if getattr(teacher.config, name) != getattr(wanted, name)]
+    if differ:
+        raise ValueError(f"--proxy_teacher {args.proxy_teacher!r} does not match the tokenizer's pixel_decoder "
+                         f"(proxy codebook of {config.pixel_decoder['codebook_size']} codes on a {config.grid_size}x"
+                         f"{config.grid_size} patch grid): {'; '.join(differ)}")
+    with torch.no_grad():
+        model.pixel_decoder.load_state_dict(teacher.decoder.state_dict())
+        model.pixel_quantize.embedding.load_state_dict(teacher.quantize.embedding.state_dict())
+    return teacher, model_fingerprint(root)
+
+
 def load_lpips(args: argparse.Namespace, device: torch.device):
     from spectralar_hf.evaluation.reconstruction import LPIPS
 
@@ -274,8 +332,15 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(args)
     config = model.config
     if args.train_decoder_only:  # codes must not change: no gradient into encoder / codebook, no restarts
+        # As TiTok's finetune_decoder: encoder (with the latent tokens) and quantizer frozen; the ViT decoder, its head
+        # and a pixel decoder with its proxy codebook (`pixel_quantize`, trained by TiTok's code too) are trained.
         model.encoder.requires_grad_(False)
         model.quantizer.requires_grad_(False)
+    teacher, teacher_fingerprint = None, None
+    if args.proxy_teacher is not None:  # stage 1: the pixel decoder is the teacher's and gets no gradient
+        teacher, teacher_fingerprint = load_proxy_teacher(args, model, accelerator.device)
+        model.pixel_decoder.requires_grad_(False)
+        model.pixel_quantize.requires_grad_(False)
     dataset = build_dataset(args, config, accelerator.process_index)
     finite = not isinstance(dataset, torch.utils.data.IterableDataset)
     if finite and len(dataset) < args.train_batch_size:
@@ -324,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     config_record = run_config(
         "train_tokenizer.py", config, use_ema=ema is not None, codebook_restart=restarter is not None,
         train_decoder_only=args.train_decoder_only, grad_scaler=accelerator.scaler is not None,
+        proxy_teacher=teacher_fingerprint,
         discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
     # the checkpoint is checked before run_info.json is (re)written
     global_step = resume(accelerator, plan.checkpoint, config_record, output_dir)
@@ -350,6 +416,15 @@ def main(argv: list[str] | None = None) -> None:
                 output = model(batch["pixel_values"])
                 loss = output.loss
                 logs = {"reconstruction_loss": output.reconstruction_loss.detach().item()}
+                if teacher is not None:  # stage 1: proxy-code cross-entropy instead of L2 (TiTok), + the VQ terms
+                    with torch.no_grad():
+                        target = (output.target.detach().float().clamp(-1, 1) + 1) / 2
+                        proxy_codes = teacher.encode(target).codes
+                    proxy_logits = output.proxy_logits.float()
+                    proxy_ce = torch.nn.functional.cross_entropy(proxy_logits, proxy_codes)
+                    loss = proxy_ce + output.codebook_loss + config.commitment_cost * output.commitment_loss
+                    logs["proxy_ce"] = proxy_ce.detach().item()
+                    logs["proxy_accuracy"] = (proxy_logits.detach().argmax(1) == proxy_codes).float().mean().item()
                 if lpips is not None:
                     with accelerator.autocast():  # LPIPS takes RGB: grayscale is replicated
                         perceptual = lpips(*(x.expand(-1, 3, -1, -1) for x in (output.reconstruction,
