@@ -413,16 +413,19 @@ def main(argv: list[str] | None = None) -> None:
             # accumulation counter twice (the tokenizer would then only step at epoch ends) and could leave
             # discriminator gradients pending across a checkpoint (not saved, so a resume would not be exact).
             with accelerator.accumulate(*accumulated):
-                output = model(batch["pixel_values"])
+                # stage 1 needs the proxy logits only: the frozen pixel decoder is skipped
+                output = model(batch["pixel_values"], decode_pixels=teacher is None)
                 loss = output.loss
-                logs = {"reconstruction_loss": output.reconstruction_loss.detach().item()}
+                logs = {}
+                if teacher is None:
+                    logs["reconstruction_loss"] = output.reconstruction_loss.detach().item()
                 if teacher is not None:  # stage 1: proxy-code cross-entropy instead of L2 (TiTok), + the VQ terms
                     with torch.no_grad():
                         target = (output.target.detach().float().clamp(-1, 1) + 1) / 2
                         proxy_codes = teacher.encode(target).codes
                     proxy_logits = output.proxy_logits.float()
                     proxy_ce = torch.nn.functional.cross_entropy(proxy_logits, proxy_codes)
-                    loss = proxy_ce + output.codebook_loss + config.commitment_cost * output.commitment_loss
+                    loss = proxy_ce + output.loss  # output.loss: the VQ terms (no pixels decoded)
                     logs["proxy_ce"] = proxy_ce.detach().item()
                     logs["proxy_accuracy"] = (proxy_logits.detach().argmax(1) == proxy_codes).float().mean().item()
                 if lpips is not None:

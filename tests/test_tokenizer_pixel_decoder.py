@@ -220,6 +220,24 @@ def test_pixel_decoder_trains_end_to_end_and_exposes_proxy_logits():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_stage1_forward_without_pixels_gives_the_same_logits_and_vq_loss():
+    tokenizer = make(pixel_config()).train()
+    prefix = torch.tensor([1, 5, 16])
+    full = tokenizer(images(), num_tokens=prefix)
+    skipped = tokenizer(images(), num_tokens=prefix, decode_pixels=False)
+    torch.testing.assert_close(skipped.proxy_logits, full.proxy_logits, rtol=0, atol=0)
+    torch.testing.assert_close(skipped.target, full.target, rtol=0, atol=0)
+    assert skipped.reconstruction is None and skipped.reconstruction_loss is None
+    vq = full.codebook_loss + tokenizer.config.commitment_cost * full.commitment_loss
+    torch.testing.assert_close(skipped.loss, vq)
+    torch.testing.assert_close(full.loss, full.reconstruction_loss + vq)
+    F.cross_entropy(skipped.proxy_logits, torch.randint(0, 32, (3, 8, 8))).backward()
+    assert tokenizer.pixel_decoder.conv_in.weight.grad is None  # the pixel decoder never ran
+    assert tokenizer.decoder.ffn[2].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="decode_pixels=False skips the pixel decoder, but this tokenizer has none"):
+        make(SpectralTokenizerConfig.from_preset("tiny-32"))(images(), decode_pixels=False)
+
+
 def test_titok_like_config_save_and_from_pretrained_round_trip(tmp_path):
     config = pixel_config(class_token=True, causal=False, spectral_supervision=False, legacy_latent_projection=True,
                           layer_norm_eps=1e-5)

@@ -464,9 +464,13 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         output = self.decoder(tokens, prefix)
         if self.pixel_decoder is None:
             return output, None
-        grid = self.config.grid_size
-        proxy_logits = output.transpose(1, 2).reshape(output.shape[0], -1, grid, grid)
+        proxy_logits = self._proxy_logits(output)
         return self._pixel_decode(proxy_logits.float().softmax(dim=1)), proxy_logits
+
+    def _proxy_logits(self, patch_logits: torch.Tensor) -> torch.Tensor:
+        """The decoder's `(B, h*w, K)` per-patch logits as TiTok's `(B, K, h, w)` grid."""
+        grid = self.config.grid_size
+        return patch_logits.transpose(1, 2).reshape(patch_logits.shape[0], -1, grid, grid)
 
     def _pixel_decode(self, probabilities: torch.Tensor) -> torch.Tensor:
         # TiTok.decode: einsum('nchw,cd->ndhw', softmax(logits, 1), codebook), then the MaskGIT-VQGAN decoder. Here
@@ -570,6 +574,7 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         pixel_values: torch.Tensor,
         num_tokens: int | torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        decode_pixels: bool = True,
         return_dict: bool = True,
     ):
         """One training step of Algorithm 1.
@@ -579,12 +584,18 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
             num_tokens: prefix length(s) to decode (int or `(B,)` tensor). Default: with `spectral_supervision`, a
                 uniform random `k` in `[1, N]` per sample (drawn with `generator`); without it, `N`.
             generator: `torch.Generator` for the random prefix lengths.
+            decode_pixels: with a pixel decoder, `False` stops after the proxy-code logits (TiTok's stage 1, whose
+                cross-entropy against a teacher's codes of `target` needs no pixels): `reconstruction` and
+                `reconstruction_loss` are then `None` and `loss` holds the VQ terms only.
 
         Returns:
             [`SpectralTokenizerOutput`]; `loss` = MSE(reconstruction, target) + VQ terms. With spectral supervision
             the target of prefix `k` is `lowpass(x, omega_k)`, otherwise the full image `x`.
         """
         config = self.config
+        if not decode_pixels and self.pixel_decoder is None:
+            raise ValueError("decode_pixels=False skips the pixel decoder, but this tokenizer has none "
+                             "(config.pixel_decoder is None): its decoder predicts pixels directly.")
         pixel_values = self._check_pixel_values(pixel_values)
         check_generator(generator)
         encoded = self._encode(pixel_values)
@@ -598,9 +609,15 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         else:
             target = pixel_values
         length = int(prefix.max())
-        reconstruction, proxy_logits = self._decode_tokens(encoded.quantized[:, :length].to(pixel_values.dtype), prefix)
-        reconstruction_loss = F.mse_loss(reconstruction.float(), target.float())
-        loss = reconstruction_loss + encoded.codebook_loss + config.commitment_cost * encoded.commitment_loss
+        tokens = encoded.quantized[:, :length].to(pixel_values.dtype)
+        loss = encoded.codebook_loss + config.commitment_cost * encoded.commitment_loss
+        if decode_pixels:
+            reconstruction, proxy_logits = self._decode_tokens(tokens, prefix)
+            reconstruction_loss = F.mse_loss(reconstruction.float(), target.float())
+            loss = reconstruction_loss + loss
+        else:
+            reconstruction = reconstruction_loss = None
+            proxy_logits = self._proxy_logits(self.decoder(tokens, prefix))
         output = SpectralTokenizerOutput(
             loss=loss, reconstruction_loss=reconstruction_loss, codebook_loss=encoded.codebook_loss,
             commitment_loss=encoded.commitment_loss, reconstruction=reconstruction, target=target,
