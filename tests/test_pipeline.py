@@ -341,6 +341,29 @@ def test_push_components_upload_our_card(pipe, fake_hub):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), pipe.tokenizer.state_dict().values()))
 
 
+def test_vqgan_and_titok_tokenizer_cards_describe_what_they_are(fake_hub):
+    from spectralar_hf import MASKGIT_VQGAN_PRESETS, MaskGITVQGAN, MaskGITVQGANConfig
+
+    root, _ = fake_hub
+    MaskGITVQGAN(MaskGITVQGANConfig.from_preset("tiny")).push_to_hub("me/vqgan")
+    card = (root / "me/vqgan/README.md").read_text()
+    assert "`MaskGITVQGAN` | 16x16x3 images in [0, 1], downsampling 2 (8x8 codes)" in card
+    assert "MaskGITVQGAN.from_pretrained(\"me/vqgan\")" in card and "--proxy_teacher" in card
+    assert "tokenizer.encode(pixel_values)" not in card and "omega = [" not in card  # not a spectral tokenizer's
+    assert "16x16 grid of codes" not in card and "8x8 grid of codes" in card
+    loaded = MaskGITVQGAN.from_pretrained(root / "me/vqgan")
+    assert all(getattr(loaded.config, name) == value for name, value in MASKGIT_VQGAN_PRESETS["tiny"].items())
+
+    titok = SpectralTokenizerConfig.from_preset("tiny-32", patch_size=4, class_token=True, causal=False,
+                                                spectral_supervision=False, legacy_latent_projection=True,
+                                                pixel_decoder=dict(hidden_channels=32, channel_mult=[1, 1, 2],
+                                                                   num_res_blocks=1, z_channels=8, codebook_size=32))
+    SpectralTokenizer(titok).push_to_hub("me/titok")
+    card = (root / "me/titok/README.md").read_text()
+    assert ("causal mask off, spectral supervision off, class token, TiTok's legacy latent projection, pixel decoder: "
+            "MaskGIT-VQGAN over 32 proxy codes |") in card
+
+
 def test_model_card_template_is_the_repository_model_card():
     from pathlib import Path
 

@@ -26,16 +26,30 @@ def model_card_template() -> str:
     return resources.files(LIBRARY_NAME).joinpath("data/model_card_template.md").read_text(encoding="utf-8")
 
 
-def _components_table(tokenizer_config=None, generator_config=None, far_config=None, vae_config=None) -> str:
+def _components_table(tokenizer_config=None, generator_config=None, far_config=None, vae_config=None,
+                      vqgan_config=None) -> str:
     rows = ["| component | class | size |", "| --- | --- | --- |"]
     if tokenizer_config is not None:
         c = tokenizer_config
+        titok = [text for flag, text in ((c.class_token, "class token"),
+                                          (c.legacy_latent_projection, "TiTok's legacy latent projection"),
+                                          (c.decoder_output_conv, "RGB output convolution")) if flag]
+        if c.pixel_decoder is not None:
+            titok.append(f"pixel decoder: MaskGIT-VQGAN over {c.pixel_decoder['codebook_size']} proxy codes")
         rows.append(
             f"| tokenizer | `SpectralTokenizer` | {c.image_size}x{c.image_size}x{c.num_channels} images, patch "
             f"{c.patch_size}, encoder {c.encoder_hidden_size}/{c.encoder_num_hidden_layers} layers, decoder "
             f"{c.decoder_hidden_size}/{c.decoder_num_hidden_layers} layers, N = {c.num_latent_tokens} tokens, "
             f"codebook {c.codebook_size} x {c.token_dim}, causal mask {'on' if c.causal else 'off'}, spectral "
-            f"supervision {'on' if c.spectral_supervision else 'off'} |"
+            f"supervision {'on' if c.spectral_supervision else 'off'}{''.join(', ' + text for text in titok)} |"
+        )
+    if vqgan_config is not None:
+        v = vqgan_config
+        rows.append(
+            f"| vqgan | `MaskGITVQGAN` | {v.image_size}x{v.image_size}x{v.num_channels} images in [0, 1], "
+            f"downsampling {v.downsample_factor} ({v.latent_size}x{v.latent_size} codes), channels "
+            f"{v.hidden_channels} x {list(v.channel_mult)}, {v.num_res_blocks} ResNet blocks per level, codebook "
+            f"{v.codebook_size} x {v.codebook_dim} |"
         )
     if generator_config is not None:
         g = generator_config
@@ -64,7 +78,16 @@ def _components_table(tokenizer_config=None, generator_config=None, far_config=N
     return "\n".join(rows)
 
 
-def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=None, vae_config=None) -> str:
+def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=None, vae_config=None,
+                vqgan_config=None) -> str:
+    if vqgan_config is not None:
+        return (
+            "from spectralar_hf import MaskGITVQGAN\n\n"
+            f'vqgan = MaskGITVQGAN.from_pretrained("{repo_id}")\n'
+            "codes = vqgan.encode(pixel_values).codes                # pixel_values in [0, 1] -> (B, h, w) codes\n"
+            "images = vqgan.decode_codes(codes).reconstruction       # back to [0, 1]\n"
+            "# as TiTok's proxy-code teacher: examples/train_tokenizer.py --proxy_teacher <this folder>"
+        )
     if far_config is not None and vae_config is not None:
         if far_config.cross_attention_dim is None:
             condition, single = "class_labels=[0, 1, 2, 3]", "class_labels=[0]"
@@ -123,6 +146,7 @@ def build_model_card(
     license: str = "apache-2.0",
     far_config=None,
     vae_config=None,
+    vqgan_config=None,
 ) -> ModelCard:
     """Our model card for a pipeline (both configs) or one component.
 
@@ -135,6 +159,7 @@ def build_model_card(
         summary: one paragraph describing the checkpoint.
         far_config, vae_config: for FAR checkpoints, the `FARConfig` of the transformer and (for a pipeline) the
             diffusers `AutoencoderKL` config.
+        vqgan_config: for a `MaskGITVQGAN` (TiTok's proxy-code teacher), its `MaskGITVQGANConfig`.
     """
     from .utils import check_number
 
@@ -162,6 +187,11 @@ def build_model_card(
         omega_text = (f"Token `i` of {tokenizer_config.num_latent_tokens} decodes, with the tokens before it, to the "
                       f"low-pass image keeping the top-left `omega_i x omega_i` DCT coefficients:\n\n"
                       f"`omega = {list(tokenizer_config.omega)}`")
+    elif vqgan_config is not None:
+        omega_text = (f"A MaskGIT-VQGAN has no spectral schedule: it codes an image as a "
+                      f"{vqgan_config.latent_size}x{vqgan_config.latent_size} grid of codes. A SpectralAR tokenizer "
+                      f"with a pixel decoder uses it as the proxy-code teacher (TiTok's stage 1) and as the start of "
+                      f"its pixel decoder (stage 2).")
     elif far_config is not None:
         omega_text = (f"FAR has no token-to-frequency schedule: every step sees all {far_config.num_tokens} latent "
                       f"tokens, low-pass filtered to one of F = {far_config.num_levels} frequency levels "
@@ -176,9 +206,10 @@ def build_model_card(
         template_str=model_card_template(),
         model_name=repo_id,
         summary=summary or "A spectral autoregressive image model.",
-        components_table=_components_table(tokenizer_config, generator_config, far_config, vae_config),
+        components_table=_components_table(tokenizer_config, generator_config, far_config, vae_config,
+                                           vqgan_config),
         omega_text=omega_text,
-        usage_code=_usage_code(repo_id, tokenizer_config, generator_config, far_config, vae_config),
+        usage_code=_usage_code(repo_id, tokenizer_config, generator_config, far_config, vae_config, vqgan_config),
         datasets_text=", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets)
         if datasets else "Not recorded.",
         metrics_text=metrics_text,
@@ -269,8 +300,9 @@ class SpectralARHubMixin:
         tokenizer_config = self.config if self.config.model_type == "spectral_tokenizer" else None
         generator_config = self.config if self.config.model_type == "spectralar" else None
         far_config = self.config if self.config.model_type == "far" else None
+        vqgan_config = self.config if self.config.model_type == "maskgit_vqgan" else None
         card = build_model_card(repo_id, tokenizer_config, generator_config, datasets=datasets, metrics=metrics,
-                                summary=summary, far_config=far_config)
+                                summary=summary, far_config=far_config, vqgan_config=vqgan_config)
         return push_folder_to_hub(lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size),
                                   repo_id, card, token=token, private=private, commit_message=commit_message,
                                   revision=revision, create_pr=create_pr)
