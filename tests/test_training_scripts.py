@@ -28,11 +28,13 @@ PRETOKENIZE_SCRIPT = str(ROOT / "examples" / "pretokenize.py")
 GENERATOR_SCRIPT = str(ROOT / "examples" / "train_generator.py")
 TINY_TOKENIZER = ["--preset", "tiny-32", "--config_overrides", '{"num_channels": 1, "codebook_size": 64}']
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+SUBPROCESS_TIMEOUT_S = 600
 
 
 def run(script: str, *args, check: bool = True, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [script, *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV)
+    # a hung run (e.g. a distributed rendezvous that never completes) fails the test instead of stalling the suite
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=SUBPROCESS_TIMEOUT_S)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return result

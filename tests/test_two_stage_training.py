@@ -6,6 +6,7 @@ trained with L2 + GAN. The teacher is a tiny random MaskGIT-VQGAN whose patch gr
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import blob_images, write_idx_dataset
 from safetensors.torch import load_file
-from test_training_scripts import TOKENIZER_SCRIPT, run_in_process
+from test_training_scripts import ENV, LAUNCH, TOKENIZER_SCRIPT, run, run_in_process
 
 from spectralar_hf import MaskGITVQGAN, SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.training.checkpointing import model_fingerprint
@@ -121,6 +122,28 @@ def test_stage2_trains_the_decoders_and_freezes_encoder_and_codebook(stage1, idx
     assert "generator_adversarial_loss" in log(output)[-1]
     tokenizer = SpectralTokenizer.from_pretrained(output / "tokenizer")
     assert tokenizer.config.pixel_decoder is not None
+
+
+def test_both_stages_under_a_two_process_accelerate_launch(idx_folder, teacher, tmp_path, monkeypatch):
+    """`accelerate launch --multi_gpu --num_processes 2` (CPU, gloo): stage 1 then stage 2, as on a GPU node."""
+    monkeypatch.setitem(ENV, "ACCELERATE_USE_CPU", "1")
+    launcher = [sys.executable, *LAUNCH]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    run(TOKENIZER_SCRIPT, *stage1_args(idx_folder, stage1, teacher, "--max_train_steps", 3, "--train_batch_size", 4),
+        launcher=launcher)
+    run(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--train_decoder_only", "--pretrained_model_name_or_path",
+        stage1 / "tokenizer", "--output_dir", stage2, "--train_batch_size", 4, "--max_train_samples", 8,
+        "--report_to", "none", "--max_train_steps", 2, "--gan_weight", 0.1, "--discriminator_channels", 8,
+        "--discriminator_stages", 2, launcher=launcher)
+    for output in (stage1, stage2):
+        assert json.loads((output / "run_info.json").read_text())["num_processes"] == 2
+    assert all(np.isfinite(r["proxy_ce"]) for r in log(stage1))
+    before = load_file(stage1 / "tokenizer" / "model.safetensors")
+    after = load_file(stage2 / "tokenizer" / "model.safetensors")
+    for name in before:
+        if name.startswith(("encoder.", "quantizer.")):
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["decoder.ffn.2.weight"], after["decoder.ffn.2.weight"])
 
 
 def test_clear_errors(idx_folder, teacher, tmp_path, capsys):
