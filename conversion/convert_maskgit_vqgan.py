@@ -20,7 +20,6 @@ official code.
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,9 +27,9 @@ from pathlib import Path
 import torch
 
 from spectralar_hf import MASKGIT_VQGAN_PRESETS, MaskGITVQGAN, MaskGITVQGANConfig
+from spectralar_hf.checkpoint_io import check_new_output_directory, list_names, load_state_dict_file
 
 DEFAULT_PRESET = "maskgit-imagenet-f16-256"
-LISTED = 8  # keys named per kind in an error message
 
 
 def official_to_ours(key: str) -> str:
@@ -46,22 +45,9 @@ def expected_shapes(config: MaskGITVQGANConfig) -> dict[str, tuple[int, ...]]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The flat `{key: tensor}` state dict in `path` (weights-only unpickling)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {str(path)!r} is not a file.")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict {{key: tensor}}.")
-    not_tensors = [key for key, value in data.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise ValueError(f"{path} is not a flat state dict: entries {_names(not_tensors)} are not tensors (the "
-                         f"released MaskGIT-VQGAN .bin maps parameter names straight to tensors).")
-    return dict(data)
+    """The flat `{key: tensor}` state dict in `path` (weights-only unpickling, or safetensors)."""
+    return load_state_dict_file(path, layout_hint="the released MaskGIT-VQGAN .bin maps parameter names straight "
+                                                  "to tensors")
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: MaskGITVQGANConfig) -> dict[str, torch.Tensor]:
@@ -76,36 +62,26 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: MaskGITVQ
     wrong = sorted(f"{key} {tuple(converted[key].shape)} (expected {expected[key]})"
                    for key in set(expected) & set(converted) if tuple(converted[key].shape) != expected[key])
     if missing or unexpected or wrong:
-        problems = [f"{len(items)} {kind}: {_names(items)}" for kind, items in
+        problems = [f"{len(items)} {kind}: {list_names(items)}" for kind, items in
                     (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", wrong)) if items]
         raise ValueError(f"The checkpoint does not fit a MaskGITVQGAN with this config ({'; '.join(problems)}); "
                          f"is it the MaskGIT-VQGAN .bin, and is the preset right?")
     not_float = sorted(key for key, tensor in converted.items() if not torch.is_floating_point(tensor))
     if not_float:
-        raise ValueError(f"Non-float tensors in the checkpoint: {_names(not_float)}.")
+        raise ValueError(f"Non-float tensors in the checkpoint: {list_names(not_float)}.")
     return {key: tensor.float() for key, tensor in converted.items()}
 
 
 def convert(checkpoint: str | Path, output: str | Path, preset: str = DEFAULT_PRESET,
             overwrite: bool = False) -> MaskGITVQGAN:
     """Read `checkpoint`, build `MaskGITVQGAN(from_preset(preset))` with its weights and `save_pretrained(output)`."""
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not overwrite)):
-        entries = sorted(p.name for p in output.iterdir())[:6] if output.is_dir() else []
-        what = f"a non-empty directory ({entries})" if output.is_dir() else "a file"
-        raise ValueError(f"--output {str(output)!r} is {what}; choose a new directory"
-                         + (" or pass --overwrite." if output.is_dir() else "."))
+    output = check_new_output_directory(output, overwrite)
     config = MaskGITVQGANConfig.from_preset(preset)
     state_dict = convert_state_dict(load_checkpoint(checkpoint), config)
     model = MaskGITVQGAN(config)
     model.load_state_dict(state_dict, strict=True)
     model.eval().save_pretrained(output)
     return model
-
-
-def _names(items: list[str]) -> str:
-    shown = ", ".join(items[:LISTED])
-    return shown + (f", ... ({len(items) - LISTED} more)" if len(items) > LISTED else "")
 
 
 def main(argv: list[str] | None = None) -> int:

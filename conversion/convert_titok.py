@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert a released TiTok tokenizer of bytedance/1d-tokenizer into a `spectralar_hf.SpectralTokenizer` directory.
 
-    # tokenizer_titok_l32.bin from the Hub repo fun-research/TiTok (or model.safetensors of yucornetto/tokenizer_titok_*)
+    # tokenizer_titok_l32.bin of the Hub repo fun-research/TiTok (or model.safetensors of yucornetto/tokenizer_titok_*)
     python conversion/convert_titok.py --checkpoint tokenizer_titok_l32.bin --config titok_l32 \
         --output checkpoints/titok-l32
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -53,8 +52,7 @@ from typing import Any
 import torch
 
 from spectralar_hf import MaskGITVQGAN, SpectralTokenizer, SpectralTokenizerConfig
-
-LISTED = 8  # keys named per kind in an error message
+from spectralar_hf.checkpoint_io import check_new_output_directory, list_names, load_state_dict_file
 
 # TiTok's ViT sizes (`TiTokEncoder` / `TiTokDecoder`): model size -> (width, layers, heads); MLP ratio 4, LayerNorm
 # eps 1e-5 (PyTorch's default), GELU.
@@ -230,29 +228,7 @@ def expected_shapes(config: SpectralTokenizerConfig) -> dict[str, tuple[int, ...
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat `{key: tensor}` state dict in `path`: safetensors, or weights-only unpickling for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {str(path)!r} is not a file.")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"{path} is not a readable safetensors file ({error}).") from error
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict {{key: tensor}}.")
-    not_tensors = [key for key, value in data.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise ValueError(f"{path} is not a flat state dict: entries {_names(not_tensors)} are not tensors (the "
-                         f"released TiTok .bin maps parameter names straight to tensors).")
-    return dict(data)
+    return load_state_dict_file(path, layout_hint="the released TiTok .bin maps parameter names straight to tensors")
 
 
 def vqgan_pixel_weights(vqgan: MaskGITVQGAN) -> dict[str, torch.Tensor]:
@@ -274,7 +250,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: SpectralT
     if pixel_weights is not None:
         clash = sorted(key for key in state_dict if key.startswith(("pixel_decoder.", "pixel_quantize.")))
         if clash:
-            raise ValueError(f"The checkpoint has its own pixel decoder ({_names(clash)}); --vqgan is only for "
+            raise ValueError(f"The checkpoint has its own pixel decoder ({list_names(clash)}); --vqgan is only for "
                              f"stage-1 checkpoints without one.")
         if config.pixel_decoder is None:
             raise ValueError("--vqgan gives a pixel decoder, but this TiTok has the RGB head (is_legacy False).")
@@ -294,7 +270,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: SpectralT
                    for key in converted if tuple(converted[key].shape) != expected[key])
     not_float = sorted(source[key] for key, tensor in converted.items() if not torch.is_floating_point(tensor))
     if unexpected or missing or wrong or not_float:
-        problems = [f"{len(items)} {kind}: {_names(items)}" for kind, items in (
+        problems = [f"{len(items)} {kind}: {list_names(items)}" for kind, items in (
             ("unexpected official keys", sorted(unexpected)), ("missing", missing),
             ("wrongly shaped", wrong), ("not floating point", not_float)) if items]
         hint = (" (a stage-1 checkpoint: pass --vqgan DIR for the pixel decoder)"
@@ -316,12 +292,7 @@ def fold_input_range(converted: dict[str, torch.Tensor], official_patch_weight: 
 def convert(checkpoint: str | Path, config: str, output: str | Path, vqgan: str | Path | None = None,
             overwrite: bool = False) -> SpectralTokenizer:
     """Read `checkpoint`, build the `SpectralTokenizer` of `config` with its weights and `save_pretrained(output)`."""
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not overwrite)):
-        entries = sorted(p.name for p in output.iterdir())[:6] if output.is_dir() else []
-        what = f"a non-empty directory ({entries})" if output.is_dir() else "a file"
-        raise ValueError(f"--output {str(output)!r} is {what}; choose a new directory"
-                         + (" or pass --overwrite." if output.is_dir() else "."))
+    output = check_new_output_directory(output, overwrite)
     tokenizer_config_ = resolve_config(config)
     pixel_weights = None
     if vqgan is not None:
@@ -335,11 +306,6 @@ def convert(checkpoint: str | Path, config: str, output: str | Path, vqgan: str 
     model.load_state_dict(state_dict, strict=True)
     model.eval().save_pretrained(output)
     return model
-
-
-def _names(items: list[str]) -> str:
-    shown = ", ".join(items[:LISTED])
-    return shown + (f", ... ({len(items) - LISTED} more)" if len(items) > LISTED else "")
 
 
 def main(argv: list[str] | None = None) -> int:

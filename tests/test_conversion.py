@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from spectralar_hf.evaluation import LPIPS
@@ -77,3 +78,45 @@ def test_refuses_pickles_with_anything_but_numpy_arrays(tmp_path, capsys):
 def test_missing_source_is_a_clear_error(tmp_path, capsys):
     assert load_converter().main(["--source", str(tmp_path / "nope.tar.gz"), "--output", "x.safetensors"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoint_io
+
+
+def test_load_state_dict_file_reads_both_formats_and_nested_entries(tmp_path):
+    from safetensors.torch import save_file
+
+    from spectralar_hf.checkpoint_io import load_state_dict_file
+
+    state = {"a.weight": torch.arange(6.0).view(2, 3), "b": torch.ones(2)}
+    torch.save(state, tmp_path / "flat.bin")
+    save_file(state, tmp_path / "flat.safetensors")
+    torch.save({"model": state, "model_ema": {"a.weight": torch.zeros(2, 3)}, "epoch": 3}, tmp_path / "nested.pth")
+    for name in ("flat.bin", "flat.safetensors"):
+        loaded = load_state_dict_file(tmp_path / name)
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert torch.equal(load_state_dict_file(tmp_path / "nested.pth", key="model_ema")["a.weight"], torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"entries epoch, model, model_ema are not tensors \(a hint\)"):
+        load_state_dict_file(tmp_path / "nested.pth", layout_hint="a hint")
+    with pytest.raises(ValueError, match=r"has no state dict under 'ema' \(its entries: epoch, model, model_ema\)"):
+        load_state_dict_file(tmp_path / "nested.pth", key="ema")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_state_dict_file(tmp_path / "bad.safetensors")
+    with pytest.raises(FileNotFoundError, match="--vae 'nowhere.ckpt' is not a file"):
+        load_state_dict_file("nowhere.ckpt", flag="--vae")
+
+
+def test_check_new_output_directory(tmp_path):
+    from spectralar_hf.checkpoint_io import check_new_output_directory
+
+    assert check_new_output_directory(tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"is a non-empty directory \(\['config.json'\]\); choose a new directory or "
+                                         r"pass --overwrite"):
+        check_new_output_directory(tmp_path / "used")
+    assert check_new_output_directory(tmp_path / "used", overwrite=True) == tmp_path / "used"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; choose a new directory."):
+        check_new_output_directory(tmp_path / "file")

@@ -148,7 +148,7 @@ def test_converter_accepts_the_official_layout_and_loads_it(tmp_path, capsys):
     ("missing", "decoder.up.0.block.0.nin_shortcut.weight"),
     ("extra", "encoder.down.0.block.0.nin_shortcut.weight"),
     ("shape", "quantize.embedding.weight (64, 16) (expected (32, 16))"),
-    ("nested", "entries state_dict, epoch are not tensors"),
+    ("nested", "entries epoch, state_dict are not tensors"),
 ])
 def test_converter_names_missing_extra_and_misshapen_keys(tmp_path, capsys, change, named):
     converter = load_converter()

@@ -1,0 +1,76 @@
+"""Reading foreign checkpoints and writing converted ones safely (used by the scripts in `conversion/`).
+
+Foreign weights are read with safetensors or with `torch.load(..., weights_only=True)`, never with an unrestricted
+unpickler; a converter writes into a new (or explicitly overwritten) directory only.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+NAMES_LISTED = 8  # names shown per kind in an error message
+
+
+def list_names(items: list[str], limit: int = NAMES_LISTED) -> str:
+    """`"a, b, c, ... (5 more)"`: the first `limit` items of a list for an error message."""
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str | None = None,
+                         layout_hint: str = "") -> dict[str, torch.Tensor]:
+    """The flat `{name: tensor}` state dict in `path`.
+
+    Args:
+        path: a `.safetensors` file, or anything `torch.load(..., weights_only=True)` reads (`.bin`, `.pt`, `.pth`).
+        flag: the command-line flag that named the file (for the messages).
+        key: when the file holds a dict of state dicts (e.g. MAR's `{"model": ..., "model_ema": ...}`), the entry to
+            return; `None` expects the state dict itself.
+        layout_hint: appended to the "not a flat state dict" message (what the expected file looks like).
+
+    Raises:
+        FileNotFoundError: `path` is not a file. ValueError: unreadable, not a mapping, or values that are not tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {str(path)!r} is not a file.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path} is not a readable safetensors file ({error}).") from error
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict {{key: tensor}}.")
+    if key is not None:
+        if key not in data or not isinstance(data[key], Mapping):
+            raise ValueError(f"{path} has no state dict under {key!r} (its entries: {list_names(sorted(map(str, data)))})"
+                             + (f"; {layout_hint}" if layout_hint else "."))
+        data = data[key]
+    not_tensors = sorted(str(name) for name, value in data.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{path} is not a flat state dict: entries {list_names(not_tensors)} are not tensors"
+                         + (f" ({layout_hint})." if layout_hint else "."))
+    return dict(data)
+
+
+def check_new_output_directory(output: str | Path, overwrite: bool = False, flag: str = "--output") -> Path:
+    """Refuse to write into a file or a non-empty directory (unless `overwrite`); returns `output` as a `Path`."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not overwrite)):
+        entries = sorted(p.name for p in output.iterdir())[:6] if output.is_dir() else []
+        what = f"a non-empty directory ({entries})" if output.is_dir() else "a file"
+        raise ValueError(f"{flag} {str(output)!r} is {what}; choose a new directory"
+                         + (" or pass --overwrite." if output.is_dir() else "."))
+    return output
