@@ -514,8 +514,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info(f"{stats['num_images']} images: PSNR {stats['psnr']:.2f} dB, {stats['codes_used']} of "
                     f"{stats['codebook_size']} codes used (perplexity {stats['code_perplexity']:.1f})")
         logger.info(f"As TiTok's proxy teacher: examples/train_tokenizer.py --proxy_teacher "
-                    f"{output_dir / MODEL_FOLDER} with a tokenizer of image_size {config.image_size}, num_channels {config.num_channels}, "
-                    f"patch_size {config.downsample_factor} and --config_overrides "
+                    f"{output_dir / MODEL_FOLDER} with a tokenizer of image_size {config.image_size}, num_channels "
+                    f"{config.num_channels}, patch_size {config.downsample_factor} and --config_overrides "
                     f"'{json.dumps({'pixel_decoder': stats['pixel_decoder']})}'")
         if args.push_to_hub:
             datasets = [args.dataset_name] if args.dataset_name else None
