@@ -17,8 +17,12 @@ Model (one of):
                              --resolution / --num_channels
   --pretrained_model_name_or_path DIR   any diffusers-format AutoencoderKL (or a pipeline with a vae/ folder)
 
-Presets (LDM / MAR's KL-16 design: DownEncoderBlock2D stages, mid-block attention, downsampling 2 ** (stages - 1)):
-  kl-16       MAR's KL-16: 256 px RGB, 5 stages (128, 128, 256, 256, 512), 2 residual blocks -> 16 x 16 x 16
+Presets (spectralar_hf.vae_presets; LDM / MAR's KL-16 design: DownEncoderBlock2D stages, mid-block attention,
+downsampling 2 ** (stages - 1)):
+  kl-16       MAR's KL-16 exactly (66.46M parameters; conversion/convert_mar_vae.py loads MAR's kl16.ckpt into it):
+              256 px RGB, 5 stages (128, 128, 256, 256, 512), 2 residual blocks, self-attention after each block of
+              the last encoder stage -> 16 x 16 x 16 latents; scaling_factor 0.2325 (MAR's), replaced after training
+              by the measured one unless --scaling_factor is given
   fmnist-f4   KL-16 scaled down for 32 px grayscale: 3 stages (32, 64, 128), 1 block -> 8 x 8 x 4 latents
               (the geometry of the FAR "small" / "tiny" presets)
   fmnist-f8   4 stages (32, 64, 128, 128) -> 4 x 4 x 8 latents
@@ -104,21 +108,11 @@ from spectralar_hf.training.losses import (
     hinge_generator_loss,
 )
 from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.vae_presets import VAE_PRESETS
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
 LR_SCHEDULERS = [scheduler.value for scheduler in SchedulerType]
-
-VAE_PRESETS: dict[str, dict[str, Any]] = {
-    "kl-16": dict(in_channels=3, out_channels=3, sample_size=256, block_out_channels=[128, 128, 256, 256, 512],
-                  layers_per_block=2, latent_channels=16, norm_num_groups=32),
-    "fmnist-f4": dict(in_channels=1, out_channels=1, sample_size=32, block_out_channels=[32, 64, 128],
-                      layers_per_block=1, latent_channels=4, norm_num_groups=32),
-    "fmnist-f8": dict(in_channels=1, out_channels=1, sample_size=32, block_out_channels=[32, 64, 128, 128],
-                      layers_per_block=1, latent_channels=8, norm_num_groups=32),
-    "tiny": dict(in_channels=1, out_channels=1, sample_size=32, block_out_channels=[8, 8, 8], layers_per_block=1,
-                 latent_channels=4, norm_num_groups=4),
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
