@@ -7,7 +7,7 @@ unpickler; a converter writes into a new (or explicitly overwritten) directory o
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -21,16 +21,19 @@ def list_names(items: list[str], limit: int = NAMES_LISTED) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str | None = None,
-                         layout_hint: str = "") -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str | Sequence[str] | None = None,
+                         layout_hint: str = "", safe_globals: Sequence[type] = ()) -> dict[str, torch.Tensor]:
     """The flat `{name: tensor}` state dict in `path`.
 
     Args:
         path: a `.safetensors` file, or anything `torch.load(..., weights_only=True)` reads (`.bin`, `.pt`, `.pth`).
         flag: the command-line flag that named the file (for the messages).
         key: when the file holds a dict of state dicts (e.g. MAR's `{"model": ..., "model_ema": ...}`), the entry to
-            return; `None` expects the state dict itself.
+            return, or several in order of preference (the first one present and not `None` is used); `None`
+            expects the state dict itself.
         layout_hint: appended to the "not a flat state dict" message (what the expected file looks like).
+        safe_globals: extra classes the weights-only unpickler may build (e.g. `argparse.Namespace` for the `args`
+            entry of MAR / FAR training checkpoints); nothing else is allowed.
 
     Raises:
         FileNotFoundError: `path` is not a file. ValueError: unreadable, not a mapping, or values that are not tensors.
@@ -47,17 +50,21 @@ def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str 
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path} is not a readable safetensors file ({error}).") from error
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict {{key: tensor}}.")
     if key is not None:
-        if key not in data or not isinstance(data[key], Mapping):
-            raise ValueError(f"{path} has no state dict under {key!r} (its entries: {list_names(sorted(map(str, data)))})"
-                             + (f"; {layout_hint}" if layout_hint else "."))
-        data = data[key]
+        keys = [key] if isinstance(key, str) else list(key)
+        found = [name for name in keys if isinstance(data.get(name), Mapping)]
+        if not found:
+            wanted = " or ".join(repr(name) for name in keys)
+            raise ValueError(f"{path} has no state dict under {wanted} (its entries: "
+                             f"{list_names(sorted(map(str, data)))})" + (f"; {layout_hint}" if layout_hint else "."))
+        data = data[found[0]]
     not_tensors = sorted(str(name) for name, value in data.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
         raise ValueError(f"{path} is not a flat state dict: entries {list_names(not_tensors)} are not tensors"
