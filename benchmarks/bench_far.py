@@ -68,7 +68,8 @@ def sample_mar_style(model: FARTransformer, labels: torch.Tensor, scheduler: DDP
         condition = model.conditions(inputs, rows, input_mask)
         chosen = torch.cat([revealed, revealed]) if use_cfg else revealed
         picked = condition[chosen].view(condition.shape[0], -1, condition.shape[-1])
-        sampled = model._sample_tokens(picked, level, diffusion_steps, guidance_scale, 1.0, scheduler, generator)
+        sampled = model._sample_tokens(picked, level, diffusion_steps, guidance_scale, 1.0, scheduler, generator,
+                                       guided=use_cfg)
         tokens[revealed] = sampled.reshape(-1, config.token_dim)
         mask = next_mask
     return tokens

@@ -566,7 +566,8 @@ def main(argv: list[str] | None = None) -> None:
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
-    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
+    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay,
+                                                         no_decay_prefixes=("diffusion_head.",)), lr=learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2))
     scheduler = get_scheduler(args.lr_scheduler, optimizer,
                               num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,

@@ -148,15 +148,17 @@ def test_filter_rejects_bad_inputs():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_far_loss_weight_is_one_plus_sine():
-    for levels in (16, 10):
-        for level in (0, 1, levels // 2, levels - 1, levels):
-            assert far_loss_weight(level, levels) == pytest.approx(1 + math.sin(math.pi / 2 * level / levels))
-    assert far_loss_weight(0, 16) == 1.0 and far_loss_weight(16, 16) == pytest.approx(2.0)
-    assert far_loss_weight(8, 16) == pytest.approx(1 + math.sqrt(0.5))
-    tensor = far_loss_weight(torch.tensor([[0, 4], [8, 16]]), 16)
+def test_far_loss_weight_is_one_plus_sine_of_the_predicted_level():
+    """FTL: input level i (0 = blank) weighs 1 + sin(pi/2 * (i + 1)/F), the reference code's list
+    `[1 + sin(pi/2 * (b + 1) / F) for b in range(F)]` indexed by the input level."""
+    reference = [1 + np.sin(math.pi / 2.0 * (bands + 1) / 16) for bands in range(16)]
+    assert [far_loss_weight(level, 16) for level in range(16)] == pytest.approx(reference)
+    assert far_loss_weight(0, 16) == pytest.approx(1 + math.sin(math.pi / 32)) and far_loss_weight(15, 16) == 2.0
+    assert far_loss_weight(7, 16) == pytest.approx(1 + math.sqrt(0.5))
+    tensor = far_loss_weight(torch.tensor([[0, 3], [7, 15]]), 16)
     assert tensor.shape == (2, 2) and tensor.dtype == torch.float32
-    assert torch.allclose(tensor, torch.tensor([[1.0, 1 + math.sin(math.pi / 8)], [1 + math.sqrt(0.5), 2.0]]))
+    assert torch.allclose(tensor, torch.tensor([[1 + math.sin(math.pi / 32), 1 + math.sin(math.pi / 8)],
+                                                [1 + math.sqrt(0.5), 2.0]]))
 
 
 def test_far_mask_ratio_range_falls_linearly_from_0_7_to_0():
@@ -212,7 +214,7 @@ def test_far_level_schedule_increasing_up_to_f():
 def test_head_is_trained_on_the_full_latent_with_the_ftl_weight():
     """DMS: recompute the step's loss from its random draws (same generator) with the FULL latent as x_0; it equals
     the model's loss, and the next-level latent x_{i+1} as x_0 gives a different one. Then FTL: each sample's loss is
-    multiplied by 1 + sin(pi/2 * i/F)."""
+    multiplied by 1 + sin(pi/2 * (i + 1)/F) for input level i."""
     config = tiny_config(use_mask=False)
     model = spread(FARTransformer(config)).eval()  # eval: no label dropout, so no random draw for it
     latents = torch.randn(3, 2, 4, 4, generator=seeded(5)) * 2 + 1
@@ -245,7 +247,7 @@ def test_head_is_trained_on_the_full_latent_with_the_ftl_weight():
     assert not torch.allclose(out.sample_losses, next_level, atol=1e-3)
     assert not torch.allclose(out.mse_loss, next_level_mse, atol=1e-4)
 
-    weights = 1 + torch.sin(math.pi / 2 * levels.float() / 4)
+    weights = 1 + torch.sin(math.pi / 2 * (levels.float() + 1) / 4)  # the reference code's (b + 1) / F indexing
     assert torch.allclose(out.loss_weights, weights)
     assert torch.allclose(out.loss, (weights * per_sample).mean(), atol=1e-6)
     plain = FARTransformer(tiny_config(use_mask=False, loss_weighting=False)).eval()
@@ -378,7 +380,7 @@ def test_outer_loop_refilters_the_full_latent_and_follows_the_schedules(monkeypa
         seen_inputs.append(tokens[:2].clone())  # with CFG the conditional rows come first
         return original_conditions(tokens, labels, mask)
 
-    def sample_tokens(condition, level, inner_steps, scale, temperature, scheduler, generator):
+    def sample_tokens(condition, level, inner_steps, scale, temperature, scheduler, generator, guided=False):
         calls.append((level, inner_steps, scale, temperature))
         return torch.randn(2, condition.shape[1], 2, generator=generator)
 
@@ -391,7 +393,7 @@ def test_outer_loop_refilters_the_full_latent_and_follows_the_schedules(monkeypa
     assert list(levels) == [0, 2, 4, 6]  # input levels: blank, then the previous outputs' levels
     assert [level for level, _ in outputs] == far_level_schedule(4, 8) == [2, 4, 6, 8]
     assert list(inner) == far_diffusion_steps(4) == [40, 60, 80, 100]
-    assert np.allclose(scales, [1.5, 2.0, 2.5, 3.0])  # 1 + (g - 1) (k + 1) / n
+    assert np.allclose(scales, [1.0, 1.5, 2.0, 2.5])  # 1 + (g - 1) k / n, the reference sampler's ramp
     assert np.allclose(temperatures, [0.8, 0.8 + 0.2 / 3, 0.8 + 0.4 / 3, 1.0])
     assert torch.equal(seen_inputs[0], torch.zeros_like(seen_inputs[0]))
     for step in range(1, 4):  # DMS: each step's input is the previous FULL sample filtered to its level
@@ -405,6 +407,76 @@ def test_outer_loop_refilters_the_full_latent_and_follows_the_schedules(monkeypa
     calls.clear()
     model.sample([1, 2], generator=seeded(17))  # defaults from the config: 8 outer steps (F = 8 < 10)
     assert [call[0] for call in calls] == list(range(8))
+
+
+def test_reference_sampler_schedules_levels_temperature_and_mask_order(monkeypatch):
+    """The reference sampler's settings: an explicit input-level schedule (latent_core), its cosine temperature ramp
+    0.8 -> 1.0, and an inference mask over ONE random token order per sample (mask_by_order of fixed `orders`)."""
+    config = tiny_config(latent_size=8, num_levels=8)
+    model = spread(FARTransformer(config)).eval()
+    calls, masks = [], []
+    original_conditions = model.conditions
+
+    def conditions(tokens, labels, mask=None):
+        masks.append(None if mask is None else mask.clone())
+        return original_conditions(tokens, labels, mask)
+
+    def sample_tokens(condition, level, inner_steps, scale, temperature, scheduler, generator, guided=False):
+        calls.append((level, temperature, guided))
+        return torch.randn(2, condition.shape[1], 2, generator=generator)
+
+    monkeypatch.setattr(model, "conditions", conditions)
+    monkeypatch.setattr(model, "_sample_tokens", sample_tokens)
+    outputs = []
+    model.sample([1, 2], level_schedule=[0, 2, 3, 5], temperature=(0.8, 1.0), temperature_schedule="cosine",
+                 mask_schedule="cosine", generator=seeded(3), callback=lambda step, level, x: outputs.append(level))
+    assert [level for level, _, _ in calls] == [0, 2, 3, 5] and outputs == [2, 3, 5, 8]
+    expected = [0.8 + 0.2 * (1 - math.cos(math.pi / 2 * (k + 1) / 4)) for k in range(4)]  # the reference's ramp
+    assert np.allclose([t for _, t, _ in calls], expected)
+    counts = [int(mask[0].sum()) for mask in masks]
+    assert counts == [64] + [math.floor(64 * math.cos(math.pi / 2 * k / 4)) for k in range(1, 4)]  # all at step 0
+    for earlier, later in zip(masks, masks[1:]):  # one order: each step's masked tokens are a subset of the last's
+        assert bool((later <= earlier).all())
+    assert not torch.equal(masks[1][0], masks[1][1])  # ... drawn per sample
+
+    calls.clear()
+    with pytest.raises(ValueError, match="level_schedule must start at 0"):
+        model.sample([1], level_schedule=[1, 2])
+    with pytest.raises(ValueError, match="level_schedule must start at 0"):
+        model.sample([1], level_schedule=[0, 3, 3])
+    with pytest.raises(ValueError, match="level_schedule must start at 0"):
+        model.sample([1], level_schedule=[0, 8])
+    with pytest.raises(ValueError, match="does not match level_schedule"):
+        model.sample([1], num_steps=3, level_schedule=[0, 2])
+    with pytest.raises(ValueError, match="temperature_schedule must be one of"):
+        model.sample([1], num_steps=1, temperature=(0.8, 1.0), temperature_schedule="cubic")
+
+
+def test_config_level_schedule_is_the_default_and_a_different_step_count_spreads_evenly(monkeypatch):
+    model = spread(FARTransformer(tiny_config(latent_size=8, num_levels=8, level_schedule=[0, 1, 4])))
+    assert model.config.num_inference_steps == 3
+    levels = []
+    monkeypatch.setattr(model, "_sample_tokens", lambda condition, level, *args, **kwargs: (
+        levels.append(level), torch.zeros(condition.shape[0], condition.shape[1], 2))[1])
+    model.sample([1])
+    assert levels == [0, 1, 4]
+    levels.clear()
+    model.sample([1], num_steps=4)  # another count: the even spread, far_level_schedule(4, 8) = [2, 4, 6, 8]
+    assert levels == [0, 2, 4, 6]
+    with pytest.raises(ValueError, match="does not match level_schedule"):
+        tiny_config(latent_size=8, num_levels=8, level_schedule=[0, 1, 4], num_inference_steps=5)
+
+
+def test_presets_carry_the_reference_recipe_and_the_mask_follows_training():
+    far_b = FARConfig.from_preset("far-b")
+    assert (far_b.dropout, far_b.attention_dropout, far_b.class_buffer_size) == (0.1, 0.1, 64)
+    assert far_b.level_schedule == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10] and far_b.num_inference_steps == 10
+    assert (far_b.guidance_scale, far_b.guidance_schedule, far_b.diffusion_steps) == (3.0, "linear", "linear")
+    assert (far_b.temperature, far_b.temperature_schedule) == ([0.8, 1.0], "cosine")
+    assert (far_b.head_depth, FARConfig.from_preset("far-l").head_depth) == (6, 3)
+    assert far_b.inference_mask_schedule == "cosine"  # trained with the mask (use_mask default) -> samples with it
+    assert tiny_config(use_mask=False).inference_mask_schedule == "none"
+    assert tiny_config(use_mask=False, inference_mask_schedule="cosine").inference_mask_schedule == "cosine"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -89,3 +89,19 @@ def test_find_checkpoint_resolves_latest_paths_and_bare_names(tmp_path, monkeypa
             find_checkpoint(tmp_path, bad)
     with pytest.raises(ValueError, match="no complete checkpoint"):
         find_checkpoint(tmp_path / "empty", "latest")
+
+
+def test_decay_groups_can_exclude_a_submodule_like_mar_and_far_do_their_diffusion_head():
+    from spectralar_hf import FARConfig, FARTransformer
+
+    model = FARTransformer(FARConfig.from_preset("tiny"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain, _ = decay_parameter_groups(model, 0.02)
+    far, far_no_decay = decay_parameter_groups(model, 0.02, no_decay_prefixes=("diffusion_head.",))
+    plain_names = {names[id(p)] for p in plain["params"]}
+    far_names = {names[id(p)] for p in far["params"]}
+    head = {name for name in plain_names if name.startswith("diffusion_head.")}
+    assert head and "diffusion_head.input_proj.weight" in head  # decayed by default ...
+    assert far_names == plain_names - head  # ... not with the exclusion; the transformer's linears still are
+    assert "encoder_layers.0.attn.qkv.weight" in far_names
+    assert len(far["params"]) + len(far_no_decay["params"]) == len(list(model.parameters()))

@@ -330,6 +330,7 @@ def validate_omega(omega: Sequence[int], num_tokens: int, image_size: int) -> li
 # ---------------------------------------------------------------------------------------------------------------
 
 FAR_FILTER_KINDS = ("downsample", "fourier")
+FAR_TEMPERATURE_SCHEDULES = ("linear", "cosine")
 
 
 def _far_num_levels(height: int, width: int, num_levels: int | None) -> int:
@@ -425,18 +426,25 @@ def frequency_filter(
 
 
 def far_loss_weight(level: int | torch.Tensor, num_levels: int) -> float | torch.Tensor:
-    """FAR's frequency-aware training loss weight ``w_i = 1 + sin(pi / 2 * i / F)`` (FTL, §4.3).
+    """FAR's frequency-aware training loss weight (FTL, §4.3) of a sample whose input is at level ``i``:
+    ``w = 1 + sin(pi / 2 * (i + 1) / F)``.
+
+    The paper writes ``w_i = 1 + sin(pi / 2 * i / F)`` for "frequency level i" without saying whether the blank
+    input counts as a level; the reference code (the tie-breaker) builds the list
+    ``[1 + sin(pi / 2 * (b + 1) / F) for b in range(F)]`` indexed by the input level ``b``, i.e. the paper's ``i``
+    is the level being predicted, one above the input. So the blank input (level 0) weighs ``1 + sin(pi / 2F)`` and
+    the highest training input, level ``F - 1``, weighs 2.
 
     Args:
-        level: input level ``i`` (an int or a tensor of levels, any shape).
+        level: input level ``i`` in ``[0, F)`` (an int or a tensor of levels, any shape).
         num_levels: ``F``.
 
     Returns:
-        A float, or a float32 tensor of the shape of ``level``: 1 at level 0, rising to 2 at level ``F``.
+        A float, or a float32 tensor of the shape of ``level``.
     """
     if isinstance(level, torch.Tensor):
-        return 1.0 + torch.sin(0.5 * math.pi * level.to(torch.float32) / num_levels)
-    return 1.0 + math.sin(0.5 * math.pi * level / num_levels)
+        return 1.0 + torch.sin(0.5 * math.pi * (level.to(torch.float32) + 1) / num_levels)
+    return 1.0 + math.sin(0.5 * math.pi * (level + 1) / num_levels)
 
 
 def far_mask_ratio_range(level: int | torch.Tensor, num_levels: int,
@@ -477,6 +485,39 @@ def far_level_schedule(num_steps: int, num_levels: int) -> list[int]:
         raise ValueError(f"num_steps must be an int in [1, {num_levels}] (at most F = num_levels outer steps), got "
                          f"{num_steps!r}.")
     return [(k + 1) * num_levels // num_steps for k in range(num_steps)]
+
+
+def far_input_levels(level_schedule: Sequence[int], num_levels: int) -> list[int]:
+    """Check an explicit outer-step schedule of FAR given as the INPUT level of every step (the reference code's
+    ``latent_core``, e.g. ``[0, 2, 3, 4, 5, 6, 7, 8, 9, 10]`` for 10 steps at ``F = 16``) and return the level each
+    step's output is filtered to (the form of :func:`far_level_schedule`): ``schedule[1:] + [F]``.
+
+    The schedule must start at 0 (the blank first input), increase strictly and stay below ``F`` (the last step
+    outputs the full latent).
+    """
+    values = list(level_schedule)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"level_schedule must be a non-empty list of ints (the input level of each outer step), got "
+                         f"{level_schedule!r}.")
+    if values[0] != 0 or any(b <= a for a, b in zip(values, values[1:])) or values[-1] >= num_levels:
+        raise ValueError(f"level_schedule must start at 0 (the blank input), increase strictly and stay below "
+                         f"F = {num_levels}, e.g. [0, 2, 3, 4, 5, 6, 7, 8, 9, 10] (the reference sampler's); got "
+                         f"{values}.")
+    return values[1:] + [num_levels]
+
+
+def far_temperatures(temperature: float | Sequence[float], num_steps: int, schedule: str = "linear") -> list[float]:
+    """Noise temperature of each of ``num_steps`` outer steps: a constant, or ``(start, end)`` interpolated
+    ``"linear"``-ly (``start + (end - start) k / (n - 1)``) or with the reference sampler's ``"cosine"`` ramp
+    ``start + (end - start) (1 - cos(pi / 2 (k + 1) / n))`` (FAR: 0.8 -> 1.0)."""
+    if schedule not in FAR_TEMPERATURE_SCHEDULES:
+        raise ValueError(f"temperature_schedule must be one of {FAR_TEMPERATURE_SCHEDULES}, got {schedule!r}.")
+    if not isinstance(temperature, (list, tuple)):
+        return [float(temperature)] * num_steps
+    start, end = (float(value) for value in temperature)
+    if schedule == "cosine":
+        return [start + (end - start) * (1 - math.cos(math.pi / 2 * (k + 1) / num_steps)) for k in range(num_steps)]
+    return [end if num_steps == 1 else start + (end - start) * k / (num_steps - 1) for k in range(num_steps)]
 
 
 def far_diffusion_steps(num_steps: int, first: int = 40, last: int = 100) -> list[int]:

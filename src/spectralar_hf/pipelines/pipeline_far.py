@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hub import build_model_card, push_folder_to_hub
 from ..models.far import FARConfig, FARTransformer, check_scheduler
-from ..spectral import far_level_schedule, frequency_filter
+from ..spectral import frequency_filter
 from ..utils import (
     check_callable,
     check_finite_tensor,
@@ -312,6 +312,8 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
         mask_schedule: str | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
+        level_schedule: list[int] | None = None,
+        temperature_schedule: str | None = None,
         return_dict: bool = True,
         callback_on_step_end: Callable[["FARPipeline", int, None, dict], dict | None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
@@ -334,10 +336,15 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                 first level -> 100 at the last), an int (constant), or one int per outer step.
             guidance_scale: classifier-free guidance `g` (`1.0` = off; the head's noise is `g * eps_c - (g - 1) *
                 eps_u`, i.e. the paper's `(1 + w) x_c - w x_u` with `w = g - 1`; FAR's default cfg is 3.0).
-            guidance_schedule: `"constant"` or `"linear"` (`1 + (g - 1) * (step + 1) / n`).
+            guidance_schedule: `"constant"` or `"linear"` (`1 + (g - 1) * step / n`, the reference sampler's ramp).
             temperature: noise temperature of the head, a float or `(start, end)` over the outer steps.
-            mask_schedule: `"none"` or `"cosine"` (random input tokens masked on a cosine schedule, the paper's
-                inference mask).
+            mask_schedule: `"none"` or `"cosine"` (input tokens masked on a cosine schedule over one random order
+                per sample, the paper's inference mask).
+            level_schedule: the input level of every outer step, e.g. the reference sampler's
+                `[0, 2, 3, 4, 5, 6, 7, 8, 9, 10]` (default: the transformer config's, or an even spread of
+                `num_inference_steps`).
+            temperature_schedule: `"linear"` or `"cosine"` (the reference sampler's) ramp of a `(start, end)`
+                temperature.
             generator: `torch.Generator` for reproducible images.
             output_type: `"pil"`, `"np"` (`(B, H, W, C)` in [0, 1]), `"pt"` (`(B, C, H, W)` in [0, 1]) or `"latent"`
                 (no decoding; `images` holds the latents).
@@ -372,11 +379,14 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
         if labels is not None and text_inputs and labels.shape[0] != text_inputs["encoder_hidden_states"].shape[0]:
             raise ValueError(f"class_labels gives {labels.shape[0]} entries but there are "
                              f"{text_inputs['encoder_hidden_states'].shape[0]} prompts; pass one class per prompt.")
+        if level_schedule is not None and num_inference_steps is None:
+            num_inference_steps = len(level_schedule)
         settings = self._sampling_settings(num_steps=num_inference_steps, diffusion_steps=diffusion_steps,
                                            guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
-                                           temperature=temperature, mask_schedule=mask_schedule)
+                                           temperature=temperature, mask_schedule=mask_schedule,
+                                           temperature_schedule=temperature_schedule)
         config = self.transformer.config
-        steps_seen: list[torch.Tensor] = []
+        steps_seen: list[tuple[int, torch.Tensor]] = []  # (level it is filtered to, full latent) per outer step
 
         with self.progress_bar(total=settings["num_steps"]) as progress:
             def on_step(step: int, level: int, latents: torch.Tensor) -> torch.Tensor | None:
@@ -389,18 +399,17 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                     if returned is not None and returned.get("latents") is not None:
                         replaced = returned["latents"]
                 if return_intermediates:
-                    steps_seen.append((replaced if replaced is not None else latents).clone())
+                    steps_seen.append((level, (replaced if replaced is not None else latents).clone()))
                 progress.update()
                 return replaced
 
             latents = self.transformer.sample(labels, generator=generator, scheduler=self.scheduler,
-                                              callback=on_step, **settings, **text_inputs)
+                                              callback=on_step, level_schedule=level_schedule, **settings,
+                                              **text_inputs)
 
         intermediates = None
-        if return_intermediates:
-            levels = far_level_schedule(settings["num_steps"], config.num_levels)  # the last one is F (identity)
-            filtered = [frequency_filter(x, levels[k], config.num_levels, config.filter_kind)
-                        for k, x in enumerate(steps_seen)]
+        if return_intermediates:  # each step's sample at the level it hands on (the last one is F: the identity)
+            filtered = [frequency_filter(x, level, config.num_levels, config.filter_kind) for level, x in steps_seen]
             if output_type == "latent":
                 intermediates = filtered
             else:

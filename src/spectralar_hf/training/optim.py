@@ -6,14 +6,18 @@ import torch
 from torch import nn
 
 
-def decay_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def decay_parameter_groups(model: nn.Module, weight_decay: float, no_decay_prefixes: tuple[str, ...] = ()
+                           ) -> list[dict]:
     """AdamW parameter groups: weight decay only on Linear / Conv weights.
 
     Biases, norms, embeddings (positional, class, token, codebook) and learned tokens (latent / mask tokens) get no
-    decay, as in TiTok and VAR.
+    decay, as in TiTok and VAR; neither does any parameter of a submodule named in `no_decay_prefixes` (e.g.
+    `("diffusion_head.",)`: MAR and FAR do not decay their diffusion MLP).
     """
     decayed: set[int] = set()
-    for module in model.modules():
+    for name, module in model.named_modules():
+        if no_decay_prefixes and name.startswith(no_decay_prefixes):
+            continue
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
             decayed.add(id(module.weight))
     with_decay, without_decay = [], []

@@ -9,7 +9,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from ...spectral import FAR_FILTER_KINDS
+from ...spectral import FAR_FILTER_KINDS, FAR_TEMPERATURE_SCHEDULES, far_input_levels
 from ...utils import check_config_types, check_id2label, check_positive_fields
 from ..generator.configuration_spectralar import imagenet_id2label
 
@@ -17,8 +17,16 @@ GUIDANCE_SCHEDULES = ("constant", "linear")
 INFERENCE_MASK_SCHEDULES = ("none", "cosine")
 
 # FAR-B/L/H (FAR §5.1, Table 1; anchors: sizes of the reference code) on MAR's KL-16 latents (16 x 16 x 16 for
-# 256 px ImageNet). "small" and "tiny" are for CPU demos and tests on 8 x 8 latents.
-_IMAGENET = dict(latent_channels=16, latent_size=16, num_classes=1000)
+# 256 px ImageNet), with the reference recipe's dropout (0.1 on attention weights and on the attention / MLP outputs)
+# and the paper's sampling settings: 10 outer steps over the reference sampler's input levels [0, 2, 3, .., 10],
+# frequency-aware inner steps 40 -> 100, CFG 3.0 with the linear ramp, noise temperature 0.8 -> 1.0 on the reference
+# sampler's cosine ramp. "small" and "tiny" are for CPU demos and tests on 8 x 8 latents.
+FAR_REFERENCE_LEVEL_SCHEDULE = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+FAR_REFERENCE_SAMPLING = dict(num_inference_steps=10, level_schedule=FAR_REFERENCE_LEVEL_SCHEDULE,
+                              diffusion_steps="linear", guidance_scale=3.0, guidance_schedule="linear",
+                              temperature=[0.8, 1.0], temperature_schedule="cosine")
+_IMAGENET = dict(latent_channels=16, latent_size=16, num_classes=1000, dropout=0.1, attention_dropout=0.1,
+                 **FAR_REFERENCE_SAMPLING)
 FAR_PRESETS: dict[str, dict[str, Any]] = {
     "far-b": dict(**_IMAGENET, hidden_size=768, encoder_layers=12, decoder_layers=12, num_attention_heads=12,
                   head_depth=6, head_width=1024),
@@ -82,12 +90,17 @@ class FARConfig(PreTrainedConfig):
             attention weights (MAR: 0.1 for its large models).
         layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02).
         id2label (`dict[int, str]`, *optional*): class names, used by the pipeline to accept class names.
-        num_inference_steps, diffusion_steps, guidance_scale, guidance_schedule, temperature, inference_mask_schedule:
+        num_inference_steps, level_schedule, diffusion_steps, guidance_scale, guidance_schedule, temperature,
+        temperature_schedule, inference_mask_schedule:
             sampling defaults saved with the model (the pipeline uses them when a call leaves them out):
-            10 outer steps (at most `num_levels`), frequency-aware inner steps (`"linear"` 40 -> 100, or an int),
-            CFG scale `1.0` (off),
-            `"constant"` / `"linear"` ramp, noise temperature (a float or `[start, end]` over the outer steps) and
-            the inference mask (`"none"`, or `"cosine"`: MAR's cosine schedule of masked input tokens).
+            10 outer steps (at most `num_levels`), spread evenly over the levels unless `level_schedule` lists the
+            input level of every outer step (the reference sampler's `[0, 2, 3, .., 10]`; then
+            `num_inference_steps` is its length), frequency-aware inner steps (`"linear"` 40 -> 100, or an int),
+            CFG scale `1.0` (off) with a `"constant"` or `"linear"` ramp (`1 + (g - 1) k / n` at outer step `k`, the
+            reference sampler's), noise temperature (a float, or `[start, end]` over the outer steps on a
+            `"linear"` or the reference sampler's `"cosine"` ramp) and the inference mask (`"none"`, or `"cosine"`:
+            MAR's cosine schedule of masked input tokens over one random order per sample). The inference mask
+            defaults to how the model was trained: `"cosine"` with `use_mask`, else `"none"`.
         sample_clip_range (`float`, *optional*): clamp the head's predicted clean latent `x0` to
             `[-sample_clip_range, sample_clip_range]` at every inner step (the `clip_sample` / `clip_sample_range` of
             the `DDPMScheduler` built from this config). `None` (the papers' setting: MAR and FAR do not clip
@@ -126,11 +139,13 @@ class FARConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     num_inference_steps: int | None = None
+    level_schedule: list[int] | None = None
     diffusion_steps: str | int = "linear"
     guidance_scale: float | int = 1.0
     guidance_schedule: str = "constant"
     temperature: float | int | list[float] = 1.0
-    inference_mask_schedule: str = "none"
+    temperature_schedule: str = "linear"
+    inference_mask_schedule: str | None = None
     sample_clip_range: float | int | None = None
     tie_word_embeddings: bool = False
 
@@ -188,6 +203,11 @@ class FARConfig(PreTrainedConfig):
             raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}.")
         if self.sample_clip_range is not None and not self.sample_clip_range > 0:
             raise ValueError(f"sample_clip_range must be > 0 (or None for no clipping), got {self.sample_clip_range}.")
+        if self.temperature_schedule not in FAR_TEMPERATURE_SCHEDULES:
+            raise ValueError(f"temperature_schedule must be one of {FAR_TEMPERATURE_SCHEDULES}, got "
+                             f"{self.temperature_schedule!r}.")
+        if self.inference_mask_schedule is None:  # sample the way the model was trained
+            self.inference_mask_schedule = "cosine" if self.use_mask else "none"
         if self.inference_mask_schedule not in INFERENCE_MASK_SCHEDULES:
             raise ValueError(f"inference_mask_schedule must be one of {INFERENCE_MASK_SCHEDULES}, got "
                              f"{self.inference_mask_schedule!r}.")
@@ -197,6 +217,13 @@ class FARConfig(PreTrainedConfig):
         if isinstance(self.diffusion_steps, int) and self.diffusion_steps > self.num_train_timesteps:
             raise ValueError(f"diffusion_steps {self.diffusion_steps} exceeds num_train_timesteps "
                              f"{self.num_train_timesteps}; use at most that many inner steps.")
+        if self.level_schedule is not None:
+            far_input_levels(self.level_schedule, self.num_levels)  # raises on a bad schedule
+            if self.num_inference_steps is None:
+                self.num_inference_steps = len(self.level_schedule)
+            if self.num_inference_steps != len(self.level_schedule):
+                raise ValueError(f"num_inference_steps {self.num_inference_steps} does not match level_schedule "
+                                 f"{self.level_schedule} ({len(self.level_schedule)} outer steps); set one of them.")
         if self.num_inference_steps is None:
             self.num_inference_steps = min(10, self.num_levels)
         if not 1 <= self.num_inference_steps <= self.num_levels:

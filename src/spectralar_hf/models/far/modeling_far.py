@@ -4,14 +4,17 @@ Training (`FARTransformer.forward`), for a batch of VAE latents `x` `(B, C, H, W
 
 1. a random input level `i` per sample in `0 .. F-1`, input `x_i = frequency_filter(x, i)` (level 0 = zeros);
 2. a fraction of the input tokens drawn from a normal (mean 1, std 0.25) truncated to `[r_i, 1]` is masked, `r_i`
-   linear from 0.7 at level 0 to 0 at level `F - 1` (frequency-aware mask);
+   linear from 0.7 at level 0 to 0 at level `F - 1` (frequency-aware mask, as the paper states: more masking at
+   low levels; the reference code's optional `--mask` does the reverse, `r_i = 0.7 i / 16`, and its released
+   FAR-B/L/H were trained without the mask: convert them with `use_mask=False`);
 3. the encoder sees `[class buffer; visible tokens]`, the decoder `[buffer; all tokens, a learned mask token at
    the masked places]` (MAR's two stages, bidirectional attention) and outputs one condition vector per token;
 4. the diffusion head learns `p(x | x_i)`: the FULL latent at every token (DMS), with diffusers' `DDPMScheduler`
    (cosine, 1000 steps) for the noise, epsilon-MSE plus the variational bound of the learned-range variance
    (improved DDPM's hybrid loss), each token repeated `diffusion_batch_mul` times (MAR);
-5. each sample's loss is weighted by `w_i = 1 + sin(pi/2 * i/F)` (FTL); labels are dropped to the null class with
-   probability `class_dropout_prob` (CFG).
+5. each sample's loss is weighted by `1 + sin(pi/2 * (i + 1)/F)` for input level `i` (FTL; the paper's `w_i` with
+   the reference code's indexing, see `far_loss_weight`); labels are dropped to the null class with probability
+   `class_dropout_prob` (CFG).
 
 Text conditioning (FAR §5.3, text-to-image; `config.cross_attention_dim` set): the last hidden layer of a text encoder
 over all text tokens `(B, T, cross_attention_dim)` enters every encoder and decoder block through a cross-attention
@@ -44,7 +47,15 @@ from transformers.utils import ModelOutput
 
 from ...hub import SpectralARHubMixin
 from ...utils import check_callable, check_finite_tensor, check_generator, check_int, check_number
-from ...spectral import far_diffusion_steps, far_level_schedule, far_loss_weight, far_mask_ratio_range, frequency_filter
+from ...spectral import (
+    far_diffusion_steps,
+    far_input_levels,
+    far_level_schedule,
+    far_loss_weight,
+    far_mask_ratio_range,
+    far_temperatures,
+    frequency_filter,
+)
 from .configuration_far import GUIDANCE_SCHEDULES, INFERENCE_MASK_SCHEDULES, FARConfig
 
 
@@ -744,6 +755,8 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        level_schedule: Sequence[int] | None = None,
+        temperature_schedule: str | None = None,
     ) -> torch.Tensor:
         """Sample latents coarse to fine (next-frequency prediction).
 
@@ -752,18 +765,26 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 class-conditional model; optional for a text-conditional one (default: the null class).
             num_steps: outer steps `n` in `[1, F]`; step `k` produces the full latent, filtered to level
                 `far_level_schedule(n, F)[k]` for the next step (step 0's input is blank, level 0).
+            level_schedule: instead, the input level of every outer step, e.g. the reference sampler's
+                `[0, 2, 3, 4, 5, 6, 7, 8, 9, 10]` (starts at 0, increasing, below `F`; see `far_input_levels`).
+                Default: the config's `level_schedule` when `num_steps` is left out or equals its length, else the
+                even spread of `num_steps`.
             diffusion_steps: inner steps of the head per outer step: `"linear"` (frequency-aware, 40 at the first
                 level to 100 at the last, §4.3), an int (constant, e.g. MAR's 100), or one int per outer step.
             guidance_scale: classifier-free guidance `g` (`1.0` = off, the identity): the head's noise prediction is
                 `g * eps_c - (g - 1) * eps_u`, i.e. the paper's `(1 + w) x_c - w x_u` with `w = g - 1` (FAR's default
                 cfg 3.0 is `guidance_scale=3.0`). Conditional and null-class rows run as ONE batch through the
                 transformer and the head, with shared noise (MAR).
-            guidance_schedule: `"constant"`, or `"linear"`: outer step `k` uses `1 + (g - 1) * (k + 1) / n`.
-            temperature: scale of the noise std of every inner step (MAR); a float, or `(start, end)` linear over
-                the outer steps (the reference uses 0.8 -> 1.0).
-            mask_schedule: `"none"` (every input token visible), or `"cosine"`: at outer step `k`, a random
-                `floor(L * cos(pi/2 * (k + 1) / n))` of the input tokens are masked (the paper's inference mask,
-                appendix C and its diversity analysis; MAR's cosine schedule).
+            guidance_schedule: `"constant"`, or `"linear"`: outer step `k` (from 0) uses `1 + (g - 1) * k / n`, the
+                reference sampler's ramp (no guidance at the blank first step; the paper does not state the ramp).
+            temperature: scale of the noise std of every inner step (MAR); a float, or `(start, end)` over the outer
+                steps (the reference uses 0.8 -> 1.0) on the `temperature_schedule` ramp.
+            temperature_schedule: `"linear"` (`start + (end - start) k / (n - 1)`) or `"cosine"`, the reference
+                sampler's `start + (end - start) (1 - cos(pi/2 (k + 1) / n))`.
+            mask_schedule: `"none"` (every input token visible), or `"cosine"` (the paper's inference mask, appendix C
+                and its diversity analysis; MAR's cosine schedule): one random token order per sample, fixed over the
+                outer steps as in the reference sampler; step `k` masks the first `floor(L * cos(pi/2 * k / n))`
+                tokens of that order (all of them at the blank first step).
             generator: `torch.Generator` for reproducible samples.
             scheduler: the `DDPMScheduler` whose `set_timesteps` and `alphas_cumprod` drive the inner loop (the
                 pipeline's); default `build_noise_scheduler(config)`.
@@ -774,17 +795,30 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 the same text fully masked (only the null text token visible) and the null class.
 
         Every setting left `None` comes from the sampling defaults saved in the config (`num_inference_steps`,
-        `diffusion_steps`, `guidance_scale`, `guidance_schedule`, `temperature`, `inference_mask_schedule`).
+        `level_schedule`, `diffusion_steps`, `guidance_scale`, `guidance_schedule`, `temperature`,
+        `temperature_schedule`, `inference_mask_schedule`).
 
         Returns:
             `(B, C, H, W)` latents (in the scaled latent space the model was trained on).
         """
         config = self.config
-        num_steps = config.num_inference_steps if num_steps is None else num_steps
+        if level_schedule is None and config.level_schedule is not None and num_steps in (None, len(
+                config.level_schedule)):
+            level_schedule = config.level_schedule
+        if level_schedule is not None:
+            levels = far_input_levels(level_schedule, config.num_levels)
+            if num_steps is not None and num_steps != len(levels):
+                raise ValueError(f"num_steps {num_steps} does not match level_schedule {list(level_schedule)} "
+                                 f"({len(levels)} outer steps); give one of them.")
+            num_steps = len(levels)
+        else:
+            num_steps = config.num_inference_steps if num_steps is None else num_steps
+            levels = far_level_schedule(num_steps, config.num_levels)
         diffusion_steps = config.diffusion_steps if diffusion_steps is None else diffusion_steps
         guidance_scale = config.guidance_scale if guidance_scale is None else guidance_scale
         guidance_schedule = config.guidance_schedule if guidance_schedule is None else guidance_schedule
         temperature = config.temperature if temperature is None else temperature
+        temperature_schedule = config.temperature_schedule if temperature_schedule is None else temperature_schedule
         mask_schedule = config.inference_mask_schedule if mask_schedule is None else mask_schedule
         guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
         check_generator(generator)
@@ -794,9 +828,8 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                                            None if labels is None else labels.shape[0])
         if labels is None:
             labels = self._null_class_rows(None if text is None else text.shape[0])
-        levels = far_level_schedule(num_steps, config.num_levels)
         inner_steps = self._inner_steps(diffusion_steps, num_steps)
-        temperatures = self._temperatures(temperature, num_steps)
+        temperatures = self._temperatures(temperature, num_steps, temperature_schedule)
         if guidance_schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}.")
         if mask_schedule not in INFERENCE_MASK_SCHEDULES:
@@ -820,22 +853,24 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         dtype = self.dtype
         latents = torch.zeros(batch, config.latent_channels, config.latent_size, config.latent_size,
                               device=self.device, dtype=torch.float32)
+        # the inference mask: one random token order per sample, fixed over the outer steps (reference sampler)
+        order_rank = self._random((batch, config.num_tokens), generator).argsort(dim=1).argsort(dim=1) \
+            if mask_schedule == "cosine" else None
         for step, next_level in enumerate(levels):
             level = levels[step - 1] if step > 0 else 0  # the input level: blank first, then the previous output
             inputs = frequency_filter(latents, level, config.num_levels, config.filter_kind)  # level 0: zeros
             tokens = self.patchify(inputs).to(dtype)
             mask = None
-            if mask_schedule == "cosine":
-                count = math.floor(config.num_tokens * math.cos(math.pi / 2 * (step + 1) / num_steps))
-                mask = self._mask_from_counts(torch.full((batch,), count, device=self.device), generator)
+            if order_rank is not None:
+                mask = order_rank < math.floor(config.num_tokens * math.cos(math.pi / 2 * step / num_steps))
             if use_cfg:
                 tokens, mask = torch.cat([tokens, tokens]), None if mask is None else torch.cat([mask, mask])
             condition = self.conditions(tokens, rows, mask, **text_inputs)
             scale = guidance_scale
             if use_cfg and guidance_schedule == "linear":
-                scale = 1.0 + (guidance_scale - 1.0) * (step + 1) / num_steps
+                scale = 1.0 + (guidance_scale - 1.0) * step / num_steps
             sampled = self._sample_tokens(condition, level, inner_steps[step], scale if use_cfg else 1.0,
-                                          temperatures[step], scheduler, generator)
+                                          temperatures[step], scheduler, generator, guided=use_cfg)
             latents = self.unpatchify(sampled)
             if callback is not None:
                 replaced = callback(step, next_level, latents)
@@ -867,24 +902,24 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         return steps
 
     @staticmethod
-    def _temperatures(temperature, num_steps: int) -> list[float]:
+    def _temperatures(temperature, num_steps: int, schedule: str = "linear") -> list[float]:
         if not isinstance(temperature, (list, tuple)):
-            values = [check_number("temperature", temperature, low=0.0, low_open=True)] * num_steps
+            temperature = check_number("temperature", temperature, low=0.0, low_open=True)
         else:
             if len(temperature) != 2:
                 raise ValueError(f"temperature must be a float or a (start, end) pair, got {temperature!r}.")
-            pair = [check_number("temperature", value, low=0.0, low_open=True) for value in temperature]
-            start, end = pair
-            values = [end if num_steps == 1 else start + (end - start) * k / (num_steps - 1) for k in range(num_steps)]
+            temperature = [check_number("temperature", value, low=0.0, low_open=True) for value in temperature]
+        values = far_temperatures(temperature, num_steps, schedule)
         if min(values) <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}.")
         return values
 
     def _sample_tokens(self, condition: torch.Tensor, level: int, num_inference_steps: int, guidance_scale: float,
-                       temperature: float, scheduler: DDPMScheduler, generator: torch.Generator | None
-                       ) -> torch.Tensor:
-        """Run the head's reverse diffusion for every token at once: `(R, L, D)` conditions (R = B, or 2B with CFG:
-        conditional rows first) -> `(B, L, token_dim)` sampled full-latent tokens.
+                       temperature: float, scheduler: DDPMScheduler, generator: torch.Generator | None,
+                       guided: bool = False) -> torch.Tensor:
+        """Run the head's reverse diffusion for every token at once: `(R, L, D)` conditions (R = B, or 2B with CFG,
+        `guided=True`: conditional rows first) -> `(B, L, token_dim)` sampled full-latent tokens. A guided step may
+        have `guidance_scale` 1.0 (the first step of the linear ramp): the unconditional rows are then unused.
 
         The step is written here from the scheduler's tables (`set_timesteps` picks the respaced timesteps,
         `alphas_cumprod` gives the coefficients) instead of calling `DDPMScheduler.step`, because `step` draws its
@@ -893,7 +928,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         """
         config = self.config
         head = self.diffusion_head
-        use_cfg = guidance_scale != 1.0
+        use_cfg = guided
         rows, length = condition.shape[0], condition.shape[1]
         batch = rows // 2 if use_cfg else rows
         dtype = condition.dtype
