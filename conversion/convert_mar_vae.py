@@ -149,7 +149,8 @@ def official_to_ours(key: str, num_stages: int) -> tuple[str, Transform | None] 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The VAE state dict of MAR's checkpoint: its `"model"` entry (weights-only unpickling), or a safetensors file."""
-    return load_state_dict_file(path, key=CHECKPOINT_KEY, layout_hint=LAYOUT_HINT)
+    # MAR saves training checkpoints with their argparse `args`; that one class is allowed, nothing else
+    return load_state_dict_file(path, key=CHECKPOINT_KEY, layout_hint=LAYOUT_HINT, safe_globals=[argparse.Namespace])
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -120,3 +120,23 @@ def test_check_new_output_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file; choose a new directory."):
         check_new_output_directory(tmp_path / "file")
+
+
+def test_training_checkpoints_with_argparse_args_load_only_when_namespace_is_allowed(tmp_path):
+    """MAR / FAR save `{"model": ..., "model_ema": ..., "args": argparse.Namespace}`: the weights-only unpickler
+    refuses the Namespace unless it is allowed explicitly; any other class stays refused."""
+    import argparse
+    import fractions
+
+    from spectralar_hf.checkpoint_io import load_state_dict_file
+
+    weights = {"w": torch.ones(2)}
+    torch.save({"model": weights, "model_ema": None, "args": argparse.Namespace(mask=False)}, tmp_path / "mar.pth")
+    with pytest.raises(ValueError, match="not a readable weights-only PyTorch checkpoint"):
+        load_state_dict_file(tmp_path / "mar.pth", key="model")
+    loaded = load_state_dict_file(tmp_path / "mar.pth", key=("model_ema", "model"), safe_globals=[argparse.Namespace])
+    assert torch.equal(loaded["w"], weights["w"])  # model_ema is None: the raw weights are used
+    torch.save({"model": weights, "other": fractions.Fraction(1, 3), "args": argparse.Namespace()},
+               tmp_path / "other.pth")  # an object of another class besides the allowed Namespace: refused
+    with pytest.raises(ValueError, match="not a readable weights-only PyTorch checkpoint"):
+        load_state_dict_file(tmp_path / "other.pth", key="model", safe_globals=[argparse.Namespace])
