@@ -6,6 +6,12 @@
 2. Frequency-aware inner steps (linear 40 -> 100 over the outer steps, FAR section 4.3) against a constant 100: total
    sampling time and the diffusion head's share (sampling time minus the transformer's forward passes).
 3. Images/s of the whole `FARPipeline` (transformer + head + VAE decode) with and without CFG.
+4. (`--far_b_batches 1 64`) FAR-B at ImageNet size (the `far-b` preset: the architecture `conversion/convert_far.py`
+   produces from the official FAR-B checkpoint; random weights, which do not change the cost): the latency of one
+   outer step with CFG = one transformer pass over the 2B conditional and null-class rows + T_s inner steps of the
+   head over all 2B x 256 tokens. The transformer pass and one inner step are timed; the outer step and the whole
+   10-step sampling (inner steps 40 -> 100 linear, 700 in all) are composed from them, beside the paper's Table 3
+   (FAR-H, batch 1, 10 steps: 1.81 s on one H20 GPU).
 
 Run: `python benchmarks/bench_far.py [--pipeline DIR] [--batch_sizes 1 16]` (default: random `small` preset on
 8 x 8 x 4 latents with a random `fmnist-f4`-shaped VAE; with --pipeline, a saved FARPipeline such as
@@ -28,6 +34,7 @@ from _common import machine_line, markdown_table, time_call  # noqa: E402
 
 from spectralar_hf import FARConfig, FARPipeline, FARTransformer  # noqa: E402
 from spectralar_hf.models.far import build_noise_scheduler  # noqa: E402
+from spectralar_hf.spectral import far_diffusion_steps  # noqa: E402
 
 MAR_STEPS = 64
 MAR_DIFFUSION_STEPS = 100
@@ -90,6 +97,39 @@ def transformer_time(model: FARTransformer, labels: torch.Tensor, num_steps: int
     return time_call(run, repeats)
 
 
+@torch.no_grad()
+def far_b_latency(batches: list[int], guidance_scale: float, repeats: int) -> None:
+    """Section 4: FAR-B outer-step latency composed from a timed transformer pass and a timed head inner step."""
+    torch.manual_seed(0)
+    model = FARTransformer(FARConfig.from_preset("far-b")).eval()
+    config = model.config
+    steps = far_diffusion_steps(config.num_inference_steps)  # 40 -> 100 over the 10 outer steps
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"machine: {machine_line()}\n\n### 4. FAR-B outer-step latency (far-b preset, {parameters / 1e6:.0f}M "
+          f"parameters, random weights; CFG {guidance_scale:g}: 2B rows; {config.num_tokens} tokens; head "
+          f"{config.head_depth} x {config.head_width})\n")
+    rows = []
+    for batch in batches:
+        labels = torch.arange(batch) % config.num_classes
+        rows_labels = torch.cat([labels, torch.full_like(labels, config.null_class_id)])
+        tokens = torch.randn(2 * batch, config.num_tokens, config.token_dim)
+        transformer_s = time_call(lambda: model.conditions(tokens, rows_labels), repeats)
+        condition = model.conditions(tokens, rows_labels).reshape(-1, config.hidden_size)
+        head = model.diffusion_head
+        condition_embedding = head.embed_condition(condition, torch.full((condition.shape[0],), 5))
+        time_embedding = head.embed_time(torch.tensor([500]), condition.dtype)
+        x = torch.randn(condition.shape[0], config.token_dim)
+        inner_s = time_call(lambda: head.denoise(x, time_embedding, condition_embedding), repeats)
+        outer = {t: transformer_s + t * inner_s for t in (40, 70, 100)}
+        total = config.num_inference_steps * transformer_s + sum(steps) * inner_s
+        rows.append([batch, f"{transformer_s * 1e3:.0f}", f"{inner_s * 1e3:.1f}",
+                     *(f"{outer[t]:.2f}" for t in (40, 70, 100)), f"{total:.1f}", f"{batch / total:.3f}"])
+    print(markdown_table(["batch", "transformer pass ms", "head inner step ms", "outer step s (T_s 40)",
+                          "outer step s (T_s 70)", "outer step s (T_s 100)",
+                          f"{config.num_inference_steps} steps s (40 -> 100)", "images/s"], rows))
+    print("\npaper, Table 3 (FAR-H 812M, batch 1, 10 steps, one H20 GPU): 1.81 s\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default=None, help="a saved FARPipeline directory")
@@ -97,7 +137,14 @@ def main() -> None:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--guidance_scale", type=float, default=3.0, help="CFG scale of the CFG rows")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--far_b_batches", type=int, nargs="*", default=[],
+                        help="also time FAR-B outer steps at these batch sizes (section 4), e.g. 1 64")
+    parser.add_argument("--skip_small", action="store_true", help="only section 4")
     args = parser.parse_args()
+    if args.far_b_batches:
+        far_b_latency(args.far_b_batches, args.guidance_scale, args.repeats)
+    if args.skip_small:
+        return
     pipe = FARPipeline.from_pretrained(args.pipeline) if args.pipeline else random_pipeline(args.preset)
     pipe.set_progress_bar_config(disable=True)
     model, scheduler = pipe.transformer.eval(), pipe.scheduler
