@@ -66,7 +66,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from transformers import AutoModel, AutoTokenizer
 from diffusers import AutoencoderKL
-from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
@@ -75,14 +75,17 @@ from spectralar_hf import FARConfig, FARPipeline, FARTransformer, build_noise_sc
 from spectralar_hf.pipelines.pipeline_far import check_components, encode_prompt, vae_scale_factor
 from spectralar_hf.argtypes import (
     finite_float,
-    non_negative_float,
     non_negative_int,
-    open_unit_float,
     positive_float,
     positive_int,
-    unit_float,
 )
-from spectralar_hf.training.arguments import parse_config_overrides, resolve_model_dir
+from spectralar_hf.training.arguments import (
+    OptimizationDefaults,
+    add_optimization_arguments,
+    add_run_arguments,
+    parse_config_overrides,
+    resolve_model_dir,
+)
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
@@ -97,7 +100,6 @@ from spectralar_hf.training.optim import decay_parameter_groups
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
-LR_SCHEDULERS = [scheduler.value for scheduler in SchedulerType]
 
 CACHE_INFO = "cache_info.json"
 STATS_ROWS = 10_000  # latents whose std is recorded in cache_info.json (a check that scaling_factor fits)
@@ -170,34 +172,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sampling.add_argument("--sample_clip_range", type=finite_float, default=None,
                           help="clamp the head's x0 prediction to [-R, R] when sampling (default: no clipping)")
 
-    optim = parser.add_argument_group("optimisation (defaults: FAR / MAR)")
-    optim.add_argument("--train_batch_size", type=positive_int, default=64, help="per device")
-    optim.add_argument("--max_train_steps", type=positive_int, default=10000)
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--learning_rate", type=positive_float, default=1e-4)
-    optim.add_argument("--scale_lr", action="store_true", help="lr x total batch / 256 (MAR)")
-    optim.add_argument("--adam_beta1", type=unit_float, default=0.9)
-    optim.add_argument("--adam_beta2", type=unit_float, default=0.95)
-    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=0.02)
-    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="constant_with_warmup",
-                       help='a diffusers get_scheduler name: "constant_with_warmup" (MAR) or "cosine"')
-    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
-    optim.add_argument("--max_grad_norm", type=non_negative_float, default=3.0, help="0: no clipping")
-    optim.add_argument("--use_ema", action="store_true")
-    optim.add_argument("--ema_decay", type=open_unit_float, default=0.9999)
-    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    optim.add_argument("--seed", type=non_negative_int, default=0)
+    add_optimization_arguments(parser, OptimizationDefaults(
+        title="optimisation (defaults: FAR / MAR)", train_batch_size=64, scale_lr_help="lr x total batch / 256 (MAR)",
+        adam_beta2=0.95, adam_weight_decay=0.02, lr_scheduler="constant_with_warmup",
+        lr_scheduler_help='a diffusers get_scheduler name: "constant_with_warmup" (MAR) or "cosine"', max_grad_norm=3.0,
+        ema_decay=0.9999))
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", required=True)
-    run.add_argument("--logging_dir", default="logs")
-    run.add_argument("--report_to", default="tensorboard")
-    run.add_argument("--overwrite_output_dir", action="store_true",
-                     help="delete an earlier run's checkpoints, logs and model in --output_dir and start over (a "
-                          "latent cache in it is kept: it is reused only when made with the same settings)")
-    run.add_argument("--logging_steps", type=positive_int, default=50)
-    run.add_argument("--validation_steps", type=positive_int, default=1000,
-                     help="save a class-conditional grid every N")
+    run = add_run_arguments(parser, "save a class-conditional grid every N",
+                            overwrite_note=" (a latent cache in it is kept: it is reused only when made with the "
+                                           "same settings)")
     run.add_argument("--validation_classes", type=non_negative_int, nargs="*", default=None,
                      help="default: up to 10 classes")
     run.add_argument("--validation_images_per_class", type=positive_int, default=4)
@@ -205,12 +188,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="outer steps of the grids (default: the saved sampling default)")
     run.add_argument("--validation_diffusion_steps", type=diffusion_steps_argument, default=None,
                      help="inner steps of the grids (default: the saved sampling default)")
-    run.add_argument("--checkpointing_steps", type=positive_int, default=1000)
-    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
-    run.add_argument("--resume_from_checkpoint", default=None, help='a checkpoint-N path or "latest"')
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id", default=None)
-    run.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
 
     if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:
@@ -568,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
     optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay,
                                                          no_decay_prefixes=("diffusion_head.",)), lr=learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2))
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     scheduler = get_scheduler(args.lr_scheduler, optimizer,
                               num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                               num_training_steps=args.max_train_steps * accelerator.num_processes)

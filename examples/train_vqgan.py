@@ -64,7 +64,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.func import functional_call
 from tqdm.auto import tqdm
@@ -74,13 +74,17 @@ from spectralar_hf.argtypes import (
     finite_float,
     non_negative_float,
     non_negative_int,
-    open_unit_float,
     positive_float,
     positive_int,
-    unit_float,
 )
 from spectralar_hf.models.tokenizer.configuration_spectral_tokenizer import PIXEL_DECODER_FIELDS
-from spectralar_hf.training.arguments import parse_config_overrides, resolve_model_dir
+from spectralar_hf.training.arguments import (
+    OptimizationDefaults,
+    add_optimization_arguments,
+    add_run_arguments,
+    parse_config_overrides,
+    resolve_model_dir,
+)
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
@@ -111,7 +115,6 @@ from spectralar_hf.training.vq import CodebookRestarter
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
-LR_SCHEDULERS = [scheduler.value for scheduler in SchedulerType]
 MODEL_FOLDER = "vqgan"
 STATS_FILE = "vqgan_stats.json"
 # The PSNR of a perfect reconstruction would be infinite: per-image MSEs are floored here (a 100 dB cap).
@@ -163,44 +166,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     losses.add_argument("--no_codebook_restart", action="store_true",
                         help="do not restart dead codes on recent encoder latents (see spectralar_hf.training.vq)")
 
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--train_batch_size", type=positive_int, default=32, help="per device")
-    optim.add_argument("--max_train_steps", type=positive_int, default=10000)
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--learning_rate", type=positive_float, default=1e-4)
-    optim.add_argument("--scale_lr", action="store_true", help="multiply the lr by the total batch size / 256")
-    optim.add_argument("--adam_beta1", type=unit_float, default=0.9)
-    optim.add_argument("--adam_beta2", type=unit_float, default=0.99)
-    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-4)
-    optim.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
-    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, type=str, default="cosine",
-                       help="a diffusers get_scheduler name")
-    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
-    optim.add_argument("--max_grad_norm", type=non_negative_float, default=1.0, help="0: no clipping")
-    optim.add_argument("--use_ema", action="store_true")
-    optim.add_argument("--ema_decay", type=open_unit_float, default=0.999)
-    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    optim.add_argument("--seed", type=non_negative_int, default=0)
+    add_optimization_arguments(parser, OptimizationDefaults())
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", type=str, required=True)
-    run.add_argument("--logging_dir", type=str, default="logs")
-    run.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "none", ...')
-    run.add_argument("--overwrite_output_dir", action="store_true",
-                     help="delete an earlier run's checkpoints, logs and model in --output_dir and start over")
-    run.add_argument("--logging_steps", type=positive_int, default=50)
-    run.add_argument("--validation_steps", type=positive_int, default=1000,
-                     help="save a reconstruction strip every N steps")
+    run = add_run_arguments(parser, "save a reconstruction strip every N steps")
     run.add_argument("--validation_images", type=positive_int, default=8, help="images in the reconstruction strips")
     run.add_argument("--eval_samples", type=positive_int, default=1000,
                      help="images (the first N, centre-cropped) on which the final codebook usage and PSNR are "
                           "measured")
-    run.add_argument("--checkpointing_steps", type=positive_int, default=1000)
-    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
-    run.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint-N path or "latest"')
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id", type=str, default=None)
-    run.add_argument("--hub_token", type=str, default=None)
     args = parser.parse_args(argv)
 
     if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:

@@ -1,9 +1,11 @@
 """Argument checking shared by the examples/ scripts (numbers: `spectralar_hf.argtypes`): `--config_overrides` (a JSON
 object whose keys must be fields of the config class; a typo is named with its close matches) and model folders given
-to a flag (what a folder holds, and whether it is what the flag expects)."""
+to a flag (what a folder holds, and whether it is what the flag expects), and the optimisation / run flag groups that
+every training script shares."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import inspect
@@ -76,3 +78,77 @@ def resolve_model_dir(path: str | Path, flag: str, expected: str, *, model_type:
     what = describe_folder(path) if root == Path(path) else f"a {pipeline_class} whose {subfolder}/ holds " \
         f"{describe_folder(root)}"
     raise ValueError(f"{flag} {str(path)!r} holds {what}, not {wanted}" + (f"; {hint}." if hint else "."))
+
+
+# ---------------------------------------------------------------------------------------------------- shared groups
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationDefaults:
+    """The defaults of one script's "optimisation" flags (each script follows its paper's recipe)."""
+
+    title: str = "optimisation"
+    train_batch_size: int = 32
+    learning_rate: float = 1e-4
+    scale_lr_help: str = "multiply the lr by the total batch size / 256"
+    adam_beta2: float = 0.99
+    adam_weight_decay: float = 1e-4
+    lr_scheduler: str = "cosine"
+    lr_scheduler_help: str = "a diffusers get_scheduler name"
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+
+
+def add_optimization_arguments(parser: argparse.ArgumentParser, defaults: OptimizationDefaults
+                               ) -> argparse._ArgumentGroup:
+    """Batch, steps, AdamW, lr schedule, clipping, EMA, precision and seed flags (the same in every training script);
+    returns the group so a script can add its own."""
+    from diffusers.optimization import SchedulerType
+
+    from ..argtypes import non_negative_float, non_negative_int, open_unit_float, positive_float, positive_int, \
+        unit_float
+
+    optim = parser.add_argument_group(defaults.title)
+    optim.add_argument("--train_batch_size", type=positive_int, default=defaults.train_batch_size, help="per device")
+    optim.add_argument("--max_train_steps", type=positive_int, default=10000)
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--learning_rate", type=positive_float, default=defaults.learning_rate)
+    optim.add_argument("--scale_lr", action="store_true", help=defaults.scale_lr_help)
+    optim.add_argument("--adam_beta1", type=unit_float, default=0.9)
+    optim.add_argument("--adam_beta2", type=unit_float, default=defaults.adam_beta2)
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=defaults.adam_weight_decay)
+    optim.add_argument("--adam_epsilon", type=positive_float, default=1e-8)
+    optim.add_argument("--lr_scheduler", choices=[kind.value for kind in SchedulerType], type=str,
+                       default=defaults.lr_scheduler, help=defaults.lr_scheduler_help)
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=500)
+    optim.add_argument("--max_grad_norm", type=non_negative_float, default=defaults.max_grad_norm,
+                       help="0: no clipping")
+    optim.add_argument("--use_ema", action="store_true")
+    optim.add_argument("--ema_decay", type=open_unit_float, default=defaults.ema_decay)
+    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--seed", type=non_negative_int, default=0)
+    return optim
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, validation_help: str, overwrite_note: str = ""
+                      ) -> argparse._ArgumentGroup:
+    """Output folder, logging, validation cadence, checkpoints, resume and Hub flags (the same in every training
+    script); returns the group so a script can add its own validation settings."""
+    from ..argtypes import positive_int
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=str, required=True)
+    run.add_argument("--logging_dir", type=str, default="logs")
+    run.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "none", ...')
+    run.add_argument("--overwrite_output_dir", action="store_true",
+                     help="delete an earlier run's checkpoints, logs and model in --output_dir and start over"
+                          + overwrite_note)
+    run.add_argument("--logging_steps", type=positive_int, default=50)
+    run.add_argument("--validation_steps", type=positive_int, default=1000, help=validation_help)
+    run.add_argument("--checkpointing_steps", type=positive_int, default=1000)
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None)
+    run.add_argument("--resume_from_checkpoint", type=str, default=None, help='a checkpoint-N path or "latest"')
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", type=str, default=None)
+    run.add_argument("--hub_token", type=str, default=None)
+    return run
