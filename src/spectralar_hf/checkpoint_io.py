@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,6 +20,14 @@ def list_names(items: list[str], limit: int = NAMES_LISTED) -> str:
     """`"a, b, c, ... (5 more)"`: the first `limit` items of a list for an error message."""
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+class LoadedCheckpoint(NamedTuple):
+    """What :func:`load_checkpoint_file` read: the state dict, where it came from and the file's other entries."""
+
+    state_dict: dict[str, torch.Tensor]
+    entry: str | None  # the top-level key of the state dict (e.g. "model_ema"); None for a flat file
+    extras: dict[str, Any]  # the other top-level entries (e.g. a training checkpoint's "args", "epoch"); {} if flat
 
 
 def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str | Sequence[str] | None = None,
@@ -38,6 +47,18 @@ def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str 
     Raises:
         FileNotFoundError: `path` is not a file. ValueError: unreadable, not a mapping, or values that are not tensors.
     """
+    return load_checkpoint_file(path, flag, key, layout_hint, safe_globals).state_dict
+
+
+def load_checkpoint_file(path: str | Path, flag: str = "--checkpoint", key: str | Sequence[str] | None = None,
+                         layout_hint: str = "", safe_globals: Sequence[type] = (),
+                         allow_flat: bool = False) -> LoadedCheckpoint:
+    """:func:`load_state_dict_file` that also returns which entry the state dict came from and the file's other
+    top-level entries (read in the same pass: a training checkpoint's `args`, without unpickling the file twice).
+
+    `allow_flat=True` also accepts a file that is itself a flat state dict when `key` is given (`entry` is then
+    `None`); a `.safetensors` file is always flat.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {str(path)!r} is not a file.")
@@ -46,7 +67,7 @@ def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str 
         from safetensors.torch import load_file
 
         try:
-            return load_file(path)
+            return LoadedCheckpoint(load_file(path), None, {})
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path} is not a readable safetensors file ({error}).") from error
     try:
@@ -57,19 +78,23 @@ def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str 
         raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict {{key: tensor}}.")
-    if key is not None:
+    entry, extras = None, {}
+    flat = bool(data) and all(isinstance(value, torch.Tensor) for value in data.values())
+    if key is not None and not (allow_flat and flat):
         keys = [key] if isinstance(key, str) else list(key)
         found = [name for name in keys if isinstance(data.get(name), Mapping)]
         if not found:
             wanted = " or ".join(repr(name) for name in keys)
             raise ValueError(f"{path} has no state dict under {wanted} (its entries: "
                              f"{list_names(sorted(map(str, data)))})" + (f"; {layout_hint}" if layout_hint else "."))
-        data = data[found[0]]
+        entry = found[0]
+        extras = {name: value for name, value in data.items() if name != entry}
+        data = data[entry]
     not_tensors = sorted(str(name) for name, value in data.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
         raise ValueError(f"{path} is not a flat state dict: entries {list_names(not_tensors)} are not tensors"
                          + (f" ({layout_hint})." if layout_hint else "."))
-    return dict(data)
+    return LoadedCheckpoint(dict(data), entry, extras)
 
 
 def check_new_output_directory(output: str | Path, overwrite: bool = False, flag: str = "--output") -> Path:
