@@ -160,7 +160,8 @@ def far_config(model: str, state_dict: Mapping[str, torch.Tensor], args: Any = N
                use_mask: bool | None = None) -> FARConfig:
     """The `FARConfig` of an official checkpoint: the preset of `model` with the class buffer and the head's depth
     and width read from `state_dict`, `use_mask` from `use_mask`, else the checkpoint's `args.mask`, else False (the
-    released models), and the class-dropout probability from `args.label_drop_prob` when present.
+    released models), the class-dropout probability from `args.label_drop_prob` and the frequency-aware loss
+    weighting from `args.loss_weight` (the released models were trained without it) when present.
 
     Raises `ValueError` when `model` is unknown or the training arguments contradict `model` or the weights.
     """
@@ -182,6 +183,9 @@ def far_config(model: str, state_dict: Mapping[str, torch.Tensor], args: Any = N
     label_drop_prob = _arg(args, "label_drop_prob")
     if label_drop_prob is not None:
         overrides["class_dropout_prob"] = float(label_drop_prob)
+    loss_weight = _arg(args, "loss_weight")  # FTL: off unless --loss_weight (train.sh leaves it off)
+    if loss_weight is not None:
+        overrides["loss_weighting"] = bool(loss_weight)
 
     # the training arguments, where present, must describe the same model
     config = FARConfig.from_preset(MODEL_PRESETS[model], **overrides)

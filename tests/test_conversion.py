@@ -140,3 +140,17 @@ def test_training_checkpoints_with_argparse_args_load_only_when_namespace_is_all
                tmp_path / "other.pth")  # an object of another class besides the allowed Namespace: refused
     with pytest.raises(ValueError, match="not a readable weights-only PyTorch checkpoint"):
         load_state_dict_file(tmp_path / "other.pth", key="model", safe_globals=[argparse.Namespace])
+
+
+def test_zip_checkpoints_are_memory_mapped_and_legacy_ones_still_load(tmp_path, monkeypatch):
+    from spectralar_hf.checkpoint_io import load_state_dict_file
+
+    state = {"w": torch.arange(4.0)}
+    torch.save(state, tmp_path / "zip.pt")
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    calls = []
+    original = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (calls.append(k.get("mmap", False)), original(*a, **k))[1])
+    assert torch.equal(load_state_dict_file(tmp_path / "zip.pt")["w"], state["w"]) and calls == [True]
+    calls.clear()
+    assert torch.equal(load_state_dict_file(tmp_path / "legacy.pt")["w"], state["w"]) and calls == [True, False]

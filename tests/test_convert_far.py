@@ -340,18 +340,22 @@ def test_converted_pipeline_round_trips_and_generates_the_same_images(converter,
 
 def test_transformer_only_raw_weights_flat_files_and_the_mask_flag(converter, tmp_path, capsys):
     ema, raw = random_state(tiny_layout(), seed=0), random_state(tiny_layout(), seed=1)
-    checkpoint = save_checkpoint(tmp_path / "checkpoint.pth", ema, raw, released_args(mask=True))
+    checkpoint = save_checkpoint(tmp_path / "checkpoint.pth", ema, raw, released_args(mask=True, loss_weight=True))
     base = ["--model", TINY_MODEL]
     assert converter.main(["--checkpoint", str(checkpoint), *base, "--output", str(tmp_path / "raw"),
                            "--no-ema"]) == 0
     model = FARTransformer.from_pretrained(tmp_path / "raw")
     assert torch.equal(model.token_embedding.weight, raw["z_proj.weight"])
     assert model.config.use_mask and model.config.inference_mask_schedule == "cosine"  # args.mask
+    assert model.config.loss_weighting  # args.loss_weight
     assert converter.main(["--checkpoint", str(checkpoint), *base, "--output", str(tmp_path / "ema"),
                            "--no-mask"]) == 0
     model = FARTransformer.from_pretrained(tmp_path / "ema")
     assert torch.equal(model.token_embedding.weight, ema["z_proj.weight"])
     assert not model.config.use_mask and model.config.inference_mask_schedule == "none"
+    released = save_checkpoint(tmp_path / "released.pth", ema, args=released_args(loss_weight=False))
+    assert converter.main(["--checkpoint", str(released), *base, "--output", str(tmp_path / "released")]) == 0
+    assert not FARTransformer.from_pretrained(tmp_path / "released").config.loss_weighting  # train.sh: no FTL
     from safetensors.torch import save_file
 
     save_file(ema, tmp_path / "flat.safetensors")

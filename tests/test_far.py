@@ -703,3 +703,18 @@ def test_bad_inputs_raise_clear_errors(pipe):
     with pytest.raises(ValueError, match="noise schedule"):
         FARPipeline(vae=pipe.vae, transformer=pipe.transformer,
                     scheduler=build_noise_scheduler(tiny_config()))  # cosine, but the transformer was trained on linear
+
+
+def test_block_drops_after_the_gelu_like_timms_mlp_and_keeps_parameter_names():
+    from spectralar_hf.models.far.modeling_far import FARBlock
+
+    block = FARBlock(tiny_config(dropout=0.5))
+    assert [name for name, _ in block.mlp.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    seen = []
+    block.mlp[2].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    hidden = torch.randn(2, 5, 32, generator=seeded(0))
+    block.train()(hidden, None)
+    block.eval()(hidden, None)
+    trained, evaluated = seen
+    assert 0.3 < float((trained == 0).float().mean()) < 0.7  # dropout p = 0.5 on the fc2 input (timm's drop1)
+    assert float((evaluated == 0).float().mean()) < 0.01

@@ -30,6 +30,17 @@ class LoadedCheckpoint(NamedTuple):
     extras: dict[str, Any]  # the other top-level entries (e.g. a training checkpoint's "args", "epoch"); {} if flat
 
 
+def _weights_only_load(path: Path) -> Any:
+    """`torch.load(weights_only=True)`, memory-mapped when the file is in the zip format (a multi-GB training
+    checkpoint then costs no RAM for the entries that are not used, e.g. optimizer states), else read in full."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error) and "zip" not in str(error).lower():
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str | Sequence[str] | None = None,
                          layout_hint: str = "", safe_globals: Sequence[type] = ()) -> dict[str, torch.Tensor]:
     """The flat `{name: tensor}` state dict in `path`.
@@ -72,7 +83,7 @@ def load_checkpoint_file(path: str | Path, flag: str = "--checkpoint", key: str 
             raise ValueError(f"{path} is not a readable safetensors file ({error}).") from error
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = _weights_only_load(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error

@@ -228,7 +228,10 @@ class FARBlock(GradientCheckpointingLayer):
             self.cross_attn = FARCrossAttention(config)
         self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
         inner = int(width * config.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width))
+        # timm's Mlp (MAR / FAR) drops after the GELU as well as after fc2; the activation and its dropout share
+        # index 1, so the parameter names stay `mlp.0` / `mlp.2`
+        self.mlp = nn.Sequential(nn.Linear(width, inner), nn.Sequential(nn.GELU(), nn.Dropout(config.dropout)),
+                                 nn.Linear(inner, width))
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None, context: torch.Tensor | None = None,
