@@ -211,9 +211,10 @@ def key_rules(config: SpectralTokenizerConfig) -> list[tuple[str, str, Callable 
     return rules
 
 
-def official_to_ours(key: str, config: SpectralTokenizerConfig) -> tuple[str, Callable | None] | None:
-    """Our name (and value transform) for an official TiTok state-dict key, or `None` when no rule maps it."""
-    for pattern, replacement, transform in key_rules(config):
+def official_to_ours(key: str, rules: list[tuple[str, str, Callable | None]]) -> tuple[str, Callable | None] | None:
+    """Our name (and value transform) for an official TiTok state-dict key under `rules` (see `key_rules`), or
+    `None` when no rule maps it."""
+    for pattern, replacement, transform in rules:
         if re.fullmatch(pattern, key):
             return re.sub(pattern, replacement, key), transform
     return None
@@ -257,8 +258,9 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: SpectralT
         state_dict.update(pixel_weights)
     expected = expected_shapes(config)
     converted, source, unexpected = {}, {}, []
+    rules = key_rules(config)
     for key, tensor in state_dict.items():
-        mapped = official_to_ours(key, config)
+        mapped = official_to_ours(key, rules)
         if mapped is None or mapped[0] not in expected:  # no rule, or a parameter this config does not have
             unexpected.append(key)
             continue

@@ -36,7 +36,7 @@ from spectralar_hf import SpectralTokenizer
 from spectralar_hf.argtypes import positive_int
 from spectralar_hf.training.arguments import resolve_model_dir
 from spectralar_hf.training.checkpointing import model_fingerprint, write_json_atomic
-from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
+from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,19 +133,6 @@ def check_output(output: Path, settings: dict, overwrite: bool) -> list[Path]:
                      f"another --output_dir.")
 
 
-def load_source(args: argparse.Namespace):
-    if args.idx_data_dir is not None:
-        dataset = load_idx_dataset(args.idx_data_dir, args.split)
-    else:
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
-                                     args.cache_dir)
-    if args.max_samples is not None:
-        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty; check the data source and --max_samples.")
-    return dataset
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     accelerator = Accelerator()
@@ -153,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = tokenizer_dir(args.tokenizer)
     tokenizer = SpectralTokenizer.from_pretrained(folder).eval().to(accelerator.device)
     config = tokenizer.config
-    source = load_source(args)
+    source = load_training_source(args, "max_samples")
     image_column = find_column(source, args.image_column, ("image", "img", "pixel_values"), "image")
     label_column = find_column(source, args.label_column, ("label", "labels", "class"), "label")
     label_feature = source.features[label_column]

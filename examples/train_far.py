@@ -95,7 +95,7 @@ from spectralar_hf.training.checkpointing import (
     save_checkpoint,
     start_run,
 )
-from spectralar_hf.training.data import ImageTransform, find_column, load_idx_dataset, load_image_dataset
+from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
 from spectralar_hf.training.optim import decay_parameter_groups
 from spectralar_hf.visualization import prefix_strip
 
@@ -271,15 +271,7 @@ def vae_geometry(vae: AutoencoderKL) -> tuple[int, int, int]:
 
 def load_source(args: argparse.Namespace) -> tuple[datasets.Dataset, str, str]:
     """The labelled image dataset and its image and label column names."""
-    if args.idx_data_dir is not None:
-        dataset = load_idx_dataset(args.idx_data_dir, args.split)
-    else:
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
-                                     args.cache_dir)
-    if args.max_train_samples is not None:
-        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty; check the data source and --max_train_samples.")
+    dataset = load_training_source(args)
     image_column = find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
     label_column = find_column(dataset, args.label_column, ("label", "labels", "class"), "label")
     return dataset, image_column, label_column

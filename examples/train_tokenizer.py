@@ -84,15 +84,14 @@ from spectralar_hf.training.checkpointing import (
     start_run,
 )
 from spectralar_hf.training.data import (
-    SKIMAGE_PHOTOS,
     AugmentedImages,
     ImageTransform,
     PhotoCropDataset,
+    SKIMAGE_PHOTOS,
     collate_pixel_values,
     find_column,
-    load_idx_dataset,
-    load_image_dataset,
     load_sample_photos,
+    load_training_source,
 )
 from spectralar_hf.training.losses import (
     LeCAMRegularizer,
@@ -226,13 +225,7 @@ def build_dataset(args: argparse.Namespace, config: SpectralTokenizerConfig, ran
         names = [name for name in SKIMAGE_PHOTOS if name not in set(args.exclude_photos)]
         return PhotoCropDataset(load_sample_photos(names), config.image_size, tuple(args.photo_crop_scale),
                                 seed=args.seed, rank=rank, num_channels=config.num_channels)
-    if args.idx_data_dir is not None:
-        dataset = load_idx_dataset(args.idx_data_dir, args.split)
-    else:
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
-                                     args.cache_dir)
-    if args.max_train_samples is not None:
-        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    dataset = load_training_source(args)
     image_column = find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
     transform = ImageTransform(config.image_size, config.num_channels, args.random_crop, args.random_flip)
     return AugmentedImages(dataset, image_column, transform, args.seed)

@@ -97,13 +97,7 @@ from spectralar_hf.training.checkpointing import (
     save_checkpoint,
     start_run,
 )
-from spectralar_hf.training.data import (
-    AugmentedImages,
-    ImageTransform,
-    find_column,
-    load_idx_dataset,
-    load_image_dataset,
-)
+from spectralar_hf.training.data import AugmentedImages, ImageTransform, find_column, load_training_source
 from spectralar_hf.training.losses import (
     LeCAMRegularizer,
     PatchDiscriminator,
@@ -300,15 +294,7 @@ def sample_size(vae: AutoencoderKL) -> int:
 
 def load_images(args: argparse.Namespace):
     """The training images as a `datasets.Dataset` and the name of its image column."""
-    if args.idx_data_dir is not None:
-        dataset = load_idx_dataset(args.idx_data_dir, args.split)
-    else:
-        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
-                                     args.cache_dir)
-    if args.max_train_samples is not None:
-        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty; check the data source and --max_train_samples.")
+    dataset = load_training_source(args)
     return dataset, find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
 
 

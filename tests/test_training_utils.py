@@ -105,3 +105,21 @@ def test_decay_groups_can_exclude_a_submodule_like_mar_and_far_do_their_diffusio
     assert far_names == plain_names - head  # ... not with the exclusion; the transformer's linears still are
     assert "encoder_layers.0.attn.qkv.weight" in far_names
     assert len(far["params"]) + len(far_no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_load_training_source_reads_idx_files_and_cuts_to_the_named_flag(tmp_path):
+    import argparse
+
+    import numpy as np
+    from conftest import blob_images, write_idx_dataset
+
+    from spectralar_hf.training.data import load_training_source
+
+    write_idx_dataset(tmp_path, np.stack(blob_images(6, seed=1, size=28)), np.arange(6) % 10)
+    args = argparse.Namespace(idx_data_dir=str(tmp_path), split="train", dataset_name=None, dataset_config_name=None,
+                              train_data_dir=None, cache_dir=None, max_train_samples=4, max_samples=0)
+    assert len(load_training_source(args)) == 4
+    args.max_train_samples = None
+    assert len(load_training_source(args)) == 6
+    with pytest.raises(ValueError, match="The dataset is empty; check the data source and --max_samples"):
+        load_training_source(args, "max_samples")

@@ -267,6 +267,23 @@ def load_image_dataset(
     return dataset
 
 
+def load_training_source(args: Any, max_samples_flag: str = "max_train_samples"):
+    """The dataset named by a script's data flags: `--idx_data_dir` (MNIST-format IDX files) or `--dataset_name` /
+    `--train_data_dir` (see `load_image_dataset`), with `--split` and `--cache_dir`, cut to the first
+    `--{max_samples_flag}` images. Raises `ValueError` when nothing is left."""
+    if args.idx_data_dir is not None:
+        dataset = load_idx_dataset(args.idx_data_dir, args.split)
+    else:
+        dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
+                                     args.cache_dir)
+    limit = getattr(args, max_samples_flag)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"The dataset is empty; check the data source and --{max_samples_flag}.")
+    return dataset
+
+
 def find_column(dataset, preferred: str | None, candidates: tuple[str, ...], kind: str) -> str:
     """Pick the column named `preferred`, else the first of `candidates` present; clear error otherwise."""
     columns = dataset.column_names
