@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from transformers import CompileConfig
 
 from ..hub import align_loaded_weights, build_model_card, push_folder_to_hub
 from ..models.generator import SpectralARConfig, SpectralARForCausalLM
@@ -342,6 +343,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         callback_on_step_end: Callable[["SpectralARPipeline", int, None, dict], dict | None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_intermediates: bool = False,
+        compile_config: bool | CompileConfig | None = None,
     ) -> SpectralARPipelineOutput | tuple:
         r"""
         Generate images of the given classes.
@@ -360,6 +362,9 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
                 (diffusers' convention; there is no timestep). Returning modified codes is not supported.
             callback_on_step_end_tensor_inputs: tensors passed to the callback; only `["codes"]`.
             return_intermediates: also return the image decoded after each step (coarse-to-fine strip).
+            compile_config: compile the generator's per-step forward (`True`, or a `transformers.CompileConfig`; CUDA
+                graphs on CUDA); `None` uses `transformer.generation_config.compile_config` (eager when unset). See
+                `SpectralARForCausalLM.sample`.
 
         Returns:
             [`SpectralARPipelineOutput`] or `(images,)` / `(images, intermediates)`.
@@ -391,7 +396,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
                         raise ValueError("callback_on_step_end may not replace codes: earlier codes are cached.")
 
             codes = self.transformer.sample(labels, num_tokens=num_tokens, generator=generator, callback=on_step,
-                                            **settings)
+                                            compile_config=compile_config, **settings)
 
         images = self.tokenizer.decode(codes).reconstruction
         intermediates = self._decode_steps(codes, output_type) if return_intermediates else None
@@ -458,6 +463,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
+        compile_config: bool | CompileConfig | None = None,
     ) -> SuperResolutionOutput:
         r"""
         Super-resolution by spectral completion (SpectralAR §4.4, Table 3).
@@ -467,7 +473,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         prefix is kept (the frequencies an upsampled image really carries: tokens with `omega_k <= S / scale`, rounded
         down to whole steps, unless `keep_tokens` is given), the remaining codes are completed autoregressively
         (conditioned on `class_labels`, or the null class), decoded, and the `S x S` results reassembled into one
-        `scale * S` image.
+        `scale * S` image. `compile_config` compiles the completion's per-step forward (see `__call__`).
         """
         if method not in ("stride", "patch"):
             raise ValueError(f"method must be 'stride' or 'patch', got {method!r}.")
@@ -509,7 +515,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         settings = self._sampling_settings(guidance_scale=guidance_scale, guidance_schedule=None,
                                            temperature=temperature, top_k=top_k, top_p=top_p)
         prefix = self.tokenizer.encode(upsampled).codes[:, :keep]
-        codes = self.transformer.sample(labels, prefix_codes=prefix, generator=generator, **settings)
+        codes = self.transformer.sample(labels, prefix_codes=prefix, generator=generator,
+                                        compile_config=compile_config, **settings)
         refined = self.tokenizer.decode(codes).reconstruction  # (B * scale^2, C, S, S)
 
         refined = refined.view(batch, scale, scale, channels, size, size)

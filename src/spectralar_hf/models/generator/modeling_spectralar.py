@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import CompileConfig, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.generation.logits_process import (
@@ -46,6 +46,9 @@ from .configuration_spectralar import SpectralARConfig
 # (including the unconditional branch of transformers' CFG logits processor) know the AdaLN condition.
 _CACHE_CLASS_ATTRIBUTE = "spectralar_class_labels"
 GUIDANCE_SCHEDULES = ("constant", "linear")
+# `torch.compile`d `SpectralARForCausalLM._static_forward` per set of compile settings (the model is an argument,
+# so one compiled function serves every model; dynamo guards recompile it for new shapes).
+_COMPILED_FORWARDS: dict[tuple, Callable] = {}
 # transformers 5.24 renamed the cache of model outputs (and of `forward`, which `generate()` calls) from
 # `past_key_values` to `cache`; our outputs use the installed version's field so `generate()` finds the cache.
 _CACHE_OUTPUT_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -66,31 +69,36 @@ class SpectralARCausalLMOutput(CausalLMOutputWithPast):
 
 
 class SpectralARStaticCache:
-    """Preallocated KV cache used by `sample()`: each step writes its keys/values in place (no re-concatenation of
-    the whole cache per step, which `DynamicCache` does). Implements the `update` / `get_seq_length` subset of
-    transformers' `Cache` that the attention layers use."""
+    """Preallocated KV cache of `sample()`: per layer, one `(rows, heads, max_length, head_dim)` buffer for keys and
+    one for values. A forward writes its keys/values in place at `write_positions` (no re-concatenation of the whole
+    cache per step, which `DynamicCache` does) and attends over the first `attended_length` positions: the written
+    prefix when eager, the whole buffer under a mask when compiled, so that every step has the same shapes. Implements
+    the `update` / `get_seq_length` subset of transformers' `Cache` that the attention layers use."""
 
-    def __init__(self, max_length: int):
+    def __init__(self, config: SpectralARConfig, rows: int, max_length: int, dtype: torch.dtype,
+                 device: torch.device):
+        head_dim = config.hidden_size // config.num_attention_heads
+        shape = (rows, config.num_attention_heads, max_length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.max_length = max_length
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-        self.lengths: dict[int, int] = {}
+        self.write_positions: torch.Tensor | None = None  # (q,) sequence positions of the next forward's keys
+        self.attended_length = max_length  # keys the next forward attends over
+        self.length = 0  # positions written so far (host-side count, for `get_seq_length`)
+
+    def matches(self, rows: int, max_length: int, dtype: torch.dtype, device: torch.device) -> bool:
+        key = self.keys[0]
+        return key.shape[0] == rows and self.max_length == max_length and key.dtype == dtype and key.device == device
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer_idx not in self.keys:
-            shape = (key.shape[0], key.shape[1], self.max_length, key.shape[3])
-            self.keys[layer_idx] = key.new_empty(shape)
-            self.values[layer_idx] = value.new_empty(shape)
-            self.lengths[layer_idx] = 0
-        start = self.lengths[layer_idx]
-        end = start + key.shape[2]
-        self.keys[layer_idx][:, :, start:end] = key
-        self.values[layer_idx][:, :, start:end] = value
-        self.lengths[layer_idx] = end
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+        self.keys[layer_idx].index_copy_(2, self.write_positions, key)
+        self.values[layer_idx].index_copy_(2, self.write_positions, value)
+        if self.attended_length == self.max_length:
+            return self.keys[layer_idx], self.values[layer_idx]
+        return self.keys[layer_idx][:, :, : self.attended_length], self.values[layer_idx][:, :, : self.attended_length]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.lengths.get(layer_idx, 0)
+        return self.length
 
 
 def drop_path(hidden_states: torch.Tensor, probability: float, training: bool) -> torch.Tensor:
@@ -311,12 +319,27 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         length = embeddings.shape[1]
         hidden_states = embeddings + self.position_embedding[past_length : past_length + length].to(embeddings.dtype)
         mask, is_causal = self._attention_mask(length, past_length, padding_mask, embeddings.device)
+        return self._blocks_and_head(hidden_states, modulations, head_modulation, mask, is_causal, cache,
+                                     logits_to_keep)
+
+    def _blocks_and_head(self, hidden_states: torch.Tensor, modulations: list[torch.Tensor],
+                         head_modulation: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                         cache: Cache | SpectralARStaticCache | None, logits_to_keep: int = 0) -> torch.Tensor:
         for layer, modulation in zip(self.layers, modulations):
             hidden_states = layer(hidden_states, modulation, mask, is_causal, cache)
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         scale, shift = head_modulation.unsqueeze(1).unbind(2)
         return self.lm_head(self.head_norm(hidden_states) * (1 + scale) + shift).float()
+
+    def _static_forward(self, embeddings: torch.Tensor, positions: torch.LongTensor, mask: torch.Tensor | None,
+                        modulations: list[torch.Tensor], head_modulation: torch.Tensor,
+                        cache: SpectralARStaticCache) -> torch.Tensor:
+        """The forward of `sample()`: `(R, q, C)` embeddings at sequence positions `positions` `(q,)` (on the model's
+        device; also `cache.write_positions`) attend over `cache.attended_length` keys under `mask`
+        `(1, 1, q, keys)` (True = attend; `None`: all). Returns `(R, q, vocab_size)` float logits."""
+        hidden_states = embeddings + self.position_embedding.index_select(0, positions).to(embeddings.dtype)
+        return self._blocks_and_head(hidden_states, modulations, head_modulation, mask, False, cache)
 
     def _start_embeddings(self, class_labels: torch.LongTensor) -> torch.Tensor:
         """`(B, k, C)`: the class embedding at each position of the start block (positions are added later)."""
@@ -522,6 +545,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         generator: torch.Generator | None = None,
         prefix_codes: torch.LongTensor | None = None,
         callback: Callable[[int, torch.LongTensor], None] | None = None,
+        compile_config: bool | CompileConfig | None = None,
     ) -> torch.LongTensor:
         """Sample codes coarse to fine with one KV cache.
 
@@ -540,6 +564,11 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             prefix_codes: `(B, m)` codes to keep as the first `m` codes (a multiple of `tokens_per_step`); sampling
                 completes the rest (spectral completion, e.g. super-resolution).
             callback: called as `callback(step, codes_so_far)` after each sampled step.
+            compile_config: run the per-step forward through `torch.compile` (same codes as eager for a fixed seed, up
+                to float rounding): `True` compiles one static-shape graph (`fullgraph`, CUDA graphs on CUDA), a
+                `transformers.CompileConfig` sets backend / mode / options, `False` runs eagerly, and `None` uses
+                `generation_config.compile_config` (eager when unset). The first call per batch size compiles
+                (seconds to a minute); later calls reuse the graph.
 
         Returns:
             `(B, num_tokens)` int64 codes (starting with `prefix_codes` when given).
@@ -572,12 +601,14 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
 
         rows = torch.cat([labels, torch.full_like(labels, config.null_class_id)]) if use_cfg else labels
         modulations, head_modulation = self._condition(rows)  # once per sequence, reused at every step
-        cache = SpectralARStaticCache(num_tokens)
         # The first forward covers the start block and any given prefix; later ones one step of new codes each.
         embeddings = torch.cat([self._start_embeddings(rows), self.token_embedding(_rows_for(codes, use_cfg))], 1)
+        compiled = self._compiled_forward(compile_config)
+        cache = self._sampling_cache(rows.shape[0], num_tokens, embeddings.dtype, reuse=compiled is not None)
+        positions = torch.arange(embeddings.shape[1], device=self.device)
         while codes.shape[1] < num_tokens:
             step = codes.shape[1] // step_size
-            logits = self._run(embeddings, modulations, head_modulation, cache, cache.get_seq_length())
+            logits = self._sampling_step(embeddings, positions, modulations, head_modulation, cache, compiled)
             logits = logits[:, -step_size:]  # (R, k, V): the next step's codes
             if use_cfg:
                 ramp = 1.0 if guidance_schedule == "constant" else step / max(config.num_steps - 1, 1)
@@ -589,7 +620,80 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             if callback is not None:
                 callback(step, codes)
             embeddings = self.token_embedding(_rows_for(next_codes.view(batch, step_size), use_cfg))
+            positions = positions[-step_size:] + step_size
         return codes
+
+    def _sampling_step(self, embeddings: torch.Tensor, positions: torch.LongTensor, modulations: list[torch.Tensor],
+                       head_modulation: torch.Tensor, cache: SpectralARStaticCache,
+                       compiled: Callable | None) -> torch.Tensor:
+        """One forward of `sample()` over `(R, q, C)` embeddings at `positions` `(q,)`. Compiled (when given) for a
+        one-step input: the whole cache buffer under a mask, one shape for every step. Eager: only the written
+        prefix, where a one-step input needs no mask (a block sees all earlier blocks and itself); a longer prefix
+        prefill always runs eagerly."""
+        step_size = self.config.tokens_per_step
+        length = embeddings.shape[1]
+        cache.write_positions = positions
+        if compiled is not None and length == step_size:
+            cache.attended_length = cache.max_length
+            mask = self._block_mask(positions, cache.max_length)
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+            try:
+                logits = compiled(self, embeddings, positions, mask, modulations, head_modulation, cache)
+            except torch._dynamo.exc.FailOnRecompileLimitHit as error:
+                raise RuntimeError(
+                    f"Compiled sampling needed more than torch._dynamo.config.recompile_limit = "
+                    f"{torch._dynamo.config.recompile_limit} graphs (one per model, batch size and length); raise "
+                    f"that limit, call torch._dynamo.reset(), or sample eagerly with compile_config=False."
+                ) from error
+        else:
+            cache.attended_length = cache.length + length
+            mask = None if length == step_size else self._block_mask(positions, cache.attended_length)
+            logits = self._static_forward(embeddings, positions, mask, modulations, head_modulation, cache)
+        cache.length += length
+        return logits
+
+    def _block_mask(self, positions: torch.LongTensor, num_keys: int) -> torch.Tensor:
+        """`(1, 1, q, num_keys)` block-causal mask (True = attend) of queries at `positions` over keys `0 ..`."""
+        step_size = self.config.tokens_per_step
+        key_blocks = torch.arange(num_keys, device=positions.device) // step_size
+        return (key_blocks.unsqueeze(0) <= (positions // step_size).unsqueeze(1))[None, None]
+
+    def _sampling_cache(self, rows: int, max_length: int, dtype: torch.dtype, reuse: bool) -> SpectralARStaticCache:
+        """A fresh static cache, or (compiled sampling) the one kept for these shapes: a compiled graph, and CUDA
+        graphs in particular, are specialised to the cache buffers' addresses."""
+        if not reuse:
+            return SpectralARStaticCache(self.config, rows, max_length, dtype, self.device)
+        kept = self.__dict__.setdefault("_compiled_sampling_caches", {})
+        key = (rows, max_length, dtype, self.device)
+        if key not in kept:
+            cache = SpectralARStaticCache(self.config, rows, max_length, dtype, self.device)
+            for buffer in cache.keys + cache.values:
+                torch._dynamo.mark_static_address(buffer)
+            kept[key] = cache
+        kept[key].length = 0
+        return kept[key]
+
+    def _compiled_forward(self, compile_config: bool | CompileConfig | None) -> Callable | None:
+        """`_static_forward` compiled as `compile_config` says (see `sample`), or `None` for eager sampling."""
+        if compile_config is None:
+            compile_config = getattr(self.generation_config, "compile_config", None)
+        if compile_config is None or compile_config is False:
+            return None
+        if compile_config is True:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"  # CUDA graphs where there are any
+            compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=mode)
+        if not isinstance(compile_config, CompileConfig):
+            raise TypeError(f"compile_config must be True, False, None or a transformers.CompileConfig, got "
+                            f"{type(compile_config).__name__}.")
+        if compile_config.mode is not None and compile_config.options is not None:
+            raise ValueError("compile_config sets both mode and options, but torch.compile takes only one; set "
+                             "mode=None to pass options.")
+        settings = dict(fullgraph=compile_config.fullgraph, dynamic=compile_config.dynamic,
+                        backend=compile_config.backend, mode=compile_config.mode, options=compile_config.options)
+        key = tuple((name, repr(value)) for name, value in settings.items())
+        if key not in _COMPILED_FORWARDS:
+            _COMPILED_FORWARDS[key] = torch.compile(SpectralARForCausalLM._static_forward, **settings)
+        return _COMPILED_FORWARDS[key]
 
     def _check_prefix(self, prefix_codes: torch.Tensor, batch: int, num_tokens: int) -> torch.LongTensor:
         step_size = self.config.tokens_per_step
