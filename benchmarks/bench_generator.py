@@ -3,8 +3,9 @@
 1. Cached vs uncached sampling, 64 tokens, batch 16 (target >= 5x).
 2. Ours vs transformers `GPT2LMHeadModel.generate` of the same width / depth / vocabulary, cached, with CFG through
    its `guidance_scale` + `negative_prompt_ids` (target: >= 1.2x faster with CFG, no slower without).
-3. -p4 vs -p1 at equal size, 64 tokens (target >= 2.5x; the paper: 0.4 vs 1).
-4. Achieved FLOP/s of sampling at batch 64 against this machine's measured float32 matmul FLOP/s.
+3. -p4 vs -p1 at equal size, 64 tokens, batch 1 and 16 (target >= 2.5x; the paper: 0.4 vs 1).
+4. Achieved FLOP/s of sampling at batch 64, eager and compiled (`compile_config=True`), against this machine's
+   float32 matmul FLOP/s measured in the same run (target >= 40%).
 5. Training throughput (tokens/s) of a small preset.
 
 Run: `python benchmarks/bench_generator.py [--sizes small base] [--quick]`.
@@ -91,12 +92,12 @@ def bench_vs_gpt2(size: str, repeats: int, batch: int = 16) -> list[list]:
     return rows
 
 
-def bench_p4(size: str, repeats: int) -> list:
-    labels = torch.arange(16) % 1000
+def bench_p4(size: str, repeats: int, batch: int) -> list:
+    labels = torch.arange(batch) % 1000
     p1, p4 = build(size, 1), build(size, 4)
     t1 = time_call(lambda: p1.sample(labels, generator=torch.Generator().manual_seed(0)), repeats)
     t4 = time_call(lambda: p4.sample(labels, generator=torch.Generator().manual_seed(0)), repeats)
-    return [size, f"{t1 * 1e3:.0f}", f"{t4 * 1e3:.0f}", f"{t1 / t4:.2f}x"]
+    return [size, str(batch), f"{t1 * 1e3:.0f}", f"{t4 * 1e3:.0f}", f"{t1 / t4:.2f}x"]
 
 
 def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -114,13 +115,19 @@ def sampling_flops(config: SpectralARConfig, batch: int, guidance: bool) -> floa
     return rows * (n * per_token + attention + adaln)
 
 
-def bench_flops(size: str, repeats: int, batch: int = 64) -> list:
+def bench_flops(size: str, repeats: int, batch: int = 64) -> list[list]:
+    """Eager and compiled sampling (the first compiled call, which compiles, is the warm-up of `time_call`)."""
     model = build(size)
     labels = torch.arange(batch) % 1000
-    seconds = time_call(lambda: model.sample(labels, generator=torch.Generator().manual_seed(0)), repeats)
-    achieved = sampling_flops(model.config, batch, guidance=False) / seconds
     peak = matmul_flops()
-    return [size, f"{seconds * 1e3:.0f}", f"{achieved / 1e9:.1f}", f"{peak / 1e9:.1f}", f"{achieved / peak:.0%}"]
+    rows = []
+    for mode, compile_config in (("eager", False), ("compiled", True)):
+        seconds = time_call(lambda: model.sample(labels, generator=torch.Generator().manual_seed(0),
+                                                 compile_config=compile_config), repeats)
+        achieved = sampling_flops(model.config, batch, guidance=False) / seconds
+        rows.append([size, mode, f"{seconds * 1e3:.0f}", f"{achieved / 1e9:.1f}", f"{peak / 1e9:.1f}",
+                     f"{achieved / peak:.0%}"])
+    return rows
 
 
 def bench_training(size: str, steps: int = 5, batch: int = 64) -> list:
@@ -153,12 +160,12 @@ def main() -> None:
     print("### 2. ours vs GPT2LMHeadModel.generate (same width/depth/vocab, 64 tokens, batch 16, top-k 900)\n")
     rows = [row for size in args.sizes for row in bench_vs_gpt2(size, repeats)]
     print(markdown_table(["size", "guidance", "ours ms", "GPT-2 generate ms", "ours faster by"], rows) + "\n")
-    print("### 3. -p4 vs -p1 (64 tokens, batch 16)\n")
-    print(markdown_table(["size", "p1 ms", "p4 ms", "p4 faster by"], [bench_p4(size, repeats) for size in args.sizes])
-          + "\n")
+    print("### 3. -p4 vs -p1 (64 tokens, eager)\n")
+    print(markdown_table(["size", "batch", "p1 ms", "p4 ms", "p4 faster by"],
+                         [bench_p4(size, repeats, batch) for size in args.sizes for batch in (1, 16)]) + "\n")
     print("### 4. achieved FLOP/s of sampling (batch 64, no CFG) vs float32 matmul FLOP/s (2048^2 GEMM)\n")
-    print(markdown_table(["size", "sample ms", "achieved GFLOP/s", "matmul GFLOP/s", "fraction"],
-                         [bench_flops(size, repeats) for size in args.sizes]) + "\n")
+    print(markdown_table(["size", "sampling", "sample ms", "achieved GFLOP/s", "matmul GFLOP/s", "fraction"],
+                         [row for size in args.sizes for row in bench_flops(size, repeats)]) + "\n")
     print("### 5. training throughput (forward + backward + AdamW)\n")
     print(markdown_table(["size", "batch", "step ms", "tokens/s"], [bench_training(size) for size in args.sizes]))
 
