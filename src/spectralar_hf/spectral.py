@@ -21,6 +21,8 @@ from typing import Sequence
 
 import torch
 
+from .devices import high_precision_dtype, no_autocast
+
 __all__ = [
     "OMEGA_SCHEDULES",
     "dct_matrix",
@@ -48,19 +50,23 @@ OMEGA_SCHEDULES = ("spectralar", "uniform")
 
 @lru_cache(maxsize=64)
 def _cached_dct_matrix(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    frequency = torch.arange(size, dtype=torch.float64).unsqueeze(1)
-    position = torch.arange(size, dtype=torch.float64).unsqueeze(0)
-    basis = torch.cos(math.pi * (2.0 * position + 1.0) * frequency / (2.0 * size))
-    scale = torch.full((size, 1), math.sqrt(2.0 / size), dtype=torch.float64)
-    scale[0, 0] = math.sqrt(1.0 / size)
-    return (scale * basis).to(device=device, dtype=dtype)
+    # Built directly on `device` (no host-to-device copy), in float64 where the device has it. A normal tensor even
+    # when first requested under `torch.inference_mode()`: the cached basis is reused by later training steps.
+    work = high_precision_dtype(device)
+    with torch.inference_mode(False):
+        frequency = torch.arange(size, dtype=work, device=device).unsqueeze(1)
+        position = torch.arange(size, dtype=work, device=device).unsqueeze(0)
+        basis = torch.cos(math.pi * (2.0 * position + 1.0) * frequency / (2.0 * size))
+        scale = torch.full((size, 1), math.sqrt(2.0 / size), dtype=work, device=device)
+        scale[0, 0] = math.sqrt(1.0 / size)
+        return (scale * basis).to(dtype)
 
 
 def dct_matrix(size: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """Orthonormal DCT-II matrix ``C`` of shape ``(size, size)``; row ``u`` is the basis of frequency ``u``.
 
-    ``C @ x`` is the 1D DCT of a column vector ``x`` and ``C.T @ X`` its inverse. Built once in float64 and cached
-    per ``(size, dtype, device)``.
+    ``C @ x`` is the 1D DCT of a column vector ``x`` and ``C.T @ X`` its inverse. Built once on ``device`` in float64
+    (float32 on MPS) and cached per ``(size, dtype, device)``.
     """
     if size < 1:
         raise ValueError(f"dct_matrix needs size >= 1, got {size}")
@@ -69,7 +75,8 @@ def dct_matrix(size: int, dtype: torch.dtype = torch.float32, device: torch.devi
 
 @lru_cache(maxsize=64)
 def _cached_dct_matrix_t(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _cached_dct_matrix(size, dtype, device).T.contiguous()
+    with torch.inference_mode(False):
+        return _cached_dct_matrix(size, dtype, device).T.contiguous()
 
 
 def _compute_dtype(x: torch.Tensor, name: str) -> torch.dtype:
@@ -77,7 +84,8 @@ def _compute_dtype(x: torch.Tensor, name: str) -> torch.dtype:
         raise ValueError(f"{name} expects a floating-point tensor, got dtype {x.dtype}; convert it with `x.float()`.")
     if x.dim() < 2:
         raise ValueError(f"{name} expects a tensor of shape (..., H, W), got shape {tuple(x.shape)}.")
-    # Half precision is upcast for accuracy (the transform of a 256x256 image sums 65,536 terms).
+    # Half precision is upcast for accuracy (the transform of a 256x256 image sums 65,536 terms); callers also switch
+    # autocast off, which would otherwise run the float32 matmuls in bfloat16 under mixed precision.
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -94,8 +102,9 @@ def dct_2d(x: torch.Tensor) -> torch.Tensor:
     dtype = _compute_dtype(x, "dct_2d")
     basis_h = _cached_dct_matrix(x.shape[-2], dtype, x.device)
     basis_w_t = _cached_dct_matrix_t(x.shape[-1], dtype, x.device)
-    # W axis first: one large GEMM over all rows; then the H axis as a broadcast batched matmul.
-    return (basis_h @ (x.to(dtype) @ basis_w_t)).to(x.dtype)
+    with no_autocast(x.device):
+        # W axis first: one large GEMM over all rows; then the H axis as a broadcast batched matmul.
+        return (basis_h @ (x.to(dtype) @ basis_w_t)).to(x.dtype)
 
 
 def idct_2d(coefficients: torch.Tensor) -> torch.Tensor:
@@ -110,7 +119,8 @@ def idct_2d(coefficients: torch.Tensor) -> torch.Tensor:
     dtype = _compute_dtype(coefficients, "idct_2d")
     basis_h_t = _cached_dct_matrix_t(coefficients.shape[-2], dtype, coefficients.device)
     basis_w = _cached_dct_matrix(coefficients.shape[-1], dtype, coefficients.device)
-    return (basis_h_t @ (coefficients.to(dtype) @ basis_w)).to(coefficients.dtype)
+    with no_autocast(coefficients.device):
+        return (basis_h_t @ (coefficients.to(dtype) @ basis_w)).to(coefficients.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,16 +170,17 @@ def lowpass(x: torch.Tensor, omega: int | torch.Tensor) -> torch.Tensor:
             f"[{low}, {high}]."
         )
     work = x.to(dtype)
-    proj_h = _lowpass_projection(dct_matrix(height, dtype, x.device), levels)
-    proj_w = proj_h if width == height else _lowpass_projection(dct_matrix(width, dtype, x.device), levels)
-    if isinstance(omega, torch.Tensor):
-        # (B, S, S) -> (B, 1, ..., 1, S, S) so it broadcasts over the channel dimensions of x.
-        view = (x.shape[0],) + (1,) * (x.dim() - 3)
-        proj_h = proj_h.view(*view, height, height)
-        proj_w = proj_w.view(*view, width, width)
-    else:
-        proj_h, proj_w = proj_h[0], proj_w[0]
-    return (proj_h @ work @ proj_w).to(x.dtype)
+    with no_autocast(x.device):
+        proj_h = _lowpass_projection(dct_matrix(height, dtype, x.device), levels)
+        proj_w = proj_h if width == height else _lowpass_projection(dct_matrix(width, dtype, x.device), levels)
+        if isinstance(omega, torch.Tensor):
+            # (B, S, S) -> (B, 1, ..., 1, S, S) so it broadcasts over the channel dimensions of x.
+            view = (x.shape[0],) + (1,) * (x.dim() - 3)
+            proj_h = proj_h.view(*view, height, height)
+            proj_w = proj_w.view(*view, width, width)
+        else:
+            proj_h, proj_w = proj_h[0], proj_w[0]
+        return (proj_h @ work @ proj_w).to(x.dtype)
 
 
 def spectral_target(pixel_values: torch.Tensor, omega: Sequence[int], num_tokens: int | torch.Tensor) -> torch.Tensor:
@@ -414,7 +425,8 @@ def frequency_filter(
             return torch.zeros_like(x)
         if value == levels_total:
             return x.clone()
-        return apply(x.to(work_dtype), value, levels_total).to(x.dtype)
+        with no_autocast(x.device):
+            return apply(x.to(work_dtype), value, levels_total).to(x.dtype)
 
     if levels is None:
         return single(latents, level)
