@@ -45,6 +45,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from ...devices import high_precision_dtype
 from ...hub import SpectralARHubMixin
 from ...utils import check_callable, check_finite_tensor, check_generator, check_int, check_number
 from ...spectral import (
@@ -63,11 +64,16 @@ def build_noise_scheduler(config: FARConfig) -> DDPMScheduler:
     """The diffusers `DDPMScheduler` of a FAR head: `num_train_timesteps` / `beta_schedule` of the config (MAR:
     cosine, 1000), epsilon prediction, learned-range variance, `"linspace"` spacing, so a respaced schedule of `T`
     steps runs from 999 to 0 like improved DDPM's `space_timesteps` (MAR), and x0 clipping only when the config sets
-    `sample_clip_range` (MAR / FAR: none, latents are unbounded)."""
+    `sample_clip_range` (MAR / FAR: none, latents are unbounded).
+
+    Its tables are built on the CPU whatever the default device (diffusers' convention; `add_noise` and
+    `DiffusionTables` move what they use to the model's device)."""
     clip_range = config.sample_clip_range
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         prediction_type="epsilon", variance_type="learned_range", clip_sample=clip_range is not None,
-                         clip_sample_range=float(clip_range or 1.0), timestep_spacing="linspace")
+    with torch.device("cpu"):
+        return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                             prediction_type="epsilon", variance_type="learned_range",
+                             clip_sample=clip_range is not None, clip_sample_range=float(clip_range or 1.0),
+                             timestep_spacing="linspace")
 
 
 def check_scheduler(scheduler: DDPMScheduler, config: FARConfig) -> None:
@@ -88,12 +94,16 @@ class DiffusionTables:
     cumulative products `alphas_cumprod`: the full training schedule, or a respaced one for sampling (betas
     recomputed between consecutive kept timesteps, as improved DDPM's respacing and diffusers' `step()` do).
 
-    All tables are float64 `(T,)` tensors on `alphas_cumprod`'s device.
+    All tables are `(T,)` tensors on `device` (default: `alphas_cumprod`'s), computed there in float64 (float32 on
+    MPS, which has no float64), so that sampling and training steps index them without host-device copies.
     """
 
-    def __init__(self, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor | None = None):
-        acp_all = alphas_cumprod.double()
-        self.timesteps = torch.arange(len(acp_all), device=acp_all.device) if timesteps is None else timesteps
+    def __init__(self, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor | None = None,
+                 device: torch.device | str | None = None):
+        self.device = alphas_cumprod.device if device is None else torch.device(device)
+        acp_all = alphas_cumprod.to(device=self.device, dtype=high_precision_dtype(self.device))
+        self.timesteps = torch.arange(len(acp_all), device=self.device) if timesteps is None \
+            else timesteps.to(self.device)
         acp = acp_all[self.timesteps]
         acp_prev = torch.cat([acp.new_ones(1), acp[:-1]])
         betas = 1.0 - acp / acp_prev
@@ -442,8 +452,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         return self._noise_scheduler
 
     def _training_tables(self) -> DiffusionTables:
-        if self._tables is None:
-            self._tables = DiffusionTables(self.noise_scheduler.alphas_cumprod)
+        """The training schedule's tables on the model's device (rebuilt after the model moves)."""
+        if self._tables is None or self._tables.device != self.device:
+            self._tables = DiffusionTables(self.noise_scheduler.alphas_cumprod, device=self.device)
         return self._tables
 
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
@@ -577,18 +588,20 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         """Frequency-aware training mask: a ratio from N(1, std) truncated to `[r_i, 1]` per sample (inverse CDF),
         `ceil(L * ratio)` random tokens masked (MAR). Returns `(mask (B, L), ratios (B,))`."""
         config = self.config
-        low, high = far_mask_ratio_range(levels.float().cpu(), config.num_levels, config.mask_min_ratio)
-        low = low.double()
+        levels = levels.to(self.device)
+        work = high_precision_dtype(self.device)  # the inverse CDF near 1 needs float64 where there is one
+        low, high = far_mask_ratio_range(levels.float(), config.num_levels, config.mask_min_ratio)
+        low = low.to(work)
         mean, std = 1.0, float(config.mask_ratio_std)
-        normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0,
-                                                                                               dtype=torch.float64))
+        normal = torch.distributions.Normal(torch.zeros((), dtype=work, device=self.device),
+                                            torch.ones((), dtype=work, device=self.device), validate_args=False)
         cdf_low = normal.cdf((low - mean) / std)
-        cdf_high = normal.cdf(torch.tensor((high - mean) / std, dtype=torch.float64))
-        uniform = self._random((levels.shape[0],), generator).cpu().double()
+        cdf_high = normal.cdf(torch.full((), (high - mean) / std, dtype=work, device=self.device))
+        uniform = self._random((levels.shape[0],), generator).to(work)
         ratios = mean + std * normal.icdf(cdf_low + uniform * (cdf_high - cdf_low))
-        ratios = torch.minimum(torch.maximum(ratios, low), torch.tensor(high, dtype=torch.float64))
+        ratios = torch.maximum(ratios, low).clamp(max=high)
         num_masked = torch.ceil(config.num_tokens * ratios).long().clamp(0, config.num_tokens)
-        return self._mask_from_counts(num_masked.to(self.device), generator), ratios.float().to(self.device)
+        return self._mask_from_counts(num_masked, generator), ratios.float()
 
     # ------------------------------------------------------------------ transformer
 
@@ -937,13 +950,13 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         dtype = condition.dtype
         flat = condition.reshape(rows * length, -1)
         condition_embedding = head.embed_condition(flat, torch.full((rows * length,), level, device=flat.device))
-        scheduler.set_timesteps(num_inference_steps, device="cpu")
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
         timesteps = scheduler.timesteps.flip(0).long()  # ascending
-        tables = DiffusionTables(scheduler.alphas_cumprod, timesteps)
+        tables = DiffusionTables(scheduler.alphas_cumprod, timesteps, device=self.device)
         x = randn_tensor((batch * length, config.token_dim), generator=generator, device=self.device,
                          dtype=torch.float32)
         for index in range(len(timesteps) - 1, -1, -1):
-            time_embedding = head.embed_time(timesteps[index : index + 1].to(self.device), dtype)
+            time_embedding = head.embed_time(timesteps[index : index + 1], dtype)
             model_input = torch.cat([x, x]) if use_cfg else x
             output = head.denoise(model_input.to(dtype), time_embedding, condition_embedding).float()
             eps, raw_variance = output.chunk(2, dim=-1)
