@@ -42,13 +42,13 @@ class PatchDiscriminator(nn.Module):
 
 
 def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """`0.5 * (mean(relu(1 - D(real))) + mean(relu(1 + D(fake))))`."""
-    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+    """`0.5 * (mean(relu(1 - D(real))) + mean(relu(1 + D(fake))))`, in float32 (also for bfloat16 logits)."""
+    return 0.5 * (F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean())
 
 
 def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """`-mean(D(fake))`."""
-    return -fake_logits.mean()
+    """`-mean(D(fake))`, in float32."""
+    return -fake_logits.float().mean()
 
 
 def adaptive_adversarial_weight(reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor,
@@ -84,5 +84,6 @@ class LeCAMRegularizer(nn.Module):
         with torch.no_grad():
             self.ema_real.mul_(self.decay).add_(real_logits.detach().mean().float(), alpha=1 - self.decay)
             self.ema_fake.mul_(self.decay).add_(fake_logits.detach().mean().float(), alpha=1 - self.decay)
-        return (F.relu(real_logits - self.ema_fake).pow(2).mean()
-                + F.relu(self.ema_real - fake_logits).pow(2).mean())
+        # float32: a 0-dim float32 EMA does not promote bfloat16 logits
+        return (F.relu(real_logits.float() - self.ema_fake).pow(2).mean()
+                + F.relu(self.ema_real - fake_logits.float()).pow(2).mean())

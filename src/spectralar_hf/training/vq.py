@@ -48,7 +48,8 @@ class CodebookRestarter:
         pool = latents.detach().reshape(-1, latents.shape[-1]).float()
         if l2_normalize:
             pool = F.normalize(pool, dim=-1)
-        picks = torch.randint(0, pool.shape[0], (dead.numel(),), generator=self.generator)
+        picks = torch.randint(0, pool.shape[0], (dead.numel(),), generator=self.generator,
+                              device=self.generator.device)
         weight = codebook.weight
         weight.data[dead.to(weight.device)] = pool[picks.to(pool.device)].to(device=weight.device, dtype=weight.dtype)
         self.usage[dead] = counts.mean()

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from ...devices import no_autocast
 from ...hub import SpectralARHubMixin
 from ...utils import check_finite_tensor, check_int, check_pixel_range
 from .configuration_maskgit_vqgan import MaskGITVQGANConfig
@@ -148,19 +149,23 @@ class MaskGITVQGANQuantizer(nn.Module):
         self.embedding = nn.Embedding(codebook_size, codebook_dim)
 
     def distances(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Squared distances `(N, K)` of `N` vectors `(N, D)` to every codebook entry (float32)."""
-        codebook = self.embedding.weight.float()
-        vectors = vectors.float()
-        offsets = vectors.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1)
-        return torch.addmm(offsets, vectors, codebook.T, alpha=-2.0)
+        """Squared distances `(N, K)` of `N` vectors `(N, D)` to every codebook entry (float32, also under autocast)."""
+        with no_autocast(vectors.device):
+            codebook = self.embedding.weight.float()
+            vectors = vectors.float()
+            offsets = vectors.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1)
+            return torch.addmm(offsets, vectors, codebook.T, alpha=-2.0)
 
     def lookup(self, codes: torch.LongTensor) -> torch.Tensor:
         """Codebook vectors of a `(B, h, w)` code grid -> `(B, D, h, w)` (float32)."""
         return F.embedding(codes, self.embedding.weight.float()).permute(0, 3, 1, 2).contiguous()
 
     def soft_lookup(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """Expected codebook vectors `probabilities @ codebook`: `(B, h, w, K)` -> `(B, D, h, w)` (float32)."""
-        return (probabilities.float() @ self.embedding.weight.float()).permute(0, 3, 1, 2).contiguous()
+        """Expected codebook vectors `probabilities @ codebook`: `(B, h, w, K)` -> `(B, D, h, w)` (float32, also under
+        autocast)."""
+        with no_autocast(probabilities.device):
+            vectors = probabilities.float() @ self.embedding.weight.float()
+        return vectors.permute(0, 3, 1, 2).contiguous()
 
     def forward(self, latents: torch.Tensor):
         """`latents` `(B, D, h, w)` -> `(quantized (B, D, h, w), codes (B, h, w), commitment, codebook losses)`."""
