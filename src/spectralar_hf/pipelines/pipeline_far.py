@@ -26,6 +26,7 @@ from .pipeline_spectralar import (
     _CheckedLoading,
     _OtherPipelineMethods,
     check_output_type,
+    postprocess_images,
     preprocess_images,
 )
 
@@ -414,12 +415,11 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                 intermediates = filtered
             else:
                 decoded = self._decode_latents(torch.cat(filtered)).split(latents.shape[0])
-                intermediates = [self.image_processor.postprocess(chunk, output_type=output_type)
-                                 for chunk in decoded]
+                intermediates = [postprocess_images(self.image_processor, chunk, output_type) for chunk in decoded]
         if output_type == "latent":
             images = latents
         else:
-            images = self.image_processor.postprocess(self._decode_latents(latents), output_type=output_type)
+            images = postprocess_images(self.image_processor, self._decode_latents(latents), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, intermediates) if return_intermediates else (images,)

@@ -96,13 +96,19 @@ def preprocess_images(image_processor: VaeImageProcessor, images: ImageInput, si
     return pixel_values.to(device=device, dtype=dtype)
 
 
+def postprocess_images(image_processor: VaeImageProcessor, images: torch.Tensor, output_type: str):
+    """diffusers' postprocessing of `(B, C, H, W)` images in about [-1, 1], in float32: with bfloat16 weights the
+    outputs are still float32 tensors / arrays in [0, 1] (or PIL images)."""
+    return image_processor.postprocess(images.float(), output_type=output_type)
+
+
 def class_ids(pipe: DiffusionPipeline, class_labels: Any) -> torch.LongTensor:
     """Class ids, class names or a mix (one image per entry) -> `(B,)` ids on the pipeline's device."""
     if class_labels is None:
         raise ValueError("class_labels is required: pass class ids and/or names, one image per entry (e.g. [207, "
                          "'Sneaker']).")
     if isinstance(class_labels, (torch.Tensor, np.ndarray)):
-        tensor = torch.as_tensor(class_labels)
+        tensor = torch.as_tensor(class_labels, device="cpu")  # read on the host (`tolist` below)
         if torch.is_floating_point(tensor) or tensor.dtype == torch.bool or tensor.dim() > 1:
             raise ValueError(f"class_labels must be a 1D sequence of integer class ids, got {tensor.dtype} of shape "
                              f"{tuple(tensor.shape)}.")
@@ -400,7 +406,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
 
         images = self.tokenizer.decode(codes).reconstruction
         intermediates = self._decode_steps(codes, output_type) if return_intermediates else None
-        images = self.image_processor.postprocess(images, output_type=output_type)
+        images = postprocess_images(self.image_processor, images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, intermediates) if return_intermediates else (images,)
@@ -417,7 +423,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
             self.tokenizer.decode(all_codes[i : i + batch_size], all_prefixes[i : i + batch_size]).reconstruction
             for i in range(0, all_codes.shape[0], batch_size)
         ])
-        return [self.image_processor.postprocess(chunk, output_type=output_type) for chunk in decoded.split(batch)]
+        return [postprocess_images(self.image_processor, chunk, output_type) for chunk in decoded.split(batch)]
 
     # ------------------------------------------------------------------ tokenizer conveniences
 
@@ -437,8 +443,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
                output_type: str = "pil"):
         """Decode the first `num_tokens` codes (int or per-sample `(B,)` tensor) to images of `output_type`."""
         check_output_type(output_type)
-        return self.image_processor.postprocess(self.tokenizer.decode(codes, num_tokens).reconstruction,
-                                                output_type=output_type)
+        return postprocess_images(self.image_processor, self.tokenizer.decode(codes, num_tokens).reconstruction,
+                                  output_type)
 
     @torch.no_grad()
     def reconstruct(self, images: ImageInput, num_tokens: int | torch.Tensor | None = None,
@@ -524,7 +530,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
             output = refined.permute(0, 3, 4, 1, 5, 2).reshape(batch, channels, size * scale, size * scale)
         else:
             output = refined.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, size * scale, size * scale)
-        images = self.image_processor.postprocess(output, output_type=output_type)
+        images = postprocess_images(self.image_processor, output, output_type)
         return SuperResolutionOutput(images=images, codes=codes, kept_tokens=keep)
 
     # ------------------------------------------------------------------ Hub
