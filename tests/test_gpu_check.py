@@ -161,7 +161,7 @@ def test_a_crashed_stage_fails_the_wrapper(tmp_path):
                     'echo "stand-in stage crashed" >&2; exit 3\n')
     stub.chmod(0o755)
     result = subprocess.run(["bash", str(SCRIPT), "--smoke", "--output", str(tmp_path / "gpu.md")],
-                            capture_output=True, text=True, env={**ENV, "PYTHON": str(stub)}, timeout=60, cwd=ROOT)
+                            capture_output=True, text=True, env={**ENV, "PYTHON": str(stub), "TMPDIR": str(tmp_path)}, timeout=60, cwd=ROOT)
     assert result.returncode == 1, result.stderr
     assert "stand-in stage crashed" in result.stderr and "FAILed" in result.stderr
     assert (tmp_path / "gpu.md").read_text().count("FAIL: crashed") == 2
