@@ -137,12 +137,12 @@ def test_inductor_compiled_sampling_equals_eager_with_cfg():
     assert torch.equal(compiled, eager)
 
 
-def test_hitting_the_recompile_limit_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+def test_hitting_the_recompile_limit_is_a_clear_error():
     model = tiny()
-    model.sample(LABELS, compile_config=AOT_EAGER)
-    with pytest.raises(RuntimeError, match="raise that limit, call torch._dynamo.reset"):
-        model.sample(torch.tensor([2]), compile_config=AOT_EAGER)  # a second batch size needs a second graph
+    with torch._dynamo.config.patch(recompile_limit=1):
+        model.sample(LABELS, compile_config=AOT_EAGER)
+        with pytest.raises(RuntimeError, match="raise that limit, call torch._dynamo.reset"):
+            model.sample(torch.tensor([2]), compile_config=AOT_EAGER)  # a second batch size needs a second graph
 
 
 @pytest.mark.parametrize("value, error, message", [
@@ -152,3 +152,41 @@ def test_hitting_the_recompile_limit_is_a_clear_error(monkeypatch):
 def test_bad_compile_config_is_a_clear_error(value, error, message):
     with pytest.raises(error, match=message):
         tiny().sample(LABELS, compile_config=value)
+
+
+def teacher_forced_logits(model, codes, compile_config) -> torch.Tensor:
+    """`(3, 16, V)` logits of the sampling forward fed `codes` step by step (eager, or compiled per `compile_config`)."""
+    step_size = model.config.tokens_per_step
+    compiled = model._compiled_forward(compile_config)
+    modulations, head_modulation = model._condition(LABELS)
+    embeddings = model._start_embeddings(LABELS)
+    cache = model._sampling_cache(3, 16, model._activation_dtype(model.dtype), reuse=compiled is not None)
+    positions = torch.arange(step_size)
+    logits = []
+    for start in range(0, 16, step_size):
+        logits.append(model._sampling_step(embeddings, positions, modulations, head_modulation, cache, compiled))
+        embeddings, positions = model.token_embedding(codes[:, start : start + step_size]), positions + step_size
+    return torch.cat(logits, dim=1)
+
+
+@pytest.mark.parametrize("precision", ["autocast-bf16", "bf16-weights"])
+def test_sampling_in_bfloat16_keeps_a_bf16_cache_and_compiles_to_the_same_logits(precision):
+    """Under `accelerate --mixed_precision bf16` (autocast) the keys are bf16 while the embeddings stay float32:
+    the cache takes the keys' dtype. With bf16 weights everything is bf16. Compiled and eager steps agree to bf16
+    rounding (the compiled graph attends over the whole masked buffer, eager over the written prefix, so sampled
+    codes may differ where two logits are within rounding of each other)."""
+    model = tiny(tokens_per_step=4)
+    if precision == "bf16-weights":
+        model = model.to(torch.bfloat16)
+    codes = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast-bf16"):
+        assert model._activation_dtype(model.dtype) == torch.bfloat16
+        eager = teacher_forced_logits(model, codes, False)
+        compiled = teacher_forced_logits(model, codes, AOT_EAGER)
+        samples = model.sample(LABELS, guidance_scale=2.0, top_k=20, compile_config=AOT_EAGER)
+    with torch.no_grad():
+        reference = model.float()(input_ids=codes, class_labels=LABELS, use_cache=False).logits
+    scale = reference.abs().max()
+    assert (compiled - eager).abs().max() < 0.02 * scale
+    assert 0.002 * scale < (eager - reference).abs().max() < 0.1 * scale  # really bf16, and still the same model
+    assert samples.shape == (3, 16) and 0 <= int(samples.min()) and int(samples.max()) < 256

@@ -604,7 +604,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         # The first forward covers the start block and any given prefix; later ones one step of new codes each.
         embeddings = torch.cat([self._start_embeddings(rows), self.token_embedding(_rows_for(codes, use_cfg))], 1)
         compiled = self._compiled_forward(compile_config)
-        cache = self._sampling_cache(rows.shape[0], num_tokens, embeddings.dtype, reuse=compiled is not None)
+        cache = self._sampling_cache(rows.shape[0], num_tokens, self._activation_dtype(embeddings.dtype),
+                                     reuse=compiled is not None)
         positions = torch.arange(embeddings.shape[1], device=self.device)
         while codes.shape[1] < num_tokens:
             step = codes.shape[1] // step_size
@@ -622,6 +623,12 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             embeddings = self.token_embedding(_rows_for(next_codes.view(batch, step_size), use_cfg))
             positions = positions[-step_size:] + step_size
         return codes
+
+    def _activation_dtype(self, weight_dtype: torch.dtype) -> torch.dtype:
+        """The dtype of the attention keys and values: autocast's (e.g. bf16 under `accelerate --mixed_precision bf16`)
+        when it is on for the model's device, else the weights'."""
+        device_type = self.device.type
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight_dtype
 
     def _sampling_step(self, embeddings: torch.Tensor, positions: torch.LongTensor, modulations: list[torch.Tensor],
                        head_modulation: torch.Tensor, cache: SpectralARStaticCache,
