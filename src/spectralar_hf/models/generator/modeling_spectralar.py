@@ -212,7 +212,7 @@ class SpectralARPreTrainedModel(PreTrainedModel):
             init.copy_(module.lm_head.weight, _trunc_normal_like(module.lm_head.weight, std) * config.init_head)
             depth_scale = 1.0 / math.sqrt(2 * config.num_hidden_layers)
             width = config.hidden_size
-            rows = torch.full((6 * width, 1), float(config.init_adaln))
+            rows = torch.full((6 * width, 1), float(config.init_adaln), device=module.lm_head.weight.device)
             rows[: 2 * width] = config.init_adaln_gamma
             for block in module.layers:
                 for linear in (block.attn.proj, block.mlp.fc2):
@@ -221,7 +221,8 @@ class SpectralARPreTrainedModel(PreTrainedModel):
 
 
 def _trunc_normal_like(tensor: torch.Tensor, std: float) -> torch.Tensor:
-    return nn.init.trunc_normal_(torch.empty(tensor.shape, dtype=torch.float32), std=std).to(tensor.dtype)
+    values = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+    return nn.init.trunc_normal_(values, std=std).to(tensor.dtype)
 
 
 class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, GenerationMixin):
