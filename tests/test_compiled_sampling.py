@@ -7,15 +7,9 @@ import pytest
 import torch
 from transformers import CompileConfig
 
-from spectralar_hf import (
-    SpectralARConfig,
-    SpectralARForCausalLM,
-    SpectralARPipeline,
-    SpectralTokenizer,
-    SpectralTokenizerConfig,
-)
+from test_generator import LABELS, tiny
+from test_pipeline import make_pipeline
 
-LABELS = torch.tensor([1, 5, 9])
 # Graph capture only (fast, no C++ compiler needed): a graph break or a Python side effect in the per-step
 # forward fails here with fullgraph=True.
 AOT_EAGER = CompileConfig(backend="aot_eager", fullgraph=True, dynamic=False, mode=None)
@@ -28,17 +22,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-def tiny(**overrides) -> SpectralARForCausalLM:
-    """A tiny model with weights spread out, so that sampled codes depend visibly on every part of the forward."""
-    torch.manual_seed(0)
-    model = SpectralARForCausalLM(SpectralARConfig.from_preset("tiny", **overrides)).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if not name.endswith("log_scale"):
-                parameter.normal_(0.0, 0.15)
-    return model
 
 
 class CountingBackend:
@@ -115,12 +98,8 @@ def test_generation_config_switches_compilation_and_the_argument_overrides_it():
     assert backend.graphs == 1 and torch.equal(compiled, eager)
 
 
-def test_pipeline_passes_compile_config_to_the_generator(tmp_path):
-    tokenizer = SpectralTokenizer(SpectralTokenizerConfig.from_preset("tiny-32")).eval()
-    generator_config = SpectralARConfig.from_preset("tiny", vocab_size=tokenizer.config.codebook_size,
-                                                    num_image_tokens=tokenizer.config.num_latent_tokens)
-    pipe = SpectralARPipeline(tokenizer=tokenizer, transformer=SpectralARForCausalLM(generator_config).eval())
-    pipe.set_progress_bar_config(disable=True)
+def test_pipeline_passes_compile_config_to_the_generator():
+    pipe = make_pipeline()
     backend = CountingBackend()
     config = CompileConfig(backend=backend, fullgraph=True, dynamic=False, mode=None)
     eager = pipe([0, 3], generator=torch.Generator().manual_seed(1), output_type="pt")
