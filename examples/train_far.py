@@ -89,6 +89,7 @@ from spectralar_hf.training.arguments import (
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
+    end_run,
     plan_run,
     resume,
     run_config,
@@ -619,7 +620,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.push_to_hub:
             hub_datasets = [args.dataset_name] if args.dataset_name else None
             pipeline.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=hub_datasets)
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 def validation_prompts(args: argparse.Namespace, source: datasets.Dataset, label_column: str) -> list[str]:

@@ -52,6 +52,7 @@ from spectralar_hf.training.arguments import (
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
+    end_run,
     model_fingerprint,
     plan_run,
     resume,
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         log_samples(accelerator, model, None, tokenizer, args, output_dir, global_step)
         if args.push_to_hub:
             pipeline.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token)
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 @torch.no_grad()

@@ -91,6 +91,7 @@ from spectralar_hf.training.arguments import (
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
+    end_run,
     plan_run,
     resume,
     run_config,
@@ -512,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         log_reconstructions(accelerator, model, None, validation_images, output_dir, global_step)
         if args.push_to_hub:
             final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token)
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 @torch.no_grad()

@@ -88,6 +88,7 @@ from spectralar_hf.training.arguments import (
 from spectralar_hf.training.checkpointing import (
     DataProgress,
     append_jsonl,
+    end_run,
     plan_run,
     resume,
     run_config,
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.push_to_hub:
             datasets = [args.dataset_name] if args.dataset_name else None
             final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=datasets)
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 @torch.no_grad()

@@ -33,8 +33,17 @@ SUBPROCESS_TIMEOUT_S = 600
 
 def run(script: str, *args, check: bool = True, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [script, *map(str, args)]
-    # a hung run (e.g. a distributed rendezvous that never completes) fails the test instead of stalling the suite
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=SUBPROCESS_TIMEOUT_S)
+    # A hung run (e.g. a distributed rendezvous that never completes) fails the test instead of stalling the suite.
+    # The whole process group is killed: a launcher's workers would otherwise keep the output pipes open.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{' '.join(command)} did not finish in {SUBPROCESS_TIMEOUT_S} s:\n{stderr[-3000:]}")
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return result

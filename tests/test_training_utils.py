@@ -1,12 +1,13 @@
-"""Training helpers: transforms, parameter groups, crash-safe checkpoint discovery."""
+"""Training helpers: transforms, parameter groups, crash-safe checkpoint discovery, the end of a run."""
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 from spectralar_hf import SpectralTokenizer
-from spectralar_hf.training.checkpointing import checkpoint_step, latest_checkpoint, list_checkpoints
+from spectralar_hf.training.checkpointing import checkpoint_step, end_run, latest_checkpoint, list_checkpoints
 from spectralar_hf.training.data import ImageTransform, PhotoCropDataset, numpy_to_pixel_values, random_crops
 from spectralar_hf.training.optim import decay_parameter_groups
 
@@ -123,3 +124,24 @@ def test_load_training_source_reads_idx_files_and_cuts_to_the_named_flag(tmp_pat
     assert len(load_training_source(args)) == 6
     with pytest.raises(ValueError, match="The dataset is empty; check the data source and --max_samples"):
         load_training_source(args, "max_samples")
+
+
+def test_end_run_frees_ddp_reducers_before_destroying_the_process_group(tmp_path):
+    """A reducer freed after destroy_process_group would hold the group's last reference and join its worker
+    threads under the GIL (an intermittent hang at the end of 2-process runs); end_run frees it while the group
+    lives, then ends training as accelerate does."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+    model(torch.randn(3, 4)).sum().backward()  # one reduction through the reducer
+
+    class Accelerator:  # the two members end_run uses
+        _models = [model, torch.nn.Linear(2, 2)]
+
+        @staticmethod
+        def end_training():
+            assert dist.is_initialized()
+            assert model.reducer is None and model.logger is None  # freed while the group was alive
+            dist.destroy_process_group()
+
+    end_run(Accelerator())
+    assert not dist.is_initialized()

@@ -351,6 +351,20 @@ def start_run(accelerator, output_dir: str | Path, args, project_name: str, stal
         accelerator.init_trackers(project_name, config={key: str(value) for key, value in vars(args).items()})
 
 
+def end_run(accelerator) -> None:
+    """`accelerator.end_training()` (trackers, process group), after freeing the C++ reducers of the DDP-wrapped models.
+
+    A reducer freed after `destroy_process_group` holds the last reference to the gloo / NCCL group, whose destructor
+    then joins the group's worker threads while this thread holds the GIL; a worker still releasing Python tensors of
+    an earlier collective needs the GIL, and the process hangs at exit (pytorch/pytorch#56297). Freed while the group
+    is alive, the reducer is not its last reference."""
+    for model in accelerator._models:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model.logger = None  # holds the reducer too
+            model.reducer = None
+    accelerator.end_training()
+
+
 def model_fingerprint(folder: str | Path) -> str:
     """sha256 of a saved model's configuration (without version / bookkeeping keys) and its weights (every tensor's
     name, dtype, shape and values): equal for the same model saved again, e.g. inside a pipeline."""
