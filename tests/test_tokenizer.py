@@ -274,3 +274,12 @@ def test_fresh_codebook_is_uniform_in_one_over_k():
     weight = tokenizer.quantizer.codebook.weight.detach()
     assert weight.abs().max() <= 1.0 / size
     assert weight.std().item() == pytest.approx((1.0 / size) / 3**0.5, rel=0.1)
+
+
+def test_more_tokens_than_low_pass_levels_is_an_error_with_spectral_supervision():
+    """N > S: an S-pixel image has only S square low-pass targets, so nested supervision would repeat targets."""
+    with pytest.raises(ValueError, match=r"num_latent_tokens = 40 exceeds image_size = 32.*spectral_supervision=False"):
+        SpectralTokenizerConfig.from_preset("tiny-32", num_latent_tokens=40)
+    config = SpectralTokenizerConfig.from_preset("tiny-32", num_latent_tokens=40, spectral_supervision=False)
+    output = SpectralTokenizer(config).train()(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert output.codes.shape == (2, 40) and torch.isfinite(output.loss)

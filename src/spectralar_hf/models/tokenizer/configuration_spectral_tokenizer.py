@@ -189,6 +189,14 @@ class SpectralTokenizerConfig(PreTrainedConfig):
             self.omega = omega_schedule(self.num_latent_tokens, self.image_size, self.omega)
         else:
             self.omega = validate_omega(self.omega, self.num_latent_tokens, self.image_size)
+        if self.spectral_supervision and self.num_latent_tokens > self.image_size:
+            raise ValueError(
+                f"num_latent_tokens = {self.num_latent_tokens} exceeds image_size = {self.image_size}: nested spectral "
+                f"supervision trains each prefix k against lowpass(x, omega_k), and a {self.image_size}-pixel image "
+                f"has only {self.image_size} distinct square low-pass levels, so tokens would share targets. Use at "
+                f"most {self.image_size} tokens, a larger image_size, or spectral_supervision=False (TiTok-style 1D "
+                f"tokens)."
+            )
         if self.legacy_latent_projection and self.causal:
             raise ValueError(
                 "legacy_latent_projection=True (TiTok's is_legacy encoder head) mixes the features of all latent "
