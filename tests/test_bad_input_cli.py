@@ -125,7 +125,10 @@ CASES = [
                  id="samples-per-class-0"),
     pytest.param(EVAL_PIPE + ("--knn-split", "train", "--knn-images", "0"), r"argument --knn-images: must be >= 1",
                  id="knn-images-0"),
-    pytest.param(EVAL_PIPE + ("--truncation", "0"), r"argument --truncation: must be >= 1", id="truncation-0"),
+    pytest.param(EVAL_PIPE + ("--trunc", "-1"), r"argument --trunc: must be >= 0", id="trunc-negative"),
+    pytest.param(EVAL_PIPE + ("--truncation", "12"), r"--truncation was replaced by --trunc K, the paper's Trunc.K: K "
+                 r"counts the tokens discarded from the end, not kept; --truncation 12 is --trunc 4 for this 16-token",
+                 id="truncation-replaced"),
     pytest.param(EVAL_PIPE + ("--top-p", "2"), r"argument --top-p: must lie in \(0, 1\]", id="eval-top-p>1"),
     pytest.param(("evaluate", "causality", "--num-images", "0"), r"argument --num-images: must be >= 1",
                  id="causality-num-images-0"),
@@ -133,7 +136,8 @@ CASES = [
                  id="causality-num-images-1"),
     pytest.param(REC + ("--prefixes", "0"), r"--prefixes \[0\] outside \[1, 16\]", id="prefixes-0"),
     pytest.param(EVAL_TOK + ("--prefixes", "17"), r"--prefixes \[17\] outside \[1, 16\]", id="eval-prefixes-17"),
-    pytest.param(EVAL_PIPE + ("--truncation", "20"), r"--truncation \[20\] above the 16 tokens", id="truncation-20"),
+    pytest.param(EVAL_PIPE + ("--trunc", "16"), r"--trunc \[16\] would leave no generation step: Trunc.k discards the "
+                 r"last k of this generator's 16 tokens, so k must lie in \[0, 15\]", id="trunc-16"),
     # argparse's own errors are one line too
     pytest.param(("generate",), r"the following arguments are required: checkpoint, --classes .*--help",
                  id="generate-no-args"),
@@ -239,7 +243,7 @@ CASES = [
                  id="eval-tokenizer-pipeline-flag"),
     pytest.param(EVAL_PIPE + ("--prefixes", "3"), r"--prefixes does not apply to `evaluate pipeline`",
                  id="eval-pipeline-tokenizer-flag"),
-    pytest.param(EVAL_PIPE + ("--plot", "{out}/p.png"), r"--plot draws the --truncation curve",
+    pytest.param(EVAL_PIPE + ("--plot", "{out}/p.png"), r"--plot draws the --trunc curve",
                  id="plot-without-curve"),
     pytest.param(("evaluate", "causality", "{pipe}"), r"`evaluate causality` takes no checkpoint",
                  id="causality-checkpoint"),

@@ -70,20 +70,25 @@ def test_evaluate_pipeline_report_is_deterministic(setup, capsys):
     reports = []
     for name in ("a", "b"):
         status, out = run(capsys, "evaluate", "pipeline", setup / "pipeline", "--idx-data-dir", setup / "idx",
-                          "--num-images", 9, "--samples-per-class", 3, "--truncation", 4, 8, "--floor-split", "train",
-                          "--knn-split", "train", "--knn-images", 30, "--inception", setup / "standin.pt", "--report", setup / f"{name}.json")
+                          "--num-images", 9, "--samples-per-class", 3, "--trunc", 0, 4, 8, "--floor-split", "train",
+                          "--knn-split", "train", "--knn-images", 30, "--inception", setup / "standin.pt", "--report", setup / f"{name}.json",
+                          "--plot", setup / f"{name}.png")
         assert status == 0, out.err
         reports.append(json.loads((setup / f"{name}.json").read_text()))
     first, second = reports
     assert first["num_samples"] == 9 and first["classes"] == [0, 1, 2]
     assert {"gfid", "precision", "recall", "fid_floor"} <= set(first)
     assert 0 <= first["knn_accuracy"] <= 1 and 0 <= first["knn_accuracy_real"] <= 1
-    assert [row["num_tokens"] for row in first["truncation"]] == [4, 8]
+    assert [row["label"] for row in first["truncation"]] == ["Trunc.0", "Trunc.4", "Trunc.8"]
+    assert [row["num_tokens"] for row in first["truncation"]] == [16, 12, 8]  # N - k of the 16-token generator
+    assert first["truncation"][0]["gfid"] == first["gfid"]  # Trunc.0 is the full samples
+    assert "| row | tokens discarded (k) | tokens kept (N - k) | gFID |" in out.out
+    assert (setup / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert first["gfid"] == second["gfid"] and first["truncation"] == second["truncation"]
 
 
 def test_truncated_samples_are_prefixes_of_the_full_ones(setup, monkeypatch):
-    """The path of `evaluate pipeline --truncation k`: `generate_images(..., num_tokens=k)` with the report's seed
+    """The path of `evaluate pipeline --trunc N-k`: `generate_images(..., num_tokens=k)` with the report's seed
     must sample exactly the first k codes of the full run and decode exactly those (what the decoder receives is
     recorded, so a run that samples other codes or decodes something else fails)."""
     pipe = SpectralARPipeline.from_pretrained(setup / "pipeline")

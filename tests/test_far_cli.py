@@ -98,5 +98,5 @@ def test_flags_of_the_other_pipeline_kind_are_errors(setup, tmp_path, capsys, pi
 
 def test_evaluate_truncation_is_refused_for_far(setup, capsys):
     status, _, err = run(capsys, "evaluate", "pipeline", setup / "far", "--idx-data-dir", setup / "idx",
-                         "--truncation", 4, "--inception", setup / "standin.pt")
+                         "--trunc", 4, "--inception", setup / "standin.pt")
     assert status == 2 and "SpectralAR pipelines only" in err

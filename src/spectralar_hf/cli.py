@@ -6,7 +6,7 @@
     spectralar-hf reconstruct CHECKPOINT IMAGE [--prefixes 1 2 4 8 16 32] [--output strip.png]
     spectralar-hf info CHECKPOINT
     spectralar-hf evaluate tokenizer CHECKPOINT --idx-data-dir DIR [--num-images 1000] [--fid] --report r.json
-    spectralar-hf evaluate pipeline PIPELINE --idx-data-dir DIR --samples-per-class 100 [--truncation 8 16]
+    spectralar-hf evaluate pipeline PIPELINE --idx-data-dir DIR --samples-per-class 100 [--trunc 0 8 16]
                            [--floor-split train] [--knn-split train] --report r.json
     spectralar-hf evaluate causality [--num-images 10000]
     spectralar-hf model-card --template
@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .argtypes import non_negative_float, number_type, positive_float, positive_int, probability, random_seed
+from .argtypes import (non_negative_float, non_negative_int, number_type, positive_float, positive_int, probability,
+                       random_seed)
 from .utils import describe_folder, read_json
 
 EXIT_USAGE = 2
@@ -417,7 +418,7 @@ def _feature_warning(extractor, dim: int | None) -> None:
 # Flags of `evaluate` that only one target takes (all default to None, so "given" is "not None").
 _TOKENIZER_FLAGS = ("prefixes", "fid")
 _PIPELINE_FLAGS = ("samples_per_class", "classes", "guidance_scale", "guidance_schedule", "temperature", "top_k",
-                   "top_p", "num_inference_steps", "diffusion_steps", "truncation", "floor_split", "knn_split",
+                   "top_p", "num_inference_steps", "diffusion_steps", "trunc", "floor_split", "knn_split",
                    "knn_images")
 _DATA_FLAGS = ("idx_data_dir", "data_dir", "dataset", "split", "num_images", "inception", "seed", "report", "plot")
 DEFAULT_REPORT = "outputs/evaluation.json"
@@ -435,7 +436,26 @@ def _refuse_flags(args: argparse.Namespace, names: tuple[str, ...], target: str,
                        + (f" ({hint})" if hint else ""))
 
 
+def _truncation_replaced(args: argparse.Namespace) -> str:
+    """The error for the replaced `--truncation M ...` (it counted tokens kept): the `--trunc` values meaning the same,
+    exact when the checkpoint's generator config can be read."""
+    kept = " ".join(args.truncation) or "M"
+    try:
+        total = int(read_json(Path(args.checkpoint) / "transformer" / "config.json", "config")["num_image_tokens"])
+        discarded = [total - int(m) for m in args.truncation]
+        if not args.truncation or min(discarded) < 0:
+            raise ValueError
+        translation = f"{' '.join(map(str, discarded))} for this {total}-token generator"
+    except (OSError, TypeError, ValueError, KeyError):
+        translation = (f"{' '.join(f'N-{m}' for m in args.truncation) or 'N-M'} for a generator of N tokens "
+                       f"(`spectralar-hf info PIPELINE` shows N)")
+    return (f"--truncation was replaced by --trunc K, the paper's Trunc.K: K counts the tokens discarded from the end, "
+            f"not kept; --truncation {kept} is --trunc {translation}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.truncation is not None:
+        raise CLIError(_truncation_replaced(args))
     if args.target == "causality":
         _evaluate_causality(args)
         return
@@ -447,8 +467,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise CLIError("--inception is used by --fid only; add --fid (rFID) or drop --inception")
     else:
         _refuse_flags(args, _TOKENIZER_FLAGS, "pipeline", "`evaluate tokenizer` only")
-        if args.plot is not None and not args.truncation:
-            raise CLIError("--plot draws the --truncation curve; add --truncation K1 K2 ... or drop --plot")
+        if args.plot is not None and args.trunc is None:
+            raise CLIError("--plot draws the --trunc curve (gFID against the tokens discarded); add --trunc K1 K2 ... "
+                           "or drop --plot")
         for flag, split in (("--floor-split", args.floor_split), ("--knn-split", args.knn_split)):
             if split is not None and split == (args.split if args.split is not None else "test"):
                 raise CLIError(f"{flag} {split!r} is the evaluated --split itself; pick the other split (e.g. train)")
@@ -460,8 +481,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     split = args.split if args.split is not None else "test"
     from .evaluation.curves import format_markdown_table, plot_curve
     from .evaluation.classification import knn_class_agreement
-    from .evaluation.report import (evaluate_pipeline, evaluate_tokenizer, load_evaluation_images, reference_fid,
-                                    write_report)
+    from .evaluation.report import (check_trunc, evaluate_pipeline, evaluate_tokenizer, format_truncation_table,
+                                    load_evaluation_images, reference_fid, write_report)
 
     seed = args.seed if args.seed is not None else 0
     notes: list[str] = []  # warnings, printed after a successful run (an error stays one line)
@@ -483,13 +504,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                   **evaluate_tokenizer(tokenizer, images, args.prefixes, extractor)}
         summary = {k: report[k] for k in ("psnr", "ssim", "rfid") if k in report}
         table = format_markdown_table(report["prefixes"])
-        curve = ("num_tokens", ["psnr_target", "psnr_full"], "PSNR (dB)")
+        curve = ("num_tokens", ["psnr_target", "psnr_full"], "PSNR (dB)", "tokens")
     else:
         pipe = _load_pipeline(args.checkpoint, "evaluate pipeline")
         image_size, num_channels = _image_geometry(pipe)
         sampling = _sampling_arguments(pipe, args)
-        if args.truncation and _is_far(pipe):
-            raise CLIError("--truncation (FID of token prefixes) applies to SpectralAR pipelines only")
+        if args.trunc is not None and _is_far(pipe):
+            raise CLIError("--trunc (gFID with the last K tokens discarded, Trunc.K) applies to SpectralAR pipelines "
+                           "only")
         classes = (_class_ids(pipe, args.classes, args.checkpoint) if args.classes is not None
                    else _class_ids(pipe, list(range(pipe.transformer.config.num_classes)), args.checkpoint))
         samples_per_class = (args.samples_per_class if args.samples_per_class is not None
@@ -498,11 +520,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise CLIError(f"--samples-per-class {samples_per_class} x {len(classes)} class(es) = "
                            f"{samples_per_class * len(classes)} samples; precision / recall (k = 3) need at least 4: "
                            f"raise --samples-per-class")
-        if args.truncation:
-            bad = [k for k in args.truncation if k > pipe.transformer.config.num_image_tokens]
-            if bad:
-                raise CLIError(f"--truncation {bad} above the {pipe.transformer.config.num_image_tokens} tokens of "
-                               f"this generator")
+        trunc = []
+        if args.trunc is not None:
+            config = pipe.transformer.config
+            try:
+                trunc = check_trunc(args.trunc, config.num_image_tokens, config.tokens_per_step, name="--trunc")
+            except ValueError as error:
+                raise CLIError(str(error).rstrip(".")) from None
         extractor, dim = _extractor(args)
         reference, reference_labels = load_evaluation_images(image_size, num_channels, split=split,
                                                              num_images=args.num_images, seed=seed, **sources)
@@ -526,7 +550,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise CLIError("--knn-images sizes the --knn-split classifier; add --knn-split train or drop --knn-images")
         report = {"checkpoint": args.checkpoint, "split": split, **sources,
                   **evaluate_pipeline(pipe, reference, samples_per_class, classes, extractor,
-                                      args.truncation or (), seed=seed, classifier_reference=classifier,
+                                      trunc=trunc, seed=seed, classifier_reference=classifier,
                                       **sampling)}
         if classifier is not None:  # the ceiling: the same classifier on the real reference images
             report["knn_accuracy_real"] = knn_class_agreement(reference, reference_labels, *classifier)
@@ -537,8 +561,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             report["fid_floor_splits"] = [args.floor_split, split]
         summary = {k: report[k] for k in ("gfid", "precision", "recall", "fid_floor", "knn_accuracy",
                                           "knn_accuracy_real") if k in report}
-        table = format_markdown_table(report["truncation"]) if report["truncation"] else ""
-        curve = ("num_tokens", ["fid"], "FID")
+        table = format_truncation_table(report["truncation"]) if report["truncation"] else ""
+        curve = ("trunc", ["gfid"], "gFID", "tokens discarded K (Trunc.K)")
     if dim is not None:
         report["feature_dim"] = dim
     write_report(report_path, report)
@@ -550,7 +574,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(table)
     if args.plot is not None:
         rows = report.get("prefixes") or report["truncation"]
-        plot_curve(rows, curve[0], curve[1], args.plot, ylabel=curve[2], xlabel="tokens")
+        plot_curve(rows, curve[0], curve[1], args.plot, ylabel=curve[2], xlabel=curve[3])
         print(f"wrote {args.plot}")
     print(f"wrote {report_path}")
 
@@ -682,8 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="FAR: outer (frequency) steps")
     evaluate.add_argument("--diffusion-steps", type=_diffusion_steps, default=None,
                           help="FAR: inner steps per outer step, 'linear' (40 -> 100) or an int")
-    evaluate.add_argument("--truncation", type=positive_int, nargs="+", default=None,
-                          help="pipeline: FID at these lengths")
+    evaluate.add_argument("--trunc", type=non_negative_int, nargs="+", default=None, metavar="K",
+                          help="pipeline: the paper's Trunc.K rows (Table 3): gFID of the same samples with their "
+                               "last K tokens discarded, i.e. decoded from the first N - K (0 = all N tokens)")
+    evaluate.add_argument("--truncation", nargs="*", default=None, help=argparse.SUPPRESS)  # replaced by --trunc
     evaluate.add_argument("--floor-split", default=None, help="pipeline: also FID(this split vs --split)")
     evaluate.add_argument("--knn-split", default=None,
                           help="pipeline: also the class agreement of the samples under a pixel k-NN classifier on "
@@ -696,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"JSON report (default {DEFAULT_REPORT}): must end in .json, may not lie inside a "
                                f"model or pipeline directory, and replaces an existing file only if it is a previous "
                                f"report")
-    evaluate.add_argument("--plot", default=None, help="image file of the prefix / truncation curve")
+    evaluate.add_argument("--plot", default=None,
+                          help="image file of the curve: tokenizer PSNR per prefix, pipeline gFID per --trunc K")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     card = commands.add_parser("model-card", help="print the model card template (MODEL_CARD.md)")

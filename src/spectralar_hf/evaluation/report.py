@@ -1,5 +1,5 @@
 """Evaluation reports for checkpoints: tokenizer reconstruction (PSNR / SSIM / rFID per prefix) and pipeline
-generation (gFID / precision / recall, truncation curve), computed the way the papers do, offline.
+generation (gFID / precision / recall, the paper's Trunc.k rows), computed the way the papers do, offline.
 
 Used by `spectralar-hf evaluate tokenizer|pipeline` and `examples/evaluate.py`; every function returns plain dicts
 that serialise to the JSON report.
@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .classification import knn_class_agreement
-from .curves import tokenizer_prefix_curve
+from .curves import format_markdown_table, tokenizer_prefix_curve
 from .fid import extract_features, feature_statistics, frechet_distance
 from .manifold import precision_recall
 from .reconstruction import psnr, ssim
@@ -183,7 +183,8 @@ def evaluate_pipeline(
     samples_per_class: int,
     classes: Sequence[int] | None = None,
     extractor: torch.nn.Module | None = None,
-    truncation: Sequence[int] = (),
+    *,
+    trunc: Sequence[int] = (),
     batch_size: int = 64,
     seed: int = 0,
     classifier_reference: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -193,15 +194,24 @@ def evaluate_pipeline(
 
     Generates `samples_per_class` images of every class (or of `classes`) with the sampling settings `sampling`
     (`guidance_scale`, `top_k`, ...) and reports `gfid`, improved `precision` / `recall` (k = 3) on Inception
-    features, and `truncation`: FID of the same samples decoded from only their first k tokens. With
+    features, and `truncation`: one row per k of `trunc`, the paper's "Trunc.k" (Table 3): the last k of the N
+    tokens discarded, i.e. the same samples generated and decoded from only their first N - k tokens. Rows are
+    `{"label": "Trunc.k", "trunc": k, "num_tokens": N - k, "gfid": ...}`; Trunc.0 is `gfid` itself. With
     `classifier_reference = (images, labels)` also `knn_accuracy`: the fraction of samples that a pixel-space k-NN
-    classifier on those images assigns to the class they were generated for.
+    classifier on those images assigns to the class they were generated for. `trunc` (and what follows it) is
+    keyword-only: it counts tokens discarded, where the former positional `truncation` counted tokens kept.
     """
     classes = list(range(pipe.transformer.config.num_classes)) if classes is None else list(classes)
     if not classes:
         raise ValueError("evaluate_pipeline got no classes; pass class ids (or None for all classes).")
     if int(samples_per_class) < 1:
         raise ValueError(f"samples_per_class must be >= 1, got {samples_per_class}.")
+    if "truncation" in sampling:
+        raise TypeError(f"evaluate_pipeline's `truncation` (tokens kept) was replaced by `trunc`: the paper's "
+                        f"Trunc.k, the number of tokens discarded from the end; truncation=[m] is trunc=[N - m] "
+                        f"with N = {pipe.transformer.config.num_image_tokens} here.")
+    config = pipe.transformer.config
+    trunc = check_trunc(trunc, config.num_image_tokens, config.tokens_per_step)
     class_ids = [c for c in classes for _ in range(samples_per_class)]
     if len(class_ids) < PRECISION_RECALL_MIN:
         raise ValueError(f"{samples_per_class} sample(s) per class x {len(classes)} class(es) = {len(class_ids)} "
@@ -222,12 +232,57 @@ def evaluate_pipeline(
     if classifier_reference is not None:
         report["knn_accuracy"] = knn_class_agreement(samples, class_ids, *classifier_reference)
     rows = []
-    for k in truncation:
-        truncated = generate_images(pipe, class_ids, batch_size, seed, num_tokens=int(k), **sampling)
-        stats = feature_statistics(extract_features(truncated, extractor, progress=False))
-        rows.append({"num_tokens": int(k), "fid": frechet_distance(*stats, *reference_stats)})
+    for k in tqdm(trunc, desc="Trunc.k", leave=False):
+        kept = config.num_image_tokens - k
+        if k == 0:  # the full samples
+            gfid = report["gfid"]
+        else:  # the same seeds: the truncated samples are the first `kept` codes of the full ones
+            truncated = generate_images(pipe, class_ids, batch_size, seed, num_tokens=kept, **sampling)
+            stats = feature_statistics(extract_features(truncated, extractor, progress=False))
+            gfid = frechet_distance(*stats, *reference_stats)
+        rows.append({"label": TRUNC_LABEL.format(k), "trunc": k, "num_tokens": kept, "gfid": gfid})
     report["truncation"] = rows
     return report
+
+
+# The paper's name of a truncated row (SpectralAR Table 3): "Trunc.k" = generation with the last k tokens discarded.
+TRUNC_LABEL = "Trunc.{}"
+# Markdown headers of the report's `truncation` rows (row key -> header).
+TRUNC_COLUMNS = {"label": "row", "trunc": "tokens discarded (k)", "num_tokens": "tokens kept (N - k)", "gfid": "gFID"}
+
+
+def check_trunc(trunc: Sequence[int], num_tokens: int, tokens_per_step: int = 1, name: str = "trunc") -> list[int]:
+    """The Trunc.k values `trunc` (tokens discarded from the end of a `num_tokens`-token sequence) as a list of ints,
+    duplicates dropped, order kept. Each k must lie in `[0, num_tokens - tokens_per_step]` (at least one step is
+    generated) and leave a whole number of steps (`(num_tokens - k) % tokens_per_step == 0`); otherwise raises
+    `ValueError` (`TypeError` for non-ints) naming `name` and the allowed values."""
+    values = list(trunc)
+    wrong_type = [k for k in values if isinstance(k, bool) or not isinstance(k, (int, np.integer))]
+    if wrong_type:
+        raise TypeError(f"{name} takes ints (numbers of tokens discarded), got {wrong_type}.")
+    values = list(dict.fromkeys(int(k) for k in values))
+    highest = num_tokens - tokens_per_step
+    negative = [k for k in values if k < 0]
+    if negative:
+        raise ValueError(f"{name} {negative} below 0: Trunc.k discards the last k tokens (k = 0 keeps all "
+                         f"{num_tokens}).")
+    too_many = [k for k in values if k > highest]
+    if too_many:
+        raise ValueError(f"{name} {too_many} would leave no generation step: Trunc.k discards the last k of this "
+                         f"generator's {num_tokens} tokens, so k must lie in [0, {highest}].")
+    mid_step = [k for k in values if (num_tokens - k) % tokens_per_step]
+    if mid_step:
+        allowed = list(range(0, highest + 1, tokens_per_step))
+        raise ValueError(f"{name} {mid_step} would stop mid-step: this generator samples {tokens_per_step} tokens "
+                         f"per step, so k must be a multiple of {tokens_per_step} (one of {allowed}).")
+    return values
+
+
+def format_truncation_table(rows: Sequence[dict[str, Any]], float_format: str = "{:.3f}") -> str:
+    """Markdown table of the report's `truncation` rows: `| row | tokens discarded (k) | tokens kept (N - k) | gFID |`
+    (the paper's Table 3 labels, e.g. `Trunc.8`)."""
+    return format_markdown_table([{header: row[key] for key, header in TRUNC_COLUMNS.items()} for row in rows],
+                                 float_format=float_format)
 
 
 def reference_fid(images_a: torch.Tensor, images_b: torch.Tensor, extractor: torch.nn.Module | None = None) -> float:
