@@ -4,12 +4,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from spectralar_hf import cli
 from spectralar_hf.evaluation import causality
 from spectralar_hf.evaluation.causality import (
+    FIGURE4_CELL,
+    FIGURE4_PADDING,
     PAPER_TABLE_1,
+    best_predictor_histogram,
     build_sequences,
     causality_table,
+    draw_figure4,
     format_table,
     r2_avg,
 )
@@ -120,3 +126,93 @@ def test_cifar_offline_failure_and_cli_fallback(monkeypatch, capsys):
     assert text in capsys.readouterr().out
     with pytest.raises(OSError):
         causality.main(["--num_images", "8", "--data", "cifar100"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figure 4: the most correlated earlier element of each element
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _noisy(base: torch.Tensor, seed: int, noise: float = 0.5) -> torch.Tensor:
+    return base + noise * torch.randn(base.shape, generator=_generator(seed), dtype=torch.float64)
+
+
+def test_best_predictor_histogram_recovers_planted_structures():
+    num_samples, num_elements, num_tokens = 4000, 6, 4
+    first = torch.randn(num_samples, num_elements, generator=_generator(10), dtype=torch.float64)
+    # Chain: every element of t_{i+1} is a noisy copy of the *last* element of t_i (a "patch boundary").
+    chain = [first]
+    for i in range(1, num_tokens):
+        chain.append(_noisy(chain[-1][:, -1:].expand(-1, num_elements), seed=10 + i))
+    boundary = torch.zeros(num_elements, dtype=torch.int64)
+    boundary[-1] = num_elements
+    for counts in best_predictor_histogram(chain, chunk_size=4):  # chunks of 4 columns: 2 per target token
+        assert torch.equal(counts, boundary)
+    # Star: every later element is a noisy copy of element 0 of t_1 (independent noise beats shared noise).
+    star = [first] + [_noisy(first[:, :1].expand(-1, num_elements), seed=20 + i) for i in range(1, num_tokens)]
+    counts = best_predictor_histogram(star)
+    assert counts[0].tolist() == [num_elements * (num_tokens - 1)] + [0] * (num_elements - 1)
+    assert all(not c.any() for c in counts[1:])
+    # Single-element tokens, each a noisy copy of the previous one: each is the best predictor once.
+    walk = [first[:, :1]]
+    for i in range(1, num_tokens):
+        walk.append(_noisy(walk[-1], seed=30 + i))
+    assert [c.tolist() for c in best_predictor_histogram(walk)] == [[1]] * (num_tokens - 1)
+    # A constant element has no best predictor and is not counted.
+    constant = torch.full((num_samples, 1), 0.5, dtype=torch.float64)
+    counts = best_predictor_histogram([first, torch.cat([_noisy(first[:, 2:3], seed=40), constant], dim=1)])
+    assert counts[0].tolist() == [0, 0, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        best_predictor_histogram([first])
+
+
+def test_histograms_come_from_the_table_correlations():
+    images = torch.rand(24, 3, 8, 8, generator=_generator(11))
+    table, histograms = causality_table(images, progress=False, return_histograms=True)
+    assert table == causality_table(images, progress=False)
+    sequences = build_sequences(images)
+    for name, tokens in sequences.items():
+        counts = best_predictor_histogram(tokens)  # same chunks: near-ties (low-rank tokens) resolve the same way
+        assert all(torch.equal(a, b) for a, b in zip(counts, histograms[name]))
+        assert [c.numel() for c in counts] == [t.shape[1] for t in tokens[:-1]]
+        assert sum(int(c.sum()) for c in counts) == sum(t.shape[1] for t in tokens[1:])  # no constant elements
+        assert table[name][0] == pytest.approx(r2_avg(tokens[1], tokens[0]), abs=1e-15)
+
+
+def test_draw_figure4_one_panel_per_paradigm():
+    images = torch.rand(24, 3, 16, 16, generator=_generator(12))
+    table, histograms = causality_table(images, progress=False, return_histograms=True)
+    figure = draw_figure4(histograms, table)
+    panel_width = FIGURE4_PADDING + 3 * (FIGURE4_CELL + FIGURE4_PADDING)
+    assert isinstance(figure, Image.Image) and figure.mode == "RGB"
+    assert figure.width == 3 * panel_width
+    assert draw_figure4({"raster": histograms["raster"]}, table).size == (panel_width, figure.height)
+    # Every panel holds its three heat maps (coloured, not background white).
+    pixels = np.asarray(figure)
+    heat_top = figure.height // 2
+    for panel in range(3):
+        for token in range(3):
+            x = panel * panel_width + FIGURE4_PADDING + token * (FIGURE4_CELL + FIGURE4_PADDING) + FIGURE4_CELL // 2
+            assert (pixels[heat_top, x] != 255).any(), (panel, token)
+    with pytest.raises(ValueError, match="square 3-channel tokens"):
+        draw_figure4({"raster": [torch.ones(5, dtype=torch.int64)]})
+
+
+def test_cli_figure4_writes_a_png(monkeypatch, tmp_path, capsys):
+    fake_crops = torch.rand(16, 3, 32, 32, generator=_generator(13)) * 2 - 1
+    monkeypatch.setattr(causality, "offline_natural_crops", lambda n, seed=0: fake_crops[:n])
+    path = tmp_path / "figures" / "figure4.png"
+    assert cli.main(["evaluate", "causality", "--causality-data", "crops", "--num-images", "16",
+                     "--figure4", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| R2_avg(t2; t1) |" in out and f"wrote {path}" in out
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width == 3 * (FIGURE4_PADDING + 3 * (FIGURE4_CELL + FIGURE4_PADDING))
+    # Bad paths and the flag on another target: one-line errors, exit status 2, before any work.
+    (tmp_path / "notes.txt").write_text("not an image")
+    for flag_value, message in ((str(tmp_path / "notes.txt"), "must end in an image extension"),
+                                (str(tmp_path), "is a directory")):
+        assert cli.main(["evaluate", "causality", "--num-images", "16", "--figure4", flag_value]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["evaluate", "tokenizer", str(tmp_path), "--figure4", str(path)]) == 2
+    assert "--figure4 does not apply to `evaluate tokenizer`" in capsys.readouterr().err

@@ -8,7 +8,7 @@
     spectralar-hf evaluate tokenizer CHECKPOINT --idx-data-dir DIR [--num-images 1000] [--fid] --report r.json
     spectralar-hf evaluate pipeline PIPELINE --idx-data-dir DIR --samples-per-class 100 [--trunc 0 8 16]
                            [--floor-split train] [--knn-split train] --report r.json
-    spectralar-hf evaluate causality [--num-images 10000]
+    spectralar-hf evaluate causality [--num-images 10000] [--figure4 figure4.png]
     spectralar-hf model-card --template
 
 PIPELINE is a directory saved by `SpectralARPipeline.save_pretrained` or `FARPipeline.save_pretrained` (`generate`,
@@ -421,6 +421,7 @@ _PIPELINE_FLAGS = ("samples_per_class", "classes", "guidance_scale", "guidance_s
                    "top_p", "num_inference_steps", "diffusion_steps", "trunc", "floor_split", "knn_split",
                    "knn_images")
 _DATA_FLAGS = ("idx_data_dir", "data_dir", "dataset", "split", "num_images", "inception", "seed", "report", "plot")
+_CAUSALITY_FLAGS = ("figure4",)
 DEFAULT_REPORT = "outputs/evaluation.json"
 DEFAULT_SAMPLES_PER_CLASS = 100
 DEFAULT_KNN_IMAGES = 10000
@@ -459,6 +460,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.target == "causality":
         _evaluate_causality(args)
         return
+    _refuse_flags(args, _CAUSALITY_FLAGS, args.target, "`evaluate causality` only")
     if args.checkpoint is None:
         raise CLIError(f"evaluate {args.target} needs a checkpoint directory")
     if args.target == "tokenizer":
@@ -589,11 +591,13 @@ def _evaluate_causality(args: argparse.Namespace) -> None:
     num_images = args.num_images if args.num_images is not None else DEFAULT_CAUSALITY_IMAGES
     if num_images < 2:
         raise CLIError(f"--num-images {num_images}: correlations need at least 2 images")
+    figure4 = [] if args.figure4 is None else ["--figure4", str(_check_image_output(args.figure4, "--figure4"))]
     from .evaluation.causality import main as causality_main
 
     try:
-            causality_main(["--num_images", str(num_images), "--data", args.causality_data,
-                        "--seed", str(args.seed if args.seed is not None else 0)])
+        causality_main(["--num_images", str(num_images), "--data", args.causality_data,
+                        "--seed", str(args.seed if args.seed is not None else 0)] + figure4,
+                       write_image=lambda image, path: _save(image, path, "--figure4"))
     except OSError as error:  # --causality-data cifar100 offline
         raise CLIError(f"{_one_line(error).split(', or use')[0].rstrip('.')}, or pass --causality-data crops (offline "
                        f"photo crops)") from None
@@ -717,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--knn-images", type=positive_int, default=None,
                           help="pipeline: k-NN reference images (default 10000)")
     evaluate.add_argument("--causality-data", choices=["auto", "cifar100", "crops"], default="auto")
+    evaluate.add_argument("--figure4", default=None,
+                          help="causality: also draw Figure 4 (the most correlated earlier element of each element, "
+                               "per paradigm) to this image file")
     evaluate.add_argument("--seed", type=random_seed, default=None, help="default 0")
     evaluate.add_argument("--report", default=None,
                           help=f"JSON report (default {DEFAULT_REPORT}): must end in .json, may not lie inside a "
