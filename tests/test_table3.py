@@ -231,3 +231,12 @@ def test_table3_superres_quick_table(setup, tmp_path):
     assert table[2].startswith(f"| Upsample (bicubic; the paper's baseline) | {rows[0]['psnr']:.2f} |")
     assert [line.split(" | ")[0][2:] for line in table[2:]] == [script.LABELS[row["method"]] for row in rows]
     assert "command: `python benchmarks/table3_superres.py --pipeline" in text and "--quick" in text
+
+
+def test_trunc_of_a_pipeline_without_tokens_is_a_clear_error():
+    """FAR's generator has no token sequence: Trunc.k rows are refused before anything is generated (and an
+    evaluation without trunc does not ask the generator for a token count)."""
+    far_like = type("Pipe", (), {"transformer": type("Generator", (), {"config": type(
+        "Config", (), {"num_classes": 2, "tokens_per_step": 1})()})()})()
+    with pytest.raises(ValueError, match="applies to SpectralAR pipelines"):
+        evaluate_pipeline(far_like, torch.zeros(4, 3, 8, 8), 2, trunc=[1])

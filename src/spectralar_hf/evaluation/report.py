@@ -211,7 +211,10 @@ def evaluate_pipeline(
                         f"Trunc.k, the number of tokens discarded from the end; truncation=[m] is trunc=[N - m] "
                         f"with N = {pipe.transformer.config.num_image_tokens} here.")
     config = pipe.transformer.config
-    trunc = check_trunc(trunc, config.num_image_tokens, config.tokens_per_step)
+    if trunc and not hasattr(config, "num_image_tokens"):
+        raise ValueError("trunc (the Trunc.k rows) applies to SpectralAR pipelines, whose images are token sequences; "
+                         "this pipeline's generator has no tokens to discard.")
+    trunc = check_trunc(trunc, config.num_image_tokens, config.tokens_per_step) if trunc else []
     class_ids = [c for c in classes for _ in range(samples_per_class)]
     if len(class_ids) < PRECISION_RECALL_MIN:
         raise ValueError(f"{samples_per_class} sample(s) per class x {len(classes)} class(es) = {len(class_ids)} "
