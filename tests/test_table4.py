@@ -36,7 +36,7 @@ def ablation(tmp_path_factory):
             "--tokenizer_steps", "2", "--tokenizer_batch_size", "4", "--generator_preset", "tiny",
             "--generator_steps", "2", "--generator_batch_size", "4", "--num_eval_images", "10",
             "--samples_per_class", "1", "--inception", str(root / "standin.pt"), "--work_dir", str(root / "work"),
-            "--output", str(root / "table4.md"), "--rows", "1-titok", "4-spectral-causal"]
+            "--output", str(root / "table4.md"), "--rows", "1-titok", "4-spectralar"]
     table = load_script().main(argv)
     return root, argv, table
 
@@ -44,10 +44,10 @@ def ablation(tmp_path_factory):
 def test_every_row_is_trained_evaluated_and_tabulated(ablation):
     root, _, table = ablation
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| row | tokenizer | rFID | PSNR | gFID | precision | recall")
+    assert lines[0].startswith("| row | tokenizer | rFID | PSNR | gFID | precision | recall | paper FID")
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| 1", "| 4"]  # the rows asked for
     assert (root / "table4.md").read_text() == table
-    for name in ("1-titok", "4-spectral-causal"):
+    for name in ("1-titok", "4-spectralar"):
         report = json.loads((root / "work" / name / "pipeline.json").read_text())
         assert report["num_samples"] == 10 and np.isfinite(report["gfid"])
         row = next(line for line in lines if line.startswith(f"| {name[0]} "))
@@ -60,17 +60,19 @@ def test_rows_differ_only_in_the_tokenizer_settings_of_table_4(ablation):
     args = script.parse_args(argv)
     configs = {row.name: SpectralTokenizerConfig.from_preset("fmnist-32", **json.loads(
         script.tokenizer_overrides(args, row))) for row in script.ROWS}
-    for name in ("1-titok", "4-spectral-causal"):  # the trained ones were built from these settings
+    for name in ("1-titok", "4-spectralar"):  # the trained ones were built from these settings
         trained = SpectralTokenizerConfig.from_pretrained(root / "work" / name / "tokenizer" / "tokenizer")
         fields = ("spectral_supervision", "causal", "omega", "num_latent_tokens", "codebook_size", "image_size")
         assert [getattr(trained, f) for f in fields] == [getattr(configs[name], f) for f in fields]
     settings = {name: (c.spectral_supervision, c.causal, c.omega) for name, c in configs.items()}
-    uniform, nonuniform = list(range(2, 33, 2)), configs["3-nested-nonuniform"].omega
+    uniform, nonuniform = list(range(2, 33, 2)), configs["4-spectralar"].omega
     assert nonuniform != uniform  # 16 tokens at 32 px: the two schedules really differ
     assert settings["1-titok"][:2] == (False, False)
     assert settings["2-nested-uniform"] == (True, False, uniform)
-    assert settings["3-nested-nonuniform"] == (True, False, nonuniform)
-    assert settings["4-spectral-causal"] == (True, True, nonuniform)
+    assert settings["3-causal-uniform"] == (True, True, uniform)  # the paper's order: the mask, then Eq. 9
+    assert settings["4-spectralar"] == (True, True, nonuniform)
+    assert settings["x-nonuniform-no-mask"] == (True, False, nonuniform)
+    assert script.DEFAULT_ROWS == ["1-titok", "2-nested-uniform", "3-causal-uniform", "4-spectralar"]
     sizes = {(c.num_latent_tokens, c.codebook_size, c.encoder_hidden_size) for c in configs.values()}
     assert sizes == {(16, 1024, 128)}
 
