@@ -73,7 +73,7 @@ class SpectralARStaticCache:
     one for values. A forward writes its keys/values in place at `write_positions` (no re-concatenation of the whole
     cache per step, which `DynamicCache` does) and attends over the first `attended_length` positions: the written
     prefix when eager, the whole buffer under a mask when compiled, so that every step has the same shapes. Implements
-    the `update` / `get_seq_length` subset of transformers' `Cache` that the attention layers use."""
+    the `update` of transformers' `Cache` that the attention layers call."""
 
     def __init__(self, config: SpectralARConfig, rows: int, max_length: int, dtype: torch.dtype,
                  device: torch.device):
@@ -84,11 +84,7 @@ class SpectralARStaticCache:
         self.max_length = max_length
         self.write_positions: torch.Tensor | None = None  # (q,) sequence positions of the next forward's keys
         self.attended_length = max_length  # keys the next forward attends over
-        self.length = 0  # positions written so far (host-side count, for `get_seq_length`)
-
-    def matches(self, rows: int, max_length: int, dtype: torch.dtype, device: torch.device) -> bool:
-        key = self.keys[0]
-        return key.shape[0] == rows and self.max_length == max_length and key.dtype == dtype and key.device == device
+        self.length = 0  # positions written so far (host-side count)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys[layer_idx].index_copy_(2, self.write_positions, key)
@@ -96,9 +92,6 @@ class SpectralARStaticCache:
         if self.attended_length == self.max_length:
             return self.keys[layer_idx], self.values[layer_idx]
         return self.keys[layer_idx][:, :, : self.attended_length], self.values[layer_idx][:, :, : self.attended_length]
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
 
 
 def drop_path(hidden_states: torch.Tensor, probability: float, training: bool) -> torch.Tensor:
@@ -306,12 +299,11 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                 return None, False  # exactly one new block: it sees everything before it and itself
             if step == 1 and past_length == 0:
                 return None, True  # plain causal prefill
-        query_block = torch.arange(past_length, past_length + query_length, device=device) // step
-        key_block = torch.arange(past_length + query_length, device=device) // step
-        mask = (key_block.unsqueeze(0) <= query_block.unsqueeze(1)).unsqueeze(0)  # (1, query, keys)
+        positions = torch.arange(past_length, past_length + query_length, device=device)
+        mask = self._block_mask(positions, past_length + query_length)  # (1, 1, query, keys)
         if padding_mask is not None:
-            mask = mask & padding_mask.bool().unsqueeze(1)
-        return mask.unsqueeze(1), False
+            mask = mask & padding_mask.bool()[:, None, None, :]
+        return mask, False
 
     def _run(self, embeddings: torch.Tensor, modulations: list[torch.Tensor], head_modulation: torch.Tensor,
              cache: Cache | None, past_length: int, padding_mask: torch.Tensor | None = None,
