@@ -9,11 +9,15 @@
     spectralar-hf evaluate pipeline PIPELINE --idx-data-dir DIR --samples-per-class 100 [--trunc 0 8 16]
                            [--floor-split train] [--knn-split train] --report r.json
     spectralar-hf evaluate causality [--num-images 10000] [--figure4 figure4.png]
+    spectralar-hf evaluate npz SAMPLES.npz (--reference REF | --idx-data-dir DIR | --data-dir DIR | --dataset ID)
+                           [--inception PATH] [--batch-size 50] [--no-cache] --report r.json
     spectralar-hf model-card --template
 
 PIPELINE is a directory saved by `SpectralARPipeline.save_pretrained` or `FARPipeline.save_pretrained` (`generate`,
 `evaluate pipeline` and `info`); CHECKPOINT is a SpectralAR pipeline directory or a tokenizer directory
-(config.json + model.safetensors). Bad paths or arguments print a one-line error and exit with status 2.
+(config.json + model.safetensors). SAMPLES.npz is an ADM-format sample batch (arr_0 uint8 (N, H, W, 3), arr_1
+labels); REF is an ADM reference batch .npz (images, maybe mu/sigma), a mu/sigma statistics .npz or a folder of
+images. Bad paths or arguments print a one-line error and exit with status 2.
 
 Output files: `--output` / `--strip` / `--plot` must end in an image extension and never replace a file that is not an
 image; `--report` must end in .json, may not lie inside a model or pipeline directory, and replaces only a previous
@@ -422,10 +426,12 @@ _PIPELINE_FLAGS = ("samples_per_class", "classes", "guidance_scale", "guidance_s
                    "knn_images")
 _DATA_FLAGS = ("idx_data_dir", "data_dir", "dataset", "split", "num_images", "inception", "seed", "report", "plot")
 _CAUSALITY_FLAGS = ("figure4",)
+_NPZ_FLAGS = ("reference", "batch_size", "no_cache")
 DEFAULT_REPORT = "outputs/evaluation.json"
 DEFAULT_SAMPLES_PER_CLASS = 100
 DEFAULT_KNN_IMAGES = 10000
 DEFAULT_CAUSALITY_IMAGES = 10000
+DEFAULT_NPZ_BATCH_SIZE = 50  # images per Inception forward pass (evaluation.fid.DEFAULT_BATCH_SIZE)
 KNN_K = 5
 
 
@@ -461,6 +467,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _evaluate_causality(args)
         return
     _refuse_flags(args, _CAUSALITY_FLAGS, args.target, "`evaluate causality` only")
+    if args.target == "npz":
+        _evaluate_npz(args)
+        return
+    _refuse_flags(args, _NPZ_FLAGS, args.target, "`evaluate npz` only")
     if args.checkpoint is None:
         raise CLIError(f"evaluate {args.target} needs a checkpoint directory")
     if args.target == "tokenizer":
@@ -585,8 +595,8 @@ def _evaluate_causality(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
         raise CLIError(f"`evaluate causality` takes no checkpoint (got {args.checkpoint!r}): it analyses images, "
                        f"not a model")
-    _refuse_flags(args, _TOKENIZER_FLAGS + _PIPELINE_FLAGS + tuple(f for f in _DATA_FLAGS if f not in ("num_images",
-                                                                                                    "seed")),
+    _refuse_flags(args, _TOKENIZER_FLAGS + _PIPELINE_FLAGS + _NPZ_FLAGS
+                  + tuple(f for f in _DATA_FLAGS if f not in ("num_images", "seed")),
                   "causality", "it prints the R^2 table of --num-images images chosen by --causality-data")
     num_images = args.num_images if args.num_images is not None else DEFAULT_CAUSALITY_IMAGES
     if num_images < 2:
@@ -601,6 +611,60 @@ def _evaluate_causality(args: argparse.Namespace) -> None:
     except OSError as error:  # --causality-data cifar100 offline
         raise CLIError(f"{_one_line(error).split(', or use')[0].rstrip('.')}, or pass --causality-data crops (offline "
                        f"photo crops)") from None
+
+
+def _evaluate_npz(args: argparse.Namespace) -> None:
+    """`evaluate npz SAMPLES.npz`: FID, precision / recall and Inception Score of an ADM-format sample batch."""
+    _refuse_flags(args, _TOKENIZER_FLAGS + _PIPELINE_FLAGS + ("plot",), "npz",
+                  "it scores the images of SAMPLES.npz against --reference or a dataset")
+    if args.checkpoint is None:
+        raise CLIError("evaluate npz needs the samples file: spectralar-hf evaluate npz SAMPLES.npz --reference REF")
+    report_path = args.report if args.report is not None else DEFAULT_REPORT
+    _check_report_output(report_path)
+    dataset_flags = [flag for flag, value in (("--idx-data-dir", args.idx_data_dir), ("--data-dir", args.data_dir),
+                                              ("--dataset", args.dataset)) if value is not None]
+    if args.reference is not None and dataset_flags:
+        raise CLIError(f"--reference and {', '.join(dataset_flags)} both name a reference; give one of them")
+    if args.reference is None and not dataset_flags:
+        raise CLIError("evaluate npz needs a reference: --reference REF (an ADM reference batch .npz, a mu/sigma "
+                       "statistics .npz or a folder of images) or one of --idx-data-dir, --data-dir, --dataset")
+    sources = {"idx_data_dir": None, "train_data_dir": None, "dataset_name": None}
+    if args.reference is not None:
+        _refuse_flags(args, ("split", "num_images", "seed"), "npz --reference",
+                      "they choose dataset images: --idx-data-dir / --data-dir / --dataset; --reference is used whole")
+        if not Path(args.reference).exists():
+            raise CLIError(f"--reference {args.reference!r} does not exist; pass an ADM reference batch .npz, a "
+                           f"mu/sigma statistics .npz or a folder of images")
+    else:
+        sources = _data_source(args)
+    from .evaluation.npz import read_samples
+
+    samples = read_samples(args.checkpoint)  # a bad samples file: one line, before the network is loaded
+    extractor, dim = _extractor(args)
+    from .evaluation.npz import evaluate_npz
+    from .evaluation.report import write_report
+
+    report = evaluate_npz(samples, args.reference, **sources, split=args.split if args.split is not None else "test",
+                          num_images=args.num_images, seed=args.seed if args.seed is not None else 0,
+                          extractor=extractor, batch_size=args.batch_size if args.batch_size is not None else
+                          DEFAULT_NPZ_BATCH_SIZE, cache=not args.no_cache)
+    if args.reference is None and report["num_reference"] is not None:
+        _note_fewer(report["warnings"], "--num-images", args.num_images, report["num_reference"],
+                    report["reference"]["split"])
+    write_report(report_path, report)
+    _feature_warning(extractor, dim)
+    for warning in report["warnings"]:
+        print(f"spectralar-hf evaluate: warning: {warning}", file=sys.stderr)
+    for key in ("precision_recall_note", "inception_score_note"):
+        if key in report:
+            print(f"spectralar-hf evaluate: note: {report[key]}", file=sys.stderr)
+    summary = {key: report[key] for key in ("fid", "precision", "recall", "inception_score", "num_samples",
+                                            "num_reference")}
+    print(json.dumps(summary, indent=2))
+    if report["reference"]["cache"] is not None:
+        print(f"reference features {'read from' if report['reference']['cache_hit'] else 'cached in'} "
+              f"{report['reference']['cache']}")
+    print(f"wrote {report_path}")
 
 
 def cmd_model_card(args: argparse.Namespace) -> None:
@@ -684,9 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct.set_defaults(handler=cmd_reconstruct)
 
     evaluate = commands.add_parser("evaluate", help="rFID / PSNR of a tokenizer, gFID / precision / recall of a "
-                                                    "pipeline, or the R^2 causality table; writes a JSON report")
-    evaluate.add_argument("target", choices=["tokenizer", "pipeline", "causality"])
-    evaluate.add_argument("checkpoint", nargs="?", default=None)
+                                                    "pipeline, FID / precision / recall / IS of an ADM-format sample "
+                                                    ".npz, or the R^2 causality table; writes a JSON report")
+    evaluate.add_argument("target", choices=["tokenizer", "pipeline", "causality", "npz"])
+    evaluate.add_argument("checkpoint", nargs="?", default=None,
+                          help="tokenizer / pipeline: the checkpoint directory; npz: the samples file SAMPLES.npz")
     evaluate.add_argument("--idx-data-dir", default=None, help="MNIST-format IDX folder (e.g. Fashion-MNIST)")
     evaluate.add_argument("--data-dir", default=None, help="an image folder (its only split is 'train')")
     evaluate.add_argument("--dataset", default=None, help="a datasets id")
@@ -720,6 +786,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "this split (and of the real --split images, the ceiling)")
     evaluate.add_argument("--knn-images", type=positive_int, default=None,
                           help="pipeline: k-NN reference images (default 10000)")
+    evaluate.add_argument("--reference", default=None,
+                          help="npz: an ADM reference batch .npz (uint8 images in arr_0; stored mu/sigma are used "
+                               "for FID), a mu/sigma statistics .npz (FID only) or a folder of images (recursive); "
+                               "instead of --idx-data-dir / --data-dir / --dataset")
+    evaluate.add_argument("--batch-size", type=positive_int, default=None,
+                          help=f"npz: images per Inception forward pass (default {DEFAULT_NPZ_BATCH_SIZE})")
+    evaluate.add_argument("--no-cache", action="store_true", default=None,
+                          help="npz: neither read nor write the cached reference features (REF.<tag>.stats.npz)")
     evaluate.add_argument("--causality-data", choices=["auto", "cifar100", "crops"], default="auto")
     evaluate.add_argument("--figure4", default=None,
                           help="causality: also draw Figure 4 (the most correlated earlier element of each element, "

