@@ -2,7 +2,7 @@
 that names the bad input and the fix, raised before the input reaches torch / diffusers / safetensors.
 
 Every check here is cheap: plain Python on scalars, at most one device sync per tensor (`amin` / `amax` together), and
-header-only reads of weight files.
+header-only reads of weight files. `rand_rows` is the samplers' random draw for one generator or one per image.
 """
 
 from __future__ import annotations
@@ -93,16 +93,71 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-def check_generator(generator: Any) -> None:
-    """`None` or one `torch.Generator` (our samplers draw every row from one generator)."""
+def check_generator(generator: Any, num_images: int | None = None) -> None:
+    """`None`, one `torch.Generator`, or (samplers, which pass `num_images`) a list / tuple of exactly `num_images`
+    generators, one per image (diffusers' convention: image `b`'s random numbers come from generator `b` alone).
+    Without `num_images` (a training step) only one generator is accepted."""
     if generator is None or isinstance(generator, torch.Generator):
         return
-    if isinstance(generator, (list, tuple)):
-        raise TypeError(f"generator must be one torch.Generator (or None), got a {type(generator).__name__} of "
-                        f"{len(generator)}; one generator seeds the whole batch reproducibly, e.g. "
+    if not isinstance(generator, (list, tuple)):
+        raise TypeError(f"generator must be a torch.Generator (or None), got {type(generator).__name__} "
+                        f"{generator!r}; use generator=torch.Generator().manual_seed(seed)"
+                        + ("." if num_images is None else f" or one per image, e.g. "
+                           f"[torch.Generator().manual_seed(i) for i in range({num_images})]."))
+    kind = type(generator).__name__
+    if num_images is None:
+        raise TypeError(f"generator must be one torch.Generator (or None) in a training step, got a {kind} of "
+                        f"{len(generator)}; per-image generator lists are for sampling (sample() and the pipelines). "
+                        f"One generator seeds the whole batch reproducibly, e.g. "
                         f"generator=torch.Generator().manual_seed(0).")
-    raise TypeError(f"generator must be a torch.Generator (or None), got {type(generator).__name__} {generator!r}; "
-                    f"use generator=torch.Generator().manual_seed(seed).")
+    for index, item in enumerate(generator):
+        if not isinstance(item, torch.Generator):
+            raise TypeError(f"generator[{index}] must be a torch.Generator, got {type(item).__name__} {item!r}; pass "
+                            f"one torch.Generator per image, e.g. [torch.Generator().manual_seed(i) for i in "
+                            f"range({num_images})], or a single generator.")
+    if len(generator) != num_images:
+        what = "an empty list of generators" if not generator else \
+            f"{len(generator)} generator{'s' if len(generator) != 1 else ''}"
+        raise ValueError(f"got {what} for {num_images} image{'s' if num_images != 1 else ''}; pass one per image "
+                         f"or a single generator.")
+
+
+def rand_rows(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None,
+              device: torch.device | str, kind: str = "rand", dtype: torch.dtype | None = None,
+              high: int | None = None) -> torch.Tensor:
+    """Random numbers of `shape` `(B, ...)` on `device`, drawn on the generator's device (the default generator's:
+    on `device`) and moved there.
+
+    `kind`: `"rand"` (uniform in [0, 1)), `"randn"` (standard normal, diffusers' `randn_tensor`) or `"randint"`
+    (`[0, high)`). One generator (or `None`) draws the whole shape at once. A list / tuple of `B` generators draws
+    row `b` as `(1, ...)` from generator `b` alone (diffusers' `randn_tensor` with a list), so a row's numbers do not
+    depend on the other rows, the batch size or the batching; a list of one gives the single generator's numbers.
+    Consecutive rows given the same generator object draw together, as that generator alone would draw them (so
+    `[g] * B` is `g`; `super_resolve` gives every sub-image of image `b` generator `b`).
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {shape[0]} rows; pass one per image or a single "
+                             f"generator.")
+        runs: list[list] = []  # [generator, number of consecutive rows]
+        for item in generator:
+            if runs and runs[-1][0] is item:
+                runs[-1][1] += 1
+            else:
+                runs.append([item, 1])
+        return torch.cat([rand_rows((count, *shape[1:]), item, device, kind, dtype, high) for item, count in runs])
+    source = generator.device if generator is not None else device
+    if kind == "randn":
+        from diffusers.utils.torch_utils import randn_tensor  # lazy: diffusers is slow to import
+
+        values = randn_tensor(tuple(shape), generator=generator, device=torch.device(source), dtype=dtype)
+    elif kind == "randint":
+        values = torch.randint(0, high, tuple(shape), generator=generator, device=source, dtype=dtype)
+    elif kind == "rand":
+        values = torch.rand(tuple(shape), generator=generator, device=source, dtype=dtype)
+    else:
+        raise ValueError(f"kind must be 'rand', 'randn' or 'randint', got {kind!r}.")
+    return values.to(device)
 
 
 def check_callable(name: str, value: Any) -> None:

@@ -311,7 +311,7 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
         guidance_schedule: str | None = None,
         temperature: float | tuple[float, float] | None = None,
         mask_schedule: str | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         level_schedule: list[int] | None = None,
         temperature_schedule: str | None = None,
@@ -346,7 +346,9 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                 `num_inference_steps`).
             temperature_schedule: `"linear"` or `"cosine"` (the reference sampler's) ramp of a `(start, end)`
                 temperature.
-            generator: `torch.Generator` for reproducible images.
+            generator: `torch.Generator`, or a list of them, one per image (diffusers' convention): image `b`'s
+                randomness then comes from generator `b` only, so it does not depend on the other images or on how
+                images are batched (a list of one equals that generator alone).
             output_type: `"pil"`, `"np"` (`(B, H, W, C)` in [0, 1]), `"pt"` (`(B, C, H, W)` in [0, 1]) or `"latent"`
                 (no decoding; `images` holds the latents).
             return_dict: return a [`FARPipelineOutput`] instead of a tuple.
@@ -373,13 +375,18 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                              f"{self._callback_tensor_inputs}, got {inputs!r}.")
         check_output_type(output_type, OUTPUT_TYPES)
         check_callable("callback_on_step_end", callback_on_step_end)
-        check_generator(generator)
+        if not isinstance(generator, (list, tuple)):
+            check_generator(generator)  # before any prompt encoding; a list is checked against the images below
         text_inputs = self._text_inputs(class_labels, prompt, prompt_embeds, prompt_attention_mask,
                                         max_sequence_length)
         labels = None if class_labels is None else self._class_ids(class_labels)
         if labels is not None and text_inputs and labels.shape[0] != text_inputs["encoder_hidden_states"].shape[0]:
             raise ValueError(f"class_labels gives {labels.shape[0]} entries but there are "
                              f"{text_inputs['encoder_hidden_states'].shape[0]} prompts; pass one class per prompt.")
+        num_images = labels.shape[0] if labels is not None else \
+            text_inputs["encoder_hidden_states"].shape[0] if text_inputs else None
+        if num_images is not None:  # (no labels and no text: the transformer names the missing class_labels)
+            check_generator(generator, num_images)
         if level_schedule is not None and num_inference_steps is None:
             num_inference_steps = len(level_schedule)
         settings = self._sampling_settings(num_steps=num_inference_steps, diffusion_steps=diffusion_steps,

@@ -343,7 +343,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         top_k: int | None = None,
         top_p: float | None = None,
         num_tokens: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["SpectralARPipeline", int, None, dict], dict | None] | None = None,
@@ -361,7 +361,9 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
             guidance_schedule: `"constant"` or `"linear"` (VAR's ramp from no guidance at the first step).
             temperature, top_k, top_p: sampling filters; `None` uses `transformer.generation_config`.
             num_tokens: generate only the first `num_tokens` codes and decode them (truncated generation, Table 3).
-            generator: `torch.Generator` for reproducible images.
+            generator: `torch.Generator`, or a list of them, one per image (diffusers' convention): image `b`'s
+                randomness then comes from generator `b` only, so it does not depend on the other images or on how
+                images are batched (a list of one equals that generator alone).
             output_type: `"pil"`, `"np"` (`(B, H, W, C)` in [0, 1]) or `"pt"` (`(B, C, H, W)` in [0, 1]).
             return_dict: return a [`SpectralARPipelineOutput`] instead of a tuple.
             callback_on_step_end: called after every step as `callback(pipe, step, None, {"codes": codes_so_far})`
@@ -381,10 +383,10 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
                              f"{self._callback_tensor_inputs}, got {inputs!r}.")
         check_callable("callback_on_step_end", callback_on_step_end)
         check_output_type(output_type)
-        check_generator(generator)
         if num_tokens is not None:
             num_tokens = check_int("num_tokens", num_tokens)
         labels = self._class_ids(class_labels)
+        check_generator(generator, labels.shape[0])
         settings = self._sampling_settings(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
                                            temperature=temperature, top_k=top_k, top_p=top_p)
         config = self.transformer.config
@@ -467,7 +469,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         compile_config: bool | CompileConfig | None = None,
     ) -> SuperResolutionOutput:
@@ -479,12 +481,14 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         prefix is kept (the frequencies an upsampled image really carries: tokens with `omega_k <= S / scale`, rounded
         down to whole steps, unless `keep_tokens` is given), the remaining codes are completed autoregressively
         (conditioned on `class_labels`, or the null class), decoded, and the `S x S` results reassembled into one
-        `scale * S` image. `compile_config` compiles the completion's per-step forward (see `__call__`).
+        `scale * S` image. `compile_config` compiles the completion's per-step forward (see `__call__`). `generator`:
+        one `torch.Generator`, or a list of them, one per input image: the `scale**2` sub-images of image `b` then
+        draw from generator `b` only (together, as one generator draws them for a single image), so image `b`'s
+        result does not depend on the other images.
         """
         if method not in ("stride", "patch"):
             raise ValueError(f"method must be 'stride' or 'patch', got {method!r}.")
         check_output_type(output_type)
-        check_generator(generator)
         if keep_tokens is not None:
             keep_tokens = check_int("keep_tokens", keep_tokens)
         size = self.tokenizer.config.image_size
@@ -492,6 +496,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
             raise ValueError(f"scale must be an int >= 2 that divides the image size {size}, got {scale!r}.")
         pixels = self._preprocess(image)
         batch, channels = pixels.shape[:2]
+        check_generator(generator, batch)
         sub = size // scale
         if method == "stride":  # (B, C, sub, scale, sub, scale) -> sub-image (i, j) holds pixels [i::scale, j::scale]
             parts = pixels.view(batch, channels, sub, scale, sub, scale).permute(0, 3, 5, 1, 2, 4)
@@ -521,6 +526,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
         settings = self._sampling_settings(guidance_scale=guidance_scale, guidance_schedule=None,
                                            temperature=temperature, top_k=top_k, top_p=top_p)
         prefix = self.tokenizer.encode(upsampled).codes[:, :keep]
+        if isinstance(generator, (list, tuple)):  # image b's scale**2 sub-image rows all draw from generator b
+            generator = [item for item in generator for _ in range(scale * scale)]
         codes = self.transformer.sample(labels, prefix_codes=prefix, generator=generator,
                                         compile_config=compile_config, **settings)
         refined = self.tokenizer.decode(codes).reconstruction  # (B * scale^2, C, S, S)

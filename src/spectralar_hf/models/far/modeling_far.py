@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -47,7 +46,7 @@ from transformers.utils import ModelOutput
 
 from ...devices import high_precision_dtype
 from ...hub import SpectralARHubMixin
-from ...utils import check_callable, check_finite_tensor, check_generator, check_int, check_number
+from ...utils import check_callable, check_finite_tensor, check_generator, check_int, check_number, rand_rows
 from ...spectral import (
     far_diffusion_steps,
     far_input_levels,
@@ -565,17 +564,11 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
             mask = mask.bool()
         return states.to(self.device), mask
 
-    def _random(self, shape: tuple[int, ...], generator: torch.Generator | None, kind: str = "rand",
-                high: int | None = None) -> torch.Tensor:
-        """Random numbers from `generator` (on its device) moved to the model's device."""
-        device = generator.device if generator is not None else self.device
-        if kind == "randint":
-            values = torch.randint(0, high, shape, generator=generator, device=device)
-        elif kind == "randn":
-            values = torch.randn(shape, generator=generator, device=device)
-        else:
-            values = torch.rand(shape, generator=generator, device=device)
-        return values.to(self.device)
+    def _random(self, shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None,
+                kind: str = "rand", high: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Random numbers of `shape` `(B, ...)` from `generator` (on its device) moved to the model's device; with a
+        list of `B` generators, row `b` from generator `b` alone (see `rand_rows`)."""
+        return rand_rows(shape, generator, self.device, kind, dtype=dtype, high=high)
 
     def _mask_from_counts(self, num_masked: torch.Tensor, generator: torch.Generator | None) -> torch.BoolTensor:
         """`(B, L)` masks with `num_masked[b]` uniformly chosen masked tokens (True) in row `b`."""
@@ -668,8 +661,8 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
             class_labels: `(B,)` class ids (`num_classes` = null class allowed). Required for a class-conditional
                 model; optional for a text-conditional one (default: the null class for every row).
             levels: `(B,)` input levels in `[0, F)`; default uniform random per sample.
-            generator: `torch.Generator` for every random choice of the step (levels, condition dropout, masks,
-                timesteps, noise).
+            generator: one `torch.Generator` for every random choice of the step (levels, condition dropout, masks,
+                timesteps, noise); lists of per-image generators are for `sample` only.
             encoder_hidden_states: `(B, T, cross_attention_dim)` text states (text-conditional models only).
             encoder_attention_mask: `(B, T)`, 1 = real token, 0 = padding (default: all real). In training, the
                 class-dropout draw also drops the text of its samples (only the null text token stays visible).
@@ -766,7 +759,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         guidance_schedule: str | None = None,
         temperature: float | Sequence[float] | None = None,
         mask_schedule: str | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         scheduler: DDPMScheduler | None = None,
         callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
@@ -801,7 +794,12 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 and its diversity analysis; MAR's cosine schedule): one random token order per sample, fixed over the
                 outer steps as in the reference sampler; step `k` masks the first `floor(L * cos(pi/2 * k / n))`
                 tokens of that order (all of them at the blank first step).
-            generator: `torch.Generator` for reproducible samples.
+            generator: `torch.Generator`, or a list of `B` of them (one per image, diffusers' convention), for
+                reproducible samples. With a list, every random number of row `b` (its token order, initial noise
+                and step noise, each a `(1, L, ...)` draw) comes from generator `b` only, so an image does not depend
+                on the rest of the batch or on how images are batched; the null-class rows of CFG share the
+                conditional rows' noise and draw nothing. A list of one generator samples exactly what that
+                generator alone does.
             scheduler: the `DDPMScheduler` whose `set_timesteps` and `alphas_cumprod` drive the inner loop (the
                 pipeline's); default `build_noise_scheduler(config)`.
             callback: called as `callback(step, level, latents)` after each outer step with the full latent sampled
@@ -837,13 +835,13 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         temperature_schedule = config.temperature_schedule if temperature_schedule is None else temperature_schedule
         mask_schedule = config.inference_mask_schedule if mask_schedule is None else mask_schedule
         guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
-        check_generator(generator)
         check_callable("callback", callback)
         labels = None if class_labels is None else self._check_class_labels(class_labels, allow_null=True)
         text, text_mask = self._check_text(encoder_hidden_states, encoder_attention_mask,
                                            None if labels is None else labels.shape[0])
         if labels is None:
             labels = self._null_class_rows(None if text is None else text.shape[0])
+        check_generator(generator, labels.shape[0])
         inner_steps = self._inner_steps(diffusion_steps, num_steps)
         temperatures = self._temperatures(temperature, num_steps, temperature_schedule)
         if guidance_schedule not in GUIDANCE_SCHEDULES:
@@ -931,11 +929,14 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         return values
 
     def _sample_tokens(self, condition: torch.Tensor, level: int, num_inference_steps: int, guidance_scale: float,
-                       temperature: float, scheduler: DDPMScheduler, generator: torch.Generator | None,
+                       temperature: float, scheduler: DDPMScheduler,
+                       generator: torch.Generator | list[torch.Generator] | None,
                        guided: bool = False) -> torch.Tensor:
         """Run the head's reverse diffusion for every token at once: `(R, L, D)` conditions (R = B, or 2B with CFG,
         `guided=True`: conditional rows first) -> `(B, L, token_dim)` sampled full-latent tokens. A guided step may
-        have `guidance_scale` 1.0 (the first step of the linear ramp): the unconditional rows are then unused.
+        have `guidance_scale` 1.0 (the first step of the linear ramp): the unconditional rows are then unused. The
+        noise is drawn as `(B, L, token_dim)` (from a list of `B` generators: `(1, L, token_dim)` per row) and shared
+        by the unconditional rows.
 
         The step is written here from the scheduler's tables (`set_timesteps` picks the respaced timesteps,
         `alphas_cumprod` gives the coefficients) instead of calling `DDPMScheduler.step`, because `step` draws its
@@ -953,8 +954,8 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         timesteps = scheduler.timesteps.flip(0).long()  # ascending
         tables = DiffusionTables(scheduler.alphas_cumprod, timesteps, device=self.device)
-        x = randn_tensor((batch * length, config.token_dim), generator=generator, device=self.device,
-                         dtype=torch.float32)
+        noise_shape = (batch, length, config.token_dim)
+        x = self._random(noise_shape, generator, "randn", dtype=torch.float32).view(batch * length, -1)
         for index in range(len(timesteps) - 1, -1, -1):
             time_embedding = head.embed_time(timesteps[index : index + 1], dtype)
             model_input = torch.cat([x, x]) if use_cfg else x
@@ -974,6 +975,6 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                 x = mean
                 continue
             log_variance = tables.model_log_variance(raw_variance, step)
-            noise = randn_tensor(tuple(x.shape), generator=generator, device=self.device, dtype=torch.float32)
+            noise = self._random(noise_shape, generator, "randn", dtype=torch.float32).view(x.shape)
             x = mean + torch.exp(0.5 * log_variance) * noise * temperature
         return x.view(batch, length, config.token_dim)

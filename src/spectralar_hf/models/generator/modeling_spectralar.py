@@ -39,7 +39,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...hub import SpectralARHubMixin
-from ...utils import check_callable, check_generator, check_int, check_number
+from ...utils import check_callable, check_generator, check_int, check_number, rand_rows
 from .configuration_spectralar import SpectralARConfig
 
 # Attribute under which the class labels of a sequence ride along in its KV cache, so that cached decoding steps
@@ -535,7 +535,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         top_k: int | None = None,
         top_p: float | None = None,
         num_tokens: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         prefix_codes: torch.LongTensor | None = None,
         callback: Callable[[int, torch.LongTensor], None] | None = None,
         compile_config: bool | CompileConfig | None = None,
@@ -553,7 +553,11 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             temperature, top_k, top_p: sampling filters (transformers' logits warpers); `top_k=1` is greedy.
             num_tokens: stop after this many codes (truncated generation, Table 3); a multiple of
                 `tokens_per_step`, at most `num_image_tokens`. Default: all.
-            generator: `torch.Generator` for reproducible samples.
+            generator: `torch.Generator`, or a list of `B` of them (one per image, diffusers' convention), for
+                reproducible samples. With a list, row `b` draws its uniform numbers from generator `b` only (a
+                `(1, tokens_per_step)` draw per step), so an image does not depend on the rest of the batch or on
+                how images are batched; the null-class rows of CFG draw nothing. A list of one generator samples
+                exactly what that generator alone does.
             prefix_codes: `(B, m)` codes to keep as the first `m` codes (a multiple of `tokens_per_step`); sampling
                 completes the rest (spectral completion, e.g. super-resolution).
             callback: called as `callback(step, codes_so_far)` after each sampled step.
@@ -570,7 +574,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         labels = self._check_class_labels(class_labels, allow_null=True)
         num_tokens = config.num_image_tokens if num_tokens is None else check_int("num_tokens", num_tokens)
         guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
-        check_generator(generator)
+        check_generator(generator, labels.shape[0])
         check_callable("callback", callback)
         step_size = config.tokens_per_step
         if not 1 <= num_tokens <= config.num_image_tokens or num_tokens % step_size != 0:
@@ -609,11 +613,11 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                 strength = (guidance_scale - 1.0) * ramp
                 conditional, unconditional = logits.chunk(2)
                 logits = (1.0 + strength) * conditional - strength * unconditional
-            next_codes = _sample_from_logits(logits.reshape(-1, config.vocab_size), warpers, generator)
-            codes = torch.cat([codes, next_codes.view(batch, step_size)], dim=1)
+            next_codes = _sample_from_logits(logits, warpers, generator)  # (B, k)
+            codes = torch.cat([codes, next_codes], dim=1)
             if callback is not None:
                 callback(step, codes)
-            embeddings = self.token_embedding(_rows_for(next_codes.view(batch, step_size), use_cfg))
+            embeddings = self.token_embedding(_rows_for(next_codes, use_cfg))
             positions = positions[-step_size:] + step_size
         return codes
 
@@ -748,13 +752,17 @@ def _logits_warpers(temperature: float, top_k: int | None, top_p: float | None) 
 
 
 def _sample_from_logits(scores: torch.Tensor, warpers: LogitsProcessorList,
-                        generator: torch.Generator | None) -> torch.LongTensor:
-    """Filter `(R, V)` scores with the warpers and draw one code per row by inverting the CDF with one uniform
-    number per row (vectorised; ~30x cheaper on CPU than `torch.multinomial`, which draws V exponentials per row)."""
+                        generator: torch.Generator | list[torch.Generator] | None) -> torch.LongTensor:
+    """Filter `(B, k, V)` (or `(R, V)`) scores with the warpers and draw one code per row by inverting the CDF with
+    one uniform number per row (vectorised; ~30x cheaper on CPU than `torch.multinomial`, which draws V exponentials
+    per row). Returns `(B, k)` (or `(R,)`) codes.
+
+    The uniform numbers are `rand_rows(scores.shape[:-1], generator)`: one generator draws all `B * k` at once in
+    row-major `(b, j)` order; a list of `B` generators draws `(1, k)` from generator `b` for row `b`."""
+    rows = scores.shape[:-1]
+    scores = scores.reshape(-1, scores.shape[-1])
     probabilities = warpers(None, scores).softmax(dim=-1)
     cumulative = probabilities.cumsum(dim=-1)
-    uniform = torch.rand(scores.shape[0], 1, generator=generator,
-                         device=generator.device if generator is not None else scores.device)
-    uniform = uniform.to(scores.device) * cumulative[:, -1:]
+    uniform = rand_rows(tuple(rows), generator, scores.device).reshape(-1, 1) * cumulative[:, -1:]
     codes = torch.searchsorted(cumulative, uniform, right=True).squeeze(1)
-    return codes.clamp_(max=scores.shape[-1] - 1)
+    return codes.clamp_(max=scores.shape[-1] - 1).view(rows)
