@@ -5,6 +5,7 @@ the settings JSON, and clear errors."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -46,6 +47,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 SUBPROCESS_TIMEOUT_S = 600
+HAS_CPP_COMPILER = any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
 
 def load_script():
@@ -290,3 +292,25 @@ def test_two_processes_write_the_same_set_as_one(pipelines, tmp_path):
     assert len(list((tmp_path / "two.shards").glob("shard-*.npz"))) == 4
     with zipfile.ZipFile(tmp_path / "two.npz") as archive:  # stored, not compressed: readable with mmap-free np.load
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+
+
+def test_bf16_autocast_is_recorded_and_samples_valid_images(pipelines, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` (here through its environment variable): the pipeline runs under
+    bf16 autocast, the JSON says so, and the images are a valid set close to the float32 one."""
+    args = [pipelines / "spectralar", "--samples_per_class", 2, "--top_k", 1]  # greedy: float32 and bf16 comparable
+    run_in_process(*args, "--output", tmp_path / "fp32.npz")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    run_in_process(*args, "--output", tmp_path / "bf16.npz")
+    assert json.loads((tmp_path / "bf16.json").read_text())["mixed_precision"] == "bf16"
+    bf16, fp32 = load(tmp_path / "bf16.npz")[0], load(tmp_path / "fp32.npz")[0]
+    assert bf16.shape == fp32.shape and np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 8
+    assert (bf16 != fp32).any()  # autocast was on (bf16 rounding changes some pixels)
+
+
+@pytest.mark.skipif(not HAS_CPP_COMPILER, reason="inductor on CPU needs a C++ compiler (g++ / clang++)")
+def test_compiled_sampling_writes_the_eager_set(pipelines, tmp_path):
+    args = [pipelines / "spectralar", "--samples_per_class", 2, "--guidance_scale", 2.0, "--batch_size", 3]
+    run_in_process(*args, "--output", tmp_path / "eager.npz")
+    run_in_process(*args, "--compile", "--output", tmp_path / "compiled.npz")
+    np.testing.assert_array_equal(load(tmp_path / "eager.npz")[0], load(tmp_path / "compiled.npz")[0])
+    assert json.loads((tmp_path / "compiled.json").read_text())["compile"] is True
