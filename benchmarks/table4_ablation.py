@@ -16,7 +16,9 @@ proxy codes, then the decoder with the pixel decoder's GAN), the training images
 (`examples/pretokenize.py`), a generator is trained on its codes (`examples/train_generator.py`), and
 `spectralar-hf evaluate` measures rFID / PSNR of the tokenizer and gFID / precision / recall of the pipeline
 against the test split. Every stage is skipped when its output exists, and an interrupted training stage resumes
-from its latest checkpoint, so rerunning the same command continues where it stopped. The table goes to `--output`
+from its latest checkpoint, so rerunning the same command continues where it stopped. A row's training settings are
+recorded in `WORK_DIR/ROW/settings.json` and a rerun with other ones is refused; evaluation reports are named by
+their sizes, so other --num_eval_images / --samples_per_class evaluate the trained models again. The table goes to `--output`
 (markdown) and stdout.
 
 Demo scale (Fashion-MNIST on a 2-core CPU; 24 tokens at 32 px, where the uniform and the non-uniform schedules
@@ -79,8 +81,12 @@ PAPER_FID = {"1-titok": 6.30, "2-nested-uniform": 5.64, "3-causal-uniform": 3.49
 # --quick: the demo's sizes with budgets that fit one sitting on a 2-core CPU.
 QUICK = dict(tokenizer_preset="fmnist-32", generator_preset="small", num_latent_tokens=24, max_train_samples=20000,
              tokenizer_steps=1000, tokenizer_batch_size=32, tokenizer_learning_rate=1e-3, generator_steps=1000,
-             generator_batch_size=64, generator_learning_rate=1e-3, num_eval_images=300, samples_per_class=30)
+             generator_batch_size=64, generator_learning_rate=1e-3, num_eval_images=1000, samples_per_class=100)
 OPTIONAL = ("num_latent_tokens", "max_train_samples", "tokenizer_learning_rate", "generator_learning_rate")
+# What a row's trained models depend on; a work_dir row trained otherwise is refused (evaluations are kept per size).
+TRAINING_SETTINGS = ("idx_data_dir", "dataset_name", "max_train_samples", "tokenizer_preset", "num_latent_tokens",
+                     "tokenizer_steps", "tokenizer_batch_size", "tokenizer_learning_rate", "generator_preset",
+                     "generator_steps", "generator_batch_size", "generator_learning_rate", "proxy_teacher")
 WARMUP_FRACTION = 0.05  # linear warm-up over this share of each training run
 
 
@@ -176,9 +182,34 @@ def tokenizer_overrides(args: argparse.Namespace, row: Row) -> str:
     return json.dumps(overrides)
 
 
+def check_row_settings(args: argparse.Namespace, work: Path) -> None:
+    """Record the training settings of a row's work folder on its first run; a later run with other settings is a
+    `ValueError` (its finished stages would otherwise be reused silently)."""
+    settings = {name: getattr(args, name) for name in TRAINING_SETTINGS}
+    settings["idx_data_dir"] = settings["idx_data_dir"] and str(Path(settings["idx_data_dir"]).resolve())
+    recorded_file = work / "settings.json"
+    if recorded_file.exists():
+        recorded = json.loads(recorded_file.read_text())
+        changed = {name: (recorded.get(name), value) for name, value in settings.items() if recorded.get(name) != value}
+        if changed:
+            named = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+            raise ValueError(f"{work} was trained with other settings ({named}); use another --work_dir, or delete "
+                             f"{work} to retrain the row.")
+    else:
+        write_json_atomic(recorded_file, settings)
+
+
+def report_files(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """The rFID and gFID reports of a row for this run's evaluation sizes."""
+    return (work / f"tokenizer-{args.num_eval_images}images.json",
+            work / f"pipeline-{args.num_eval_images}images-{args.samples_per_class}perclass.json")
+
+
 def run_row(args: argparse.Namespace, row: Row) -> dict:
-    """All stages of one row; returns its metrics and wall times."""
+    """All stages of one row; returns its metrics and wall times. Evaluation reports are named by their sizes, so
+    another --num_eval_images / --samples_per_class evaluates the same models again instead of reusing a report."""
     work = Path(args.work_dir) / row.name
+    check_row_settings(args, work)
     samples = ["--max_train_samples", str(args.max_train_samples)] if args.max_train_samples else []
     common = [*data_arguments(args), *samples, "--train_batch_size", str(args.tokenizer_batch_size)]
     tokenizer = work / "tokenizer" / "tokenizer"
@@ -214,15 +245,17 @@ def run_row(args: argparse.Namespace, row: Row) -> dict:
     evaluate = [sys.executable, "-m", "spectralar_hf.cli", "evaluate"]
     shared = [*data_arguments(args, underscore=False), "--split", "test", "--num-images", str(args.num_eval_images),
               *(["--inception", args.inception] if args.inception else [])]
-    seconds["rFID"] = run_stage(
-        "rFID", [*evaluate, "tokenizer", str(tokenizer), *shared, "--fid", "--report", str(work / "tokenizer.json")],
-        work / "tokenizer.json", work)
-    seconds["gFID"] = run_stage(
-        "gFID", [*evaluate, "pipeline", str(pipeline), *shared, "--samples-per-class", str(args.samples_per_class),
-                 "--report", str(work / "pipeline.json")],
-        work / "pipeline.json", work)
-    tokenizer_report = json.loads((work / "tokenizer.json").read_text())
-    pipeline_report = json.loads((work / "pipeline.json").read_text())
+    tokenizer_report_file, pipeline_report_file = report_files(args, work)
+    rfid_stage, gfid_stage = f"rFID {args.num_eval_images}", f"gFID {args.num_eval_images}x{args.samples_per_class}"
+    seconds[rfid_stage] = run_stage(
+        rfid_stage, [*evaluate, "tokenizer", str(tokenizer), *shared, "--fid", "--report", str(tokenizer_report_file)],
+        tokenizer_report_file, work)
+    seconds[gfid_stage] = run_stage(
+        gfid_stage, [*evaluate, "pipeline", str(pipeline), *shared, "--samples-per-class", str(args.samples_per_class),
+                     "--report", str(pipeline_report_file)],
+        pipeline_report_file, work)
+    tokenizer_report = json.loads(tokenizer_report_file.read_text())
+    pipeline_report = json.loads(pipeline_report_file.read_text())
     return dict(rfid=tokenizer_report["rfid"], psnr=tokenizer_report["psnr"], gfid=pipeline_report["gfid"],
                 precision=pipeline_report["precision"], recall=pipeline_report["recall"], seconds=seconds)
 
@@ -267,4 +300,8 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, RuntimeError) as error:  # other settings in --work_dir, a failed stage: one line, exit 2
+        print(f"table4_ablation: error: {error}", file=sys.stderr)
+        sys.exit(2)

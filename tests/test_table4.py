@@ -48,7 +48,7 @@ def test_every_row_is_trained_evaluated_and_tabulated(ablation):
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| 1", "| 4"]  # the rows asked for
     assert (root / "table4.md").read_text() == table
     for name in ("1-titok", "4-spectralar"):
-        report = json.loads((root / "work" / name / "pipeline.json").read_text())
+        report = json.loads((root / "work" / name / "pipeline-10images-1perclass.json").read_text())
         assert report["num_samples"] == 10 and np.isfinite(report["gfid"])
         row = next(line for line in lines if line.startswith(f"| {name[0]} "))
         assert f"{report['gfid']:.2f}" in row
@@ -89,3 +89,25 @@ def test_a_missing_budget_is_a_clear_error(tmp_path, capsys):
         load_script().main(["--idx_data_dir", str(tmp_path), "--work_dir", str(tmp_path), "--output",
                             str(tmp_path / "t.md")])
     assert "give --quick or all of: --tokenizer_preset" in capsys.readouterr().err
+
+
+def test_other_evaluation_sizes_evaluate_again_and_other_training_is_refused(ablation, tmp_path, capsys):
+    import shutil
+
+    root, argv, _ = ablation
+    work = tmp_path / "work"
+    shutil.copytree(root / "work" / "1-titok", work / "1-titok")
+    argv = [a if a != str(root / "work") else str(work) for a in argv]
+    argv[argv.index("--rows") + 1:] = ["1-titok"]
+    argv[argv.index("--samples_per_class") + 1] = "2"
+    argv[argv.index("--output") + 1] = str(tmp_path / "t.md")
+    load_script().main(argv)
+    out = capsys.readouterr().out
+    assert "gFID 10x2: " in out and "gFID 10x2: done" not in out  # a new gFID report, the models reused
+    assert "rFID 10: done" in out and "generator: done" in out
+    assert json.loads((work / "1-titok" / "pipeline-10images-2perclass.json").read_text())["num_samples"] == 20
+    assert (work / "1-titok" / "pipeline-10images-1perclass.json").exists()  # the first report is kept
+    argv[argv.index("--tokenizer_steps") + 1] = "3"
+    with pytest.raises(ValueError, match=r"was trained with other settings \(tokenizer_steps 2 -> 3\); use another "
+                                         r"--work_dir"):
+        load_script().main(argv)
