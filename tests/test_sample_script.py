@@ -289,6 +289,20 @@ def test_two_processes_write_the_same_set_as_one(pipelines, tmp_path):
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
     assert json.loads((tmp_path / "two.json").read_text())["num_processes"] == 2
+    assert np.bincount(two[1]).tolist() == [4] * NUM_CLASSES  # class-balanced
+    # the scorer reads it: the same set against itself has FID 0 and precision = recall = 1
+    from test_evaluate_cli import StandIn
+
+    from spectralar_hf.evaluation.fid import InceptionFeatureExtractor
+    from spectralar_hf.evaluation.npz import evaluate_npz, read_samples
+
+    batch = read_samples(tmp_path / "two.npz")
+    assert (batch.num_images, batch.num_labels, batch.settings["num_processes"]) == (12, 12, 2)
+    torch.manual_seed(0)
+    extractor = InceptionFeatureExtractor(network=torch.jit.script(StandIn().eval()), input_size=32)
+    report = evaluate_npz(tmp_path / "two.npz", tmp_path / "one.npz", extractor=extractor, cache=False,
+                          progress=False)
+    assert abs(report["fid"]) < 1e-6 and report["precision"] == report["recall"] == 1.0
     assert len(list((tmp_path / "two.shards").glob("shard-*.npz"))) == 4
     with zipfile.ZipFile(tmp_path / "two.npz") as archive:  # stored, not compressed: readable with mmap-free np.load
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
