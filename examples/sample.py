@@ -33,8 +33,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from spectralar_hf.argtypes import (non_negative_float, non_negative_int, number_type, positive_float, positive_int,
-                                    probability, random_seed)
+from spectralar_hf.argtypes import (diffusion_steps, non_negative_float, non_negative_int, positive_float, positive_int,
+                                    probability, random_seed, top_k_type)
 from spectralar_hf.evaluation.sampling import (class_balanced_labels, image_generators, images_to_uint8_rgb,
                                                merge_shards, pipeline_fingerprint, read_settings, shard_ranges,
                                                write_shard)
@@ -43,11 +43,6 @@ from spectralar_hf.training.checkpointing import write_json_atomic
 
 DEFAULT_SAMPLES_PER_CLASS = 50  # ADM / VAR / MAR / TiTok: 50,000 ImageNet samples
 SHARD_PREFIX = "shard-"
-top_k = number_type(int, 1, hint=" (omit --top_k for no top-k filtering)")
-
-
-def _diffusion_steps(value: str) -> str | int:
-    return value if value == "linear" else positive_int(value)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,12 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scale", type=non_negative_float, default=None, help="1.0 = no CFG")
     parser.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
     parser.add_argument("--temperature", type=positive_float, default=None)
-    parser.add_argument("--top_k", type=top_k, default=None, help="SpectralAR")
+    parser.add_argument("--top_k", type=top_k_type("--top_k"), default=None, help="SpectralAR")
     parser.add_argument("--top_p", type=probability, default=None, help="SpectralAR")
     parser.add_argument("--trunc", type=non_negative_int, default=None,
                         help="SpectralAR: discard the last K tokens (the paper's Trunc.K)")
     parser.add_argument("--num_inference_steps", type=positive_int, default=None, help="FAR: outer steps")
-    parser.add_argument("--diffusion_steps", type=_diffusion_steps, default=None,
+    parser.add_argument("--diffusion_steps", type=diffusion_steps, default=None,
                         help="FAR: inner steps per outer step, 'linear' or an int")
     parser.add_argument("--compile", action="store_true",
                         help="SpectralAR: compile the per-step forward (CUDA graphs on CUDA)")
@@ -195,9 +190,9 @@ def sample_shard(pipe, accelerator, indices: range, labels: np.ndarray, seed: in
                  compile_config: bool | None, progress: tqdm) -> np.ndarray:
     """uint8 `(len(indices), H, W, 3)` images of the global `indices`, in batches of `batch_size`."""
     images = []
+    extra = {} if compile_config is None else {"compile_config": compile_config}
     for start in range(indices.start, indices.stop, batch_size):
         batch = range(start, min(start + batch_size, indices.stop))
-        extra = {} if compile_config is None else {"compile_config": compile_config}
         with accelerator.autocast():
             output = pipe(labels[batch.start:batch.stop].tolist(), generator=image_generators(seed, batch),
                           output_type="np", **call_arguments(pipe, sampling), **extra)

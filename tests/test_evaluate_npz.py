@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import blob_images, write_idx_dataset
+from test_evaluate_cli import StandIn  # pool-feature stand-in (no classifier head)
 from PIL import Image
 from torch import nn
 
@@ -38,17 +39,6 @@ SIZE = 16
 NUM_SAMPLES = 20
 NUM_REFERENCE = 24
 NUM_CLASSES = 10
-
-
-class StandIn(nn.Module):
-    """Pool-feature stand-in (no classifier head): preprocessed (N, 3, S, S) -> (N, 6)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 5, stride=4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
 
 
 class NvidiaStandIn(nn.Module):

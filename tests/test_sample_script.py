@@ -328,3 +328,24 @@ def test_compiled_sampling_writes_the_eager_set(pipelines, tmp_path):
     run_in_process(*args, "--compile", "--output", tmp_path / "compiled.npz")
     np.testing.assert_array_equal(load(tmp_path / "eager.npz")[0], load(tmp_path / "compiled.npz")[0])
     assert json.loads((tmp_path / "compiled.json").read_text())["compile"] is True
+
+
+def test_pipeline_fingerprint_ignores_library_versions_and_sees_weights(pipelines, tmp_path):
+    import shutil as _shutil
+
+    from spectralar_hf.evaluation.sampling import pipeline_fingerprint
+
+    copy = tmp_path / "far"
+    _shutil.copytree(pipelines / "far", copy)
+    before = pipeline_fingerprint(copy)
+    for path in (copy / "model_index.json", copy / "scheduler" / "scheduler_config.json"):
+        config = json.loads(path.read_text())
+        config["_diffusers_version"] = "9.9.9"  # saved again by another diffusers
+        path.write_text(json.dumps(config))
+    assert pipeline_fingerprint(copy) == before
+    config = json.loads((copy / "scheduler" / "scheduler_config.json").read_text())
+    config["num_train_timesteps"] = config["num_train_timesteps"] + 1
+    (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    assert pipeline_fingerprint(copy) != before
+    FARPipeline.from_pretrained(pipelines / "far").save_pretrained(tmp_path / "resaved")
+    assert pipeline_fingerprint(tmp_path / "resaved") == pipeline_fingerprint(pipelines / "far")

@@ -63,3 +63,23 @@ probability = number_type(float, 0, 1, low_open=True, hint=" (1 = no nucleus fil
 positive_int = number_type(int, 1)
 non_negative_int = number_type(int, 0)
 random_seed = number_type(int, 0, SEED_MAX)
+
+
+def top_k_type(flag: str) -> Callable[[str], int]:
+    """The argparse `type=` of a top-k flag named `flag`: an int >= 1 (transformers' 0 = "no top-k" is refused: omit
+    the flag instead)."""
+    return number_type(int, 1, hint=f" (omit {flag} for no top-k filtering)")
+
+
+def diffusion_steps(value: str) -> str | int:
+    """FAR's inner steps per outer step: `linear` or an int >= 1."""
+    if value == "linear":
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'linear' or an int, got {value!r}") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"must be 'linear' or an int >= 1, got {value!r}")
+    return steps
+

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .argtypes import (non_negative_float, non_negative_int, number_type, positive_float, positive_int, probability,
-                       random_seed)
+from .argtypes import (diffusion_steps, non_negative_float, non_negative_int, positive_float, positive_int,
+                       probability, random_seed, top_k_type)
 from .utils import describe_folder, read_json
 
 EXIT_USAGE = 2
@@ -60,7 +60,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-top_k = number_type(int, 1, hint=" (omit --top-k for no top-k filtering)")  # GenerationConfig's 0 = none: refused
+top_k = top_k_type("--top-k")  # GenerationConfig's 0 = none: refused
 
 
 def class_label(text: str) -> int | str:
@@ -73,18 +73,6 @@ def class_label(text: str) -> int | str:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty class name")
     return text
-
-
-def _diffusion_steps(value: str) -> str | int:
-    if value == "linear":
-        return value
-    try:
-        steps = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'linear' or an int, got {value!r}") from None
-    if steps < 1:
-        raise argparse.ArgumentTypeError(f"must be 'linear' or an int >= 1, got {value!r}")
-    return steps
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -727,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="truncated generation: decode only k tokens")
     generate.add_argument("--num-inference-steps", type=positive_int, default=None,
                           help="FAR: outer (frequency) steps")
-    generate.add_argument("--diffusion-steps", type=_diffusion_steps, default=None,
+    generate.add_argument("--diffusion-steps", type=diffusion_steps, default=None,
                           help="FAR: inner steps per outer step, 'linear' (40 -> 100) or an int")
     generate.add_argument("--output", default="outputs/samples.png",
                           help="image file (.png, .jpg, ...); an existing file is replaced only if it is an image")
@@ -774,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--top-p", type=probability, default=None)
     evaluate.add_argument("--num-inference-steps", type=positive_int, default=None,
                           help="FAR: outer (frequency) steps")
-    evaluate.add_argument("--diffusion-steps", type=_diffusion_steps, default=None,
+    evaluate.add_argument("--diffusion-steps", type=diffusion_steps, default=None,
                           help="FAR: inner steps per outer step, 'linear' (40 -> 100) or an int")
     evaluate.add_argument("--trunc", type=non_negative_int, nargs="+", default=None, metavar="K",
                           help="pipeline: the paper's Trunc.K rows (Table 3): gFID of the same samples with their "

@@ -33,11 +33,11 @@ fingerprint differs is recomputed. Files are written to a temporary name and ren
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from .fid import (ADM_IMAGES_KEY, DEFAULT_BATCH_SIZE, InceptionFeatureExtractor, _as_extractor, extract_features,
                   feature_statistics, frechet_distance, inception_score, load_reference_batch)
+from ..training.checkpointing import atomic_write
 from .manifold import DEFAULT_K, precision_recall
 
 __all__ = [
@@ -287,17 +288,9 @@ def _safe_name(text: str) -> str:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file in ``path``'s folder, then ``os.replace`` (no half-written cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """``np.savez`` through ``atomic_write`` (no half-written cache)."""
+    with atomic_write(path) as stream:
+        np.savez(stream, **arrays)
 
 
 def _folder_fingerprint(folder: Path, files: list[Path]) -> str:
@@ -325,7 +318,7 @@ def _list_folder_images(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
-class _Reference:
+class _Reference(abc.ABC):
     """One reference source: its description, fingerprint, cache places and features."""
 
     kind = "reference"
@@ -333,20 +326,22 @@ class _Reference:
     stored: tuple[np.ndarray, np.ndarray] | None = None
     num_images: int | None = None
 
+    @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The source, for the report."""
 
+    @abc.abstractmethod
     def fingerprint(self) -> str:
-        raise NotImplementedError
+        """Changes whenever the reference's images change."""
 
+    @abc.abstractmethod
     def cache_paths(self, tag: str) -> tuple[Path | None, Path]:
         """(the place beside the reference or None, the place in the cache folder)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def compute(self, extractor: InceptionFeatureExtractor, batch_size: int,
                 progress: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """``(N, D)`` float32 features and the distinct native ``(H, W)`` sizes of the images."""
-        raise NotImplementedError
 
 
 class _NpzReference(_Reference):

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from ..training.checkpointing import VOLATILE_CONFIG_KEYS, atomic_write, model_fingerprint
 
 __all__ = [
     "IMAGES_KEY",
@@ -89,41 +90,37 @@ def images_to_uint8_rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(array, RGB_CHANNELS, axis=-1) if array.shape[-1] == 1 else array
 
 
-def pipeline_fingerprint(folder: str | os.PathLike) -> str:
-    """sha256 over a saved pipeline: its ``model_index.json`` and every component (see ``model_fingerprint``; a
-    component without weights, e.g. a scheduler, by its config)."""
-    from ..training.checkpointing import model_fingerprint
+def _stable_config(path: Path) -> bytes:
+    """A config JSON without the keys that change when the same model is saved again (library versions, paths)."""
+    config = json.loads(path.read_text())
+    kept = {key: value for key, value in config.items()
+            if (key == "_class_name" or not key.startswith("_")) and key not in VOLATILE_CONFIG_KEYS}
+    return json.dumps(kept, sort_keys=True, default=str).encode()
 
+
+def pipeline_fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over a saved pipeline: its ``model_index.json`` and every component, a model by ``model_fingerprint``
+    (config and tensors) and any other ``*config.json`` (a scheduler's, a text tokenizer's) by its content; library
+    versions are left out, so the same pipeline saved again has the same fingerprint."""
     root = Path(folder)
-    digest = hashlib.sha256((root / "model_index.json").read_bytes())
+    digest = hashlib.sha256(_stable_config(root / "model_index.json"))
     for component in sorted(path for path in root.iterdir() if path.is_dir()):
         digest.update(component.name.encode())
         if (component / "config.json").is_file():
             digest.update(model_fingerprint(component).encode())
         for config in sorted(component.glob("*config.json")):
-            digest.update(config.read_bytes())
+            if config.name != "config.json":
+                digest.update(config.name.encode() + _stable_config(config))
     return digest.hexdigest()
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
 def write_shard(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
                 seconds: float) -> None:
     """Save one shard (uint8 images, labels, global indices, sampling seconds) atomically: a run killed while
     writing leaves no shard, so a resumed run redoes it."""
-    path = Path(path)
-    handle, temporary = _atomic_target(path)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **{IMAGES_KEY: images, LABELS_KEY: labels, INDICES_KEY: indices,
-                                SECONDS_KEY: np.float64(seconds)})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as stream:
+        np.savez(stream, **{IMAGES_KEY: images, LABELS_KEY: labels, INDICES_KEY: indices,
+                            SECONDS_KEY: np.float64(seconds)})
 
 
 def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -143,28 +140,21 @@ def write_npz(path: str | os.PathLike, image_chunks, num_images: int, image_shap
     (memory holds one chunk, not the 10 GB of 50,000 256 px images), atomically.
 
     Raises ``ValueError`` when the chunks do not add up to ``num_images`` images of ``image_shape``."""
-    path = Path(path)
-    handle, temporary = _atomic_target(path)
-    os.close(handle)
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            with archive.open(f"{IMAGES_KEY}.npy", "w", force_zip64=True) as member:
-                _npy_header(member, (num_images, *image_shape), np.uint8)
-                written = 0
-                for chunk in image_chunks:
-                    if chunk.dtype != np.uint8 or chunk.shape[1:] != tuple(image_shape):
-                        raise ValueError(f"a chunk of shape {chunk.shape} / {chunk.dtype} does not match the set's "
-                                         f"(n, {', '.join(map(str, image_shape))}) uint8 images.")
-                    member.write(np.ascontiguousarray(chunk).tobytes())
-                    written += len(chunk)
-                if written != num_images:
-                    raise ValueError(f"the chunks hold {written} images, expected {num_images}.")
-            with archive.open(f"{LABELS_KEY}.npy", "w") as member:
-                np.lib.format.write_array(member, np.asarray(labels, dtype=np.int64))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as stream, zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED,
+                                                        allowZip64=True) as archive:
+        with archive.open(f"{IMAGES_KEY}.npy", "w", force_zip64=True) as member:
+            _npy_header(member, (num_images, *image_shape), np.uint8)
+            written = 0
+            for chunk in image_chunks:
+                if chunk.dtype != np.uint8 or chunk.shape[1:] != tuple(image_shape):
+                    raise ValueError(f"a chunk of shape {chunk.shape} / {chunk.dtype} does not match the set's "
+                                     f"(n, {', '.join(map(str, image_shape))}) uint8 images.")
+                member.write(np.ascontiguousarray(chunk).tobytes())
+                written += len(chunk)
+            if written != num_images:
+                raise ValueError(f"the chunks hold {written} images, expected {num_images}.")
+        with archive.open(f"{LABELS_KEY}.npy", "w") as member:
+            np.lib.format.write_array(member, np.asarray(labels, dtype=np.int64))
 
 
 def merge_shards(shard_paths: Sequence[str | os.PathLike], output: str | os.PathLike,
@@ -179,8 +169,8 @@ def merge_shards(shard_paths: Sequence[str | os.PathLike], output: str | os.Path
     def chunks():
         nonlocal seconds
         expected_start = 0
-        for path in shard_paths:
-            shard = read_shard(path)
+        for position, path in enumerate(shard_paths):
+            shard = first if position == 0 else read_shard(path)
             indices = shard[INDICES_KEY]
             expected = np.arange(expected_start, expected_start + len(indices))
             if not np.array_equal(indices, expected) or not np.array_equal(shard[LABELS_KEY], labels[expected]):

@@ -12,6 +12,7 @@ the exact resume). `run_info.json` is written (atomically) only after these chec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 import torch
 
@@ -55,19 +56,27 @@ def checkpoint_step(path: str | Path) -> int:
 RUN_CONFIG = "run_config.json"
 
 
-def write_json_atomic(path: str | Path, value: Any) -> None:
-    """Write `value` as JSON to `path` through a temporary file and `os.replace`: a reader (or a run killed while
-    writing) never sees a half-written file."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing (`mode` "wb" or "w"); when the block ends it replaces `path`
+    (`os.replace`), and on an error it is removed: a reader, or a run killed while writing, never sees a half-written
+    file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(value, indent=2, default=str) + "\n")
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as stream:
+            yield stream
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """Write `value` as JSON to `path` atomically (see `atomic_write`)."""
+    with atomic_write(path, "w") as stream:
+        stream.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit: int | None = None,
