@@ -83,7 +83,7 @@ def trained(idx_folder, tmp_path_factory) -> Path:
 def ema_shadow(checkpoint: Path) -> list[torch.Tensor]:
     """The EMA weights an accelerate checkpoint holds (the custom object with `shadow_params`)."""
     for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         if isinstance(state, dict) and "shadow_params" in state:
             return state["shadow_params"]
     raise AssertionError(f"no EMA state in {checkpoint}")

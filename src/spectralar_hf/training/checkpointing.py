@@ -6,8 +6,9 @@ every file is on disk, so a process killed during a save never leaves a director
 One output directory holds one run: `plan_run` refuses to start a new run where an earlier one left its files (unless
 it is resumed, or `--overwrite_output_dir` deletes them first), and `resume` checks a checkpoint before loading it:
 the model configuration and the checkpointed components recorded in its `run_config.json` must match the new run's,
-and accelerate's RNG state file must load (accelerate itself only logs a failure and continues, which silently loses
-the exact resume). `run_info.json` is written (atomically) only after these checks.
+accelerate's RNG state file must load (accelerate itself only logs a failure and continues, which silently loses
+the exact resume), and every pickled file must load with `weights_only=True` (accelerate unpickles custom states
+without that guard, so a planted file would run code). `run_info.json` is written (atomically) only after these checks.
 """
 
 from __future__ import annotations
@@ -259,19 +260,55 @@ def plan_run(output_dir: str | Path, resume: str | None, overwrite: bool = False
     return RunPlan(root, None, found)
 
 
+PICKLED_SUFFIXES = (".pkl", ".bin", ".pt", ".pth")
+RESUME_FIX = "resume from an earlier checkpoint, or start a new run (another --output_dir, or --overwrite_output_dir)"
+
+
+def load_weights_only(path: Path, checkpoint: Path) -> Any:
+    """One pickled file of `checkpoint`, loaded as accelerate loads its RNG states (`weights_only=True` plus its numpy
+    allow-list). `ValueError` naming the file: refused when it needs a full unpickle (it could run code), or damaged."""
+    import pickle
+
+    from accelerate.utils import load
+
+    try:
+        return load(path, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        if "global" in str(error).lower():  # a class or function outside the weights-only allow-list
+            raise ValueError(f"Refusing to resume {checkpoint}: {path.name} holds objects that only a full unpickle "
+                             f"builds (loading it could run code from the checkpoint folder); resume from a "
+                             f"checkpoint that you saved yourself, or start a new run.") from None
+        raise ValueError(f"Cannot resume {checkpoint}: {path.name} is corrupt ({type(error).__name__}); "
+                         f"{RESUME_FIX}.") from None
+    except Exception as error:  # noqa: BLE001 - truncated / not a torch file: one line naming it
+        raise ValueError(f"Cannot resume {checkpoint}: {path.name} is corrupt ({type(error).__name__}); "
+                         f"{RESUME_FIX}.") from None
+
+
+def check_pickled_files(checkpoint: Path) -> None:
+    """Refuse a checkpoint any of whose pickled files (`PICKLED_SUFFIXES`) does not load with `weights_only=True`.
+
+    accelerate unpickles the custom states (`custom_checkpoint_N.pkl`: EMA, codebook restarts, data progress, ...)
+    with `weights_only=False`, which runs whatever code the file names: a checkpoint folder one did not write (a
+    colleague's run, a download) could execute code on resume. Every such file is loaded here first with
+    `load_weights_only`, so a file that needs more is refused before accelerate opens it."""
+    for path in sorted(checkpoint.iterdir()):
+        if path.is_file() and path.suffix in PICKLED_SUFFIXES:
+            load_weights_only(path, checkpoint)
+
+
 def load_rng_states(path: Path) -> dict:
     """accelerate's RNG state file of one process, loaded as `Accelerator.load_state` loads it; `ValueError` naming
     the file when it is missing or unreadable (accelerate would only log "Could not load random states")."""
-    from accelerate.utils import load
-
-    fix = ("the resume would not be exact; resume from an earlier checkpoint, or start a new run (another "
-           "--output_dir, or --overwrite_output_dir)")
+    fix = f"the resume would not be exact; {RESUME_FIX}"
     if not path.is_file():
         raise ValueError(f"The checkpoint has no RNG state file {path}: {fix}.")
     try:
-        states = load(path)
-    except Exception as error:  # noqa: BLE001 - any unpickling error means a corrupt file
-        raise ValueError(f"The RNG state file {path} is corrupt ({type(error).__name__}): {fix}.") from None
+        states = load_weights_only(path, path.parent)
+    except ValueError as error:
+        if str(error).startswith("Refusing"):
+            raise
+        raise ValueError(f"The RNG state file {path} is corrupt: {fix}.") from None
     if not isinstance(states, dict) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(states):
         raise ValueError(f"The RNG state file {path} does not hold accelerate's random states: {fix}.")
     return states
@@ -293,6 +330,7 @@ def resume(accelerator, checkpoint: str | Path | None, config: dict | None = Non
             load_rng_states(checkpoint / f"random_states_{index}.pkl")
     rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
     states = load_rng_states(rng_file)
+    check_pickled_files(checkpoint)  # before accelerate unpickles the custom states without weights_only
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as error:  # noqa: BLE001 - turned into one line naming the checkpoint and the fix
