@@ -5,9 +5,10 @@ ADM-format `.npz` (`arr_0`: uint8 N x H x W x 3, `arr_1`: labels), the way paper
 Image i has class `classes[i % C]` and its own generator seeded from (--seed, i), so the images do not depend on the
 number of processes. The set is cut into shards of --shard_size consecutive images, divided among the processes;
 each finished shard is saved to `OUTPUT.shards/` through a temporary file and a rename, so a killed run continues
-where it stopped. Rank 0 then merges the shards into OUTPUT (streamed: memory holds one shard) and writes
-`OUTPUT` with `.json` for `.npz`: the sampling settings (resolved defaults included), the pipeline's fingerprint,
-the versions, the command and the wall time. Score the file with `spectralar-hf evaluate npz OUTPUT --reference ...`.
+where it stopped (a shard found truncated or damaged on resume is deleted, with a warning, and sampled again).
+Rank 0 then merges the shards into OUTPUT (streamed: memory holds one shard) and writes `OUTPUT` with `.json` for
+`.npz`: the sampling settings (resolved defaults included), the pipeline's fingerprint, the versions, the command and
+the wall time. Score the file with `spectralar-hf evaluate npz OUTPUT --reference ...`.
 
 Examples:
   # the demo: 1,000 per class on this machine
@@ -36,13 +37,12 @@ from tqdm.auto import tqdm
 from spectralar_hf.argtypes import (diffusion_steps, non_negative_float, non_negative_int, positive_float, positive_int,
                                     probability, random_seed, top_k_type)
 from spectralar_hf.evaluation.sampling import (class_balanced_labels, image_generators, images_to_uint8_rgb,
-                                               merge_shards, pipeline_fingerprint, read_settings, shard_ranges,
-                                               write_shard)
+                                               merge_shards, pipeline_fingerprint, read_settings,
+                                               remove_damaged_shards, shard_path, shard_ranges, write_shard)
 from spectralar_hf.pipelines import FARPipeline, SpectralARPipeline
 from spectralar_hf.training.checkpointing import write_json_atomic
 
 DEFAULT_SAMPLES_PER_CLASS = 50  # ADM / VAR / MAR / TiTok: 50,000 ImageNet samples
-SHARD_PREFIX = "shard-"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"{output} is complete ({settings['num_samples']} images, same settings): nothing to do")
         accelerator.end_training()
         return
+    labels = class_balanced_labels(classes, args.samples_per_class)
+    shards = shard_ranges(len(labels), args.shard_size)
+    paths = [shard_path(shards_dir, index) for index in range(len(shards))]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for path in stale:
@@ -231,11 +234,11 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         shards_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(shards_dir / "settings.json", settings)
+        # a truncated / zero-byte / damaged shard (a full disk, a copy cut short) is deleted here, before any process
+        # lists the missing shards below, so it is sampled again like a missing one
+        remove_damaged_shards(paths, shards, labels, warn=lambda message: print(f"sample: {message}", file=sys.stderr))
     accelerator.wait_for_everyone()
 
-    labels = class_balanced_labels(classes, args.samples_per_class)
-    shards = shard_ranges(len(labels), args.shard_size)
-    paths = [shards_dir / f"{SHARD_PREFIX}{index:05d}.npz" for index in range(len(shards))]
     mine = [index for index in range(accelerator.process_index, len(shards), accelerator.num_processes)
             if not paths[index].exists()]
     compile_config = True if args.compile else None

@@ -7,6 +7,8 @@ unpickler; a converter writes into a new (or explicitly overwritten) directory o
 from __future__ import annotations
 
 import pickle
+import struct
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 NAMES_LISTED = 8  # names shown per kind in an error message
+DETAIL_CHARS = 100  # characters of the underlying error quoted in a one-line message
 
 
 def list_names(items: list[str], limit: int = NAMES_LISTED) -> str:
@@ -39,6 +42,40 @@ def _weights_only_load(path: Path) -> Any:
         if "mmap" not in str(error) and "zip" not in str(error).lower():
             raise
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# What `torch.load(weights_only=True)` raises on bytes that are not a torch checkpoint (a text file renamed `.pth`, a
+# truncated or zero-byte download): the weights-only unpickler runs whatever opcodes the bytes spell until it fails
+# (`KeyError` from an empty memo, `IndexError` from an empty stack, `EOFError`, `struct.error`, `UnicodeDecodeError`,
+# an `AssertionError` of a sanity check), and the zip reader raises `RuntimeError` / `BadZipFile`.
+UNREADABLE_ERRORS = (RuntimeError, EOFError, IndexError, KeyError, ValueError, TypeError, AttributeError,
+                     AssertionError, OverflowError, struct.error, zipfile.BadZipFile)
+# `UnpicklingError`s of the weights-only unpickler that mean "not a pickle", as opposed to "a pickle of a class that
+# is not allowed" (which keeps its own message: such a file is refused, not reported as damaged).
+GARBAGE_PICKLE_MESSAGES = ("Unsupported operand", "String is too long")
+# How a torch.save file begins: a zip archive (the default since torch 1.6), or the legacy format's first pickle (the
+# magic number) with its PROTO opcode. Text that happens to spell a pickle GLOBAL (a file starting with "c") is
+# refused by the unpickler as a class that is not allowed; it is not a checkpoint either.
+TORCH_FILE_HEADS = (b"PK\x03\x04", b"\x80")
+
+
+def _is_damaged(error: pickle.UnpicklingError, path: Path) -> bool:
+    if any(message in str(error) for message in GARBAGE_PICKLE_MESSAGES):
+        return True
+    with path.open("rb") as stream:
+        return not stream.read(4).startswith(TORCH_FILE_HEADS)
+
+
+def _damaged(path: Path, error: BaseException) -> ValueError:
+    """The one-line error for a file that is no torch checkpoint at all (damaged, truncated or another format)."""
+    text = str(error).split("WeightsUnpickler error:")[-1].strip()
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""  # torch's first sentence, not its advice
+    detail = type(error).__name__ + (f": {first[:DETAIL_CHARS]}" if first else "")
+    if path.stat().st_size == 0:
+        detail = "the file is empty (0 bytes)"
+    return ValueError(f"{path} is not a readable weights-only PyTorch checkpoint: it is damaged, truncated or in "
+                      f"another format ({detail}); check that it is the right file, or download or export it again "
+                      f"(a torch.save state dict, or a .safetensors file).")
 
 
 def load_state_dict_file(path: str | Path, flag: str = "--checkpoint", key: str | Sequence[str] | None = None,
@@ -84,9 +121,14 @@ def load_checkpoint_file(path: str | Path, flag: str = "--checkpoint", key: str 
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             data = _weights_only_load(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except pickle.UnpicklingError as error:
+        if _is_damaged(error, path):
+            raise _damaged(path, error) from error
+        # a pickle that needs more than weights-only unpickling (a class that is not allowed): refused, never run
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error
+    except UNREADABLE_ERRORS as error:
+        raise _damaged(path, error) from error
     if not isinstance(data, Mapping):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict {{key: tensor}}.")
     entry, extras = None, {}

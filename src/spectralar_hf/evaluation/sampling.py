@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +38,9 @@ __all__ = [
     "merge_shards",
     "pipeline_fingerprint",
     "read_shard",
+    "remove_damaged_shards",
+    "shard_path",
+    "shard_problem",
     "shard_ranges",
     "write_npz",
     "write_shard",
@@ -48,6 +54,11 @@ INDICES_KEY = "indices"
 SECONDS_KEY = "seconds"
 UINT8_MAX = 255
 RGB_CHANNELS = 3
+# Shard files are OUTPUT.shards/shard-00000.npz, shard-00001.npz, ...; only files named so are ever deleted.
+SHARD_PREFIX = "shard-"
+SHARD_NAME = re.compile(rf"{SHARD_PREFIX}\d{{5,}}\.npz")
+# What reading a truncated, zero-byte or otherwise damaged .npz raises (np.load / zipfile / the .npy reader).
+UNREADABLE_SHARD_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -123,10 +134,93 @@ def write_shard(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
                             SECONDS_KEY: np.float64(seconds)})
 
 
+def shard_path(folder: str | os.PathLike, index: int) -> Path:
+    """The file of shard ``index`` in ``folder`` (``shard-00007.npz``)."""
+    return Path(folder) / f"{SHARD_PREFIX}{index:05d}.npz"
+
+
+def _shard_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a shard; ``ValueError(what is wrong)`` when the file is not a readable shard."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError("the file is empty (0 bytes)")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except UNREADABLE_SHARD_ERRORS as error:
+        raise ValueError(_error_text(error)) from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("it holds a single array (.npy), not an .npz archive")
+    with data:
+        missing = [key for key in (IMAGES_KEY, LABELS_KEY, INDICES_KEY, SECONDS_KEY) if key not in data.files]
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing)} array(s)")
+        try:  # reads every array in full, so a zip member cut short or a CRC mismatch is found here
+            return {key: data[key] for key in (IMAGES_KEY, LABELS_KEY, INDICES_KEY, SECONDS_KEY)}
+        except UNREADABLE_SHARD_ERRORS as error:
+            raise ValueError(_error_text(error)) from error
+
+
+def _error_text(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return type(error).__name__ + (f": {text}" if text else "")
+
+
 def read_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of a shard written by :func:`write_shard`."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in (IMAGES_KEY, LABELS_KEY, INDICES_KEY, SECONDS_KEY)}
+    """The arrays of a shard written by :func:`write_shard`.
+
+    Raises ``ValueError`` naming the file when it is not a readable shard (truncated, empty, damaged, not an .npz)."""
+    try:
+        return _shard_arrays(Path(path))
+    except ValueError as error:
+        raise ValueError(f"shard {os.fspath(path)!r} is not readable ({error}): it is truncated or damaged; delete it "
+                         f"and rerun to resample it.") from error
+
+
+def shard_problem(path: str | os.PathLike, indices: range, labels: np.ndarray) -> str | None:
+    """``None`` when ``path`` is a readable shard of the global ``indices`` (with their entries of the set's
+    ``labels``), else what is wrong with it. Reads the whole file."""
+    try:
+        shard = _shard_arrays(Path(path))
+    except ValueError as error:
+        return str(error)
+    images, expected = shard[IMAGES_KEY], np.arange(indices.start, indices.stop)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(expected):
+        return (f"its images are {images.dtype} {images.shape}, expected {len(expected)} uint8 (n, H, W, 3) images")
+    if not np.array_equal(shard[INDICES_KEY], expected) or not np.array_equal(shard[LABELS_KEY], labels[expected]):
+        return f"it does not hold the images {indices.start} .. {indices.stop - 1} with their labels"
+    return None
+
+
+def _print_warning(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def remove_damaged_shards(paths: Sequence[str | os.PathLike], ranges: Sequence[range], labels: np.ndarray,
+                          warn: Callable[[str], None] = _print_warning) -> list[Path]:
+    """Delete each existing shard of ``paths`` (shard ``i`` holds ``ranges[i]``) that is not a readable shard of its
+    images (truncated, zero bytes, damaged, other images), saying so through ``warn``, so that a resumed run treats
+    it as missing and samples it again. Returns the deleted paths.
+
+    Only a file named like a shard (``shard-NNNNN.npz``) is deleted; anything else in the way (a directory, a file of
+    another name), or a shard that cannot be deleted, raises ``ValueError`` naming it and the fix."""
+    removed = []
+    for path, indices in zip(map(Path, paths), ranges):
+        if not (path.exists() or path.is_symlink()):
+            continue  # missing: sampled anyway
+        problem = shard_problem(path, indices, labels)
+        if problem is None:
+            continue
+        if not (SHARD_NAME.fullmatch(path.name) and (path.is_file() or path.is_symlink())):
+            raise ValueError(f"{path} is in the place of shard {indices.start} .. {indices.stop - 1} but is not a "
+                             f"readable shard ({problem}) nor a shard file to replace; move it away and rerun to "
+                             f"resample the shard.")
+        warn(f"warning: shard {path} is damaged ({problem}); deleting it: its images are sampled again")
+        try:
+            path.unlink()
+        except OSError as error:
+            raise ValueError(f"shard {path} is damaged ({problem}) and cannot be deleted ({_error_text(error)}); "
+                             f"delete it by hand and rerun to resample it.") from error
+        removed.append(path)
+    return removed
 
 
 def _npy_header(stream, shape: tuple[int, ...], dtype: np.dtype) -> None:
