@@ -109,12 +109,13 @@ def test_a_pickle_that_needs_more_than_weights_only_is_still_refused_and_never_r
     torch.save({"model": {"w": torch.ones(2)}, "model_ema": Payload(marker), "args": Payload(marker)}, checkpoint)
     status, lines = convert(name, checkpoint, tmp_path / "out", capsys)
     assert status == 2 and len(lines) == 1, lines
-    # the existing refusal message (torch's first line), not the damaged-file one
-    assert lines[0].startswith(f"{name}: error: {checkpoint} is not a readable weights-only PyTorch checkpoint "
-                               f"(Weights only load failed.")
+    # the refusal, naming the global that would run, not the damaged-file message
+    assert lines[0].startswith(f"{name}: error: {checkpoint} is not a readable weights-only PyTorch checkpoint: it "
+                               f"holds objects that only a full unpickle builds, and loading it could run code")
+    assert "GLOBAL posix.system" in lines[0] and "refused" in lines[0] and "\x1b" not in lines[0]
     assert "damaged" not in lines[0]
     assert not marker.exists()
-    with pytest.raises(ValueError, match=r"not a readable weights-only PyTorch checkpoint \(Weights only load failed"):
+    with pytest.raises(ValueError, match=r"not a readable weights-only PyTorch checkpoint: it holds objects"):
         load_state_dict_file(checkpoint, key="model")
     assert not marker.exists()
 

@@ -125,8 +125,11 @@ def load_checkpoint_file(path: str | Path, flag: str = "--checkpoint", key: str 
         if _is_damaged(error, path):
             raise _damaged(path, error) from error
         # a pickle that needs more than weights-only unpickling (a class that is not allowed): refused, never run
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint ({first}).") from error
+        lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        detail = lines[0] if lines else type(error).__name__
+        raise ValueError(f"{path} is not a readable weights-only PyTorch checkpoint: it holds objects that only a full "
+                         f"unpickle builds, and loading it could run code ({detail[:DETAIL_CHARS]}); it is refused. "
+                         f"Export the weights as a plain state dict or a .safetensors file.") from error
     except UNREADABLE_ERRORS as error:
         raise _damaged(path, error) from error
     if not isinstance(data, Mapping):
