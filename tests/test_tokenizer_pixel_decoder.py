@@ -1,6 +1,6 @@
 """SpectralTokenizer's TiTok options: the optional MaskGIT-VQGAN pixel decoder (TiTok's stage 2), the class token, the
 legacy latent projection and the RGB output convolution; and that the default layout did not change (the shipped
-checkpoint decodes bit for bit as before these options existed)."""
+checkpoint encodes and decodes as before these options existed, up to float32 rounding)."""
 
 import json
 from pathlib import Path
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
+from conftest import assert_rounding_close
 
 from spectralar_hf import MaskGITVQGAN, SpectralTokenizer, SpectralTokenizerConfig
 
@@ -57,7 +58,7 @@ def vqgan_with_weights_of(tokenizer: SpectralTokenizer) -> MaskGITVQGAN:
 # ------------------------------------------------------------------------- default layout is unchanged
 
 
-def test_shipped_checkpoint_is_bit_identical_to_before_the_titok_options():
+def test_shipped_checkpoint_computes_what_it_did_before_the_titok_options():
     reference = load_file(REFERENCE)
     with safe_open(REFERENCE, "pt") as handle:
         reference_keys = [tuple(item) for item in json.loads(handle.metadata()["state_dict"])]
@@ -66,20 +67,34 @@ def test_shipped_checkpoint_is_bit_identical_to_before_the_titok_options():
     assert (config.class_token, config.legacy_latent_projection, config.decoder_output_conv,
             config.pixel_decoder) == (False, False, False, None)
     assert sorted((k, list(v.shape)) for k, v in tokenizer.state_dict().items()) == reference_keys
-    pixels = reference["pixel_values"]
+    pixels, codes = reference["pixel_values"], reference["codes"]
     with torch.no_grad():
         encoded = tokenizer.encode(pixels)
-        decoded = tokenizer.decode(encoded.codes)
+        distances = torch.cdist(encoded.latents.flatten(0, 1), tokenizer.quantizer.normalized_codebook())
+        decoded = tokenizer.decode(codes)
         step = tokenizer(pixels, num_tokens=torch.tensor([3, 24, 9, 16]))
-        got = {
-            "codes": encoded.codes, "latents": encoded.latents, "full": decoded.reconstruction,
-            "prefix5": tokenizer.decode(encoded.codes, num_tokens=5).reconstruction,
-            "per_sample": tokenizer.decode(encoded.codes, num_tokens=torch.tensor([1, 7, 24, 13])).reconstruction,
-            "forward_reconstruction": step.reconstruction, "forward_loss": step.loss.reshape(1),
+        floats = {  # decodes of the recorded codes, so that they do not hinge on a close call below
+            "latents": encoded.latents, "full": decoded.reconstruction,
+            "prefix5": tokenizer.decode(codes, num_tokens=5).reconstruction,
+            "per_sample": tokenizer.decode(codes, num_tokens=torch.tensor([1, 7, 24, 13])).reconstruction,
         }
     assert decoded.proxy_logits is None and step.proxy_logits is None
-    for name, value in got.items():
-        assert torch.equal(value, reference[name]), name
+    # Codes: exact wherever the nearest code beats the runner-up by more than rounding can move a distance (latents
+    # move by ~1e-5 of their scale on another CPU, see below); a closer call may go either way, between those two.
+    nearest_two = distances.topk(2, dim=-1, largest=False)
+    gap = nearest_two.values[:, 1] - nearest_two.values[:, 0]
+    clear = gap > 2e-4  # rounding moves these distances by < 2e-5 (latents by < 3.1e-6 under --perturb-floats)
+    assert clear.float().mean() > 0.8  # the check below is meaningful: most codes are clear calls
+    got, recorded = encoded.codes.flatten(), codes.flatten()
+    assert torch.equal(got[clear], recorded[clear])
+    assert (nearest_two.indices[~clear] == recorded[~clear, None]).any(-1).all()
+    # Floats recorded on one CPU: another rounds them differently (conftest.assert_rounding_close; under
+    # --perturb-floats they move by at most 1.2e-6 of max|x|).
+    for name, value in floats.items():
+        assert_rounding_close(value, reference[name]), name
+    if torch.equal(got, recorded):  # the training step re-encodes: comparable only when the close calls agree
+        assert_rounding_close(step.reconstruction, reference["forward_reconstruction"])
+        assert_rounding_close(step.loss.reshape(1), reference["forward_loss"])
 
 
 def test_default_config_json_gains_only_the_documented_switches(tmp_path):
@@ -185,7 +200,9 @@ def test_one_hot_proxy_distribution_is_the_vqgan_decode_of_those_codes():
     with torch.no_grad():
         ours = tokenizer.pixel_decode(one_hot)
         theirs = vqgan.decode_codes(grid, clamp=False).reconstruction
-    assert torch.equal(ours, theirs * 2 - 1)  # the VQGAN's [0, 1] mapped to the tokenizer's [-1, 1]
+    # the VQGAN's [0, 1] mapped to the tokenizer's [-1, 1]; a one-hot matmul is exact in IEEE arithmetic, but the
+    # suite promises only rounding (see --perturb-floats)
+    assert_rounding_close(ours, theirs * 2 - 1)
     # through decode(): a proxy head whose logits are a sharp one-hot on code 7 everywhere
     with torch.no_grad():
         tokenizer.decoder.ffn[2].weight.zero_()
@@ -193,7 +210,7 @@ def test_one_hot_proxy_distribution_is_the_vqgan_decode_of_those_codes():
         decoded = tokenizer.decode(random_codes(tokenizer.config, batch=2), num_tokens=torch.tensor([2, 9]))
         expected = vqgan.decode_codes(torch.full((2, 8, 8), 7), clamp=False).reconstruction * 2 - 1
     assert torch.equal(decoded.proxy_logits.argmax(1), torch.full((2, 8, 8), 7))
-    assert torch.equal(decoded.reconstruction, expected)
+    assert_rounding_close(decoded.reconstruction, expected)
 
 
 def test_soft_proxy_distribution_is_softmax_times_codebook_into_the_decoder():
@@ -316,7 +333,7 @@ def test_decoder_output_conv_is_titoks_rgb_head():
         conv.weight.zero_()
         conv.weight[torch.arange(3), torch.arange(3), 1, 1] = 1.0
         conv.bias.zero_()  # the identity kernel: the head without the convolution
-        assert torch.equal(tokenizer.decode(codes).reconstruction, image)
+        assert_rounding_close(tokenizer.decode(codes).reconstruction, image)
     # the unpatchify order is TiTok's Rearrange('b (p1 p2 c) h w -> b c (h p1) (w p2)')
     patches = torch.randn(2, 16, 8 * 8 * 3)
     grid = patches.transpose(1, 2).reshape(2, 8, 8, 3, 4, 4)  # (b, p1, p2, c, h, w)
