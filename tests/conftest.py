@@ -24,8 +24,9 @@ def pytest_addoption(parser):
 
 @pytest.fixture(autouse=True)
 def perturbed_floats(request):
-    """With --perturb-floats, every test runs inside `FloatPerturbation`."""
-    if not request.config.getoption("--perturb-floats"):
+    """With --perturb-floats, every test runs inside `FloatPerturbation`, except those marked `same_machine` (they
+    compare with a subprocess, which is not perturbed, and are exact on any one machine)."""
+    if not request.config.getoption("--perturb-floats") or request.node.get_closest_marker("same_machine"):
         yield
         return
     from float_perturbation import FloatPerturbation

@@ -153,6 +153,7 @@ def lpips_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.same_machine
 def test_vae_script_resume_after_sigkill_is_exact(idx_folder, lpips_weights, tmp_path):
     # every loss and feature on: KL, LPIPS, GAN + LeCAM, EMA, random crop + flip, accumulation; 24 images, batch 8,
     # accumulation 2: the checkpoint at step 4 falls in the middle of an epoch
@@ -269,6 +270,7 @@ def test_far_latent_cache_is_reused_not_recomputed(trained_far, trained_vae, idx
     assert (output / "pipeline" / "model_index.json").is_file()  # the refused run deleted nothing
 
 
+@pytest.mark.same_machine
 def test_far_script_resume_after_sigkill_is_exact(trained_vae, idx_folder, tmp_path):
     # 12 images + mirrors = 24 latents, batch 8: the checkpoint at step 4 falls in the middle of the second epoch;
     # posterior sampling from the cached stds and EMA are on

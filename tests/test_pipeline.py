@@ -225,6 +225,7 @@ def test_encode_decode_reconstruct_accept_pil_numpy_tensors(pipe):
     assert torch.allclose(decoded, pipe.reconstruct(images, num_tokens=4, output_type="pt"))
 
 
+@pytest.mark.same_machine
 def test_save_load_in_fresh_process_gives_identical_images(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())

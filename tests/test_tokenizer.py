@@ -203,6 +203,7 @@ def test_save_load_round_trip_bit_identical(tiny_tokenizer, images, tmp_path):
             assert torch.equal(loaded.decode(codes).reconstruction, tiny_tokenizer.decode(codes).reconstruction)
 
 
+@pytest.mark.same_machine
 def test_load_in_fresh_process(tiny_tokenizer, images, tmp_path):
     tiny_tokenizer.save_pretrained(tmp_path / "model")
     torch.save(images, tmp_path / "images.pt")

@@ -136,6 +136,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 # 24 images, batch 8: 3 batches an epoch. Without accumulation the checkpoint at step 4 is one batch into the second
 # epoch. With accumulation 2 accelerate also steps at each epoch end (2 steps an epoch), so step 3 is 5 batches in,
 # not 3 * 2; random crop + flip and the GAN (from step 2, so both optimizers step in one accumulation) are on.
+@pytest.mark.same_machine
 @pytest.mark.parametrize("steps,checkpoint,extra", [
     (8, 4, ["--discriminator_start", 3]),
     (6, 3, ["--discriminator_start", 2, "--gradient_accumulation_steps", 2, "--random_flip", "--random_crop"]),
@@ -211,6 +212,7 @@ def test_generator_script_learns_saves_a_pipeline(codes_dir, tmp_path):
 
 # 48 sequences. Batch 8: 6 batches an epoch, the checkpoint at step 4 is in the middle of the first. Batch 16 with
 # accumulation 2: 3 batches and (with the step at the epoch end) 2 steps an epoch, step 3 is 5 batches in, not 3 * 2.
+@pytest.mark.same_machine
 @pytest.mark.parametrize("steps,checkpoint,extra", [
     (8, 4, []),
     (6, 3, ["--train_batch_size", 16, "--gradient_accumulation_steps", 2]),
