@@ -60,6 +60,8 @@ from spectralar_hf.training.checkpointing import (
     save_checkpoint,
     start_run,
 )
+from spectralar_hf.training.finite import (check_finite_loss, check_finite_state, check_mixed_precision,
+                                           close_progress_bars)
 from spectralar_hf.training.optim import decay_parameter_groups
 from spectralar_hf.visualization import prefix_strip
 
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_mixed_precision(accelerator)  # fp16 on CPU would train in float32 and record fp16
     set_seed(args.seed, device_specific=True)
 
     dataset, tokenizer_path = load_codes(args)
@@ -274,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
             codes, labels = batch["codes"].long(), batch["label"].long()
             with accelerator.accumulate(model):
                 loss = model(input_ids=codes, class_labels=labels, labels=codes, use_cache=False).loss
+                check_finite_loss(accelerator, global_step + 1, {"loss": loss})  # before the update
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -301,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
                 break
 
     accelerator.wait_for_everyone()
+    check_finite_state(accelerator, global_step)  # a diverged model is not saved
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         if ema is not None:
@@ -347,5 +352,6 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
+        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
         print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

@@ -96,6 +96,8 @@ from spectralar_hf.training.checkpointing import (
     start_run,
     write_json_atomic,
 )
+from spectralar_hf.training.finite import (check_finite_loss, check_finite_state, check_mixed_precision,
+                                           close_progress_bars)
 from spectralar_hf.training.data import (
     AugmentedImages,
     ImageTransform,
@@ -311,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_mixed_precision(accelerator)  # fp16 on CPU would train in float32 and record fp16
     set_seed(args.seed, device_specific=True)
 
     source, image_column = load_images(args)
@@ -420,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
                         logs["adaptive_gan_weight"] = weight.item()
                     loss = loss + weight * adversarial
                     logs["generator_adversarial_loss"] = adversarial.detach().item()
+                check_finite_loss(accelerator, global_step + 1, {**logs, "loss": loss})  # before the update
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -432,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
                     d_loss = hinge_discriminator_loss(real, fake)
                     if args.lecam_weight > 0:
                         d_loss = d_loss + args.lecam_weight * lecam(real, fake)
+                    check_finite_loss(accelerator, global_step + 1, {"discriminator_loss": d_loss})
                     accelerator.backward(d_loss)
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
@@ -465,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
                 break
 
     accelerator.wait_for_everyone()
+    check_finite_state(accelerator, global_step)  # a diverged model is not saved
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         if ema is not None:
@@ -514,5 +520,6 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
+        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
         print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)

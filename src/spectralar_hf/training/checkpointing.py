@@ -7,8 +7,11 @@ One output directory holds one run: `plan_run` refuses to start a new run where 
 it is resumed, or `--overwrite_output_dir` deletes them first), and `resume` checks a checkpoint before loading it:
 the model configuration and the checkpointed components recorded in its `run_config.json` must match the new run's,
 accelerate's RNG state file must load (accelerate itself only logs a failure and continues, which silently loses
-the exact resume), and every pickled file must load with `weights_only=True` (accelerate unpickles custom states
-without that guard, so a planted file would run code). `run_info.json` is written (atomically) only after these checks.
+the exact resume), every pickled file must load with `weights_only=True` (accelerate unpickles custom states
+without that guard, so a planted file would run code), each custom state must have the keys and tensor shapes of the
+object it is loaded into (diffusers' `EMAModel.load_state_dict` accepts any dict), and the loaded weights and EMA
+weights must be finite (a checkpoint of a diverged run is refused). `run_info.json` is written (atomically) only after
+these checks. `save_checkpoint` refuses to save a state whose weights are not finite (see `finite`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import torch
+
+from .finite import _floating_tensors, check_finite_state, custom_state_name, nonfinite_state, nonfinite_summary
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +89,10 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
                     run_config: dict | None = None) -> Path:
     """`accelerator.save_state` into `output_dir/checkpoint-{step}` atomically; keep at most `total_limit`.
 
-    `run_config` (see `run_config`) is saved with it as `run_config.json`, which `resume` compares."""
+    `run_config` (see `run_config`) is saved with it as `run_config.json`, which `resume` compares. A state whose
+    weights are not finite (a diverged run) is not saved: `ValueError` naming `step` (see `finite.check_finite_state`).
+    """
+    check_finite_state(accelerator, step)
     root = Path(output_dir)
     final = root / f"checkpoint-{step}"
     partial = root / f".checkpoint-{step}.partial"
@@ -297,6 +305,74 @@ def check_pickled_files(checkpoint: Path) -> None:
             load_weights_only(path, checkpoint)
 
 
+def _state_mismatch(saved: Any, current: Any, name: str = "") -> str | None:
+    """What in `saved` (a checkpoint's custom state) does not have the structure of `current` (the state the run's
+    object has now): other keys, another number of tensors, other tensor shapes, a non-number for a number. `None`
+    when it fits; an entry that is `None` now (not yet initialised) accepts anything."""
+    where = f" at {name}" if name else ""
+    if current is None:
+        return None
+    if isinstance(current, dict):
+        if not isinstance(saved, dict):
+            return f"a {type(saved).__name__}{where} instead of a dict with keys {', '.join(map(str, current))}"
+        if set(saved) != set(current):
+            extra, missing = sorted(map(str, set(saved) - set(current))), sorted(map(str, set(current) - set(saved)))
+            return (f"keys{where}: " + "; ".join(part for part in (
+                f"unexpected {', '.join(extra[:6])}" if extra else "", f"missing {', '.join(missing[:6])}" if missing
+                else "") if part))
+        for key in current:
+            found = _state_mismatch(saved[key], current[key], f"{name}.{key}" if name else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(current, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(current):
+            size = f"{len(saved)} entries" if isinstance(saved, (list, tuple)) else f"a {type(saved).__name__}"
+            per = " (one per parameter of this run's model)" if name == "shadow_params" else ""
+            return f"{size}{where} instead of {len(current)}{per}"
+        for index, (old, new) in enumerate(zip(saved, current)):
+            found = _state_mismatch(old, new, f"{name}[{index}]")
+            if found:
+                return found
+        return None
+    if isinstance(current, torch.Tensor):
+        if not isinstance(saved, torch.Tensor):
+            return f"a {type(saved).__name__}{where} instead of a tensor of shape {tuple(current.shape)}"
+        if saved.shape != current.shape:
+            return f"shape {tuple(saved.shape)}{where} instead of {tuple(current.shape)}"
+        return None
+    if isinstance(current, (int, float)) and not isinstance(saved, (int, float)):
+        return f"a {type(saved).__name__}{where} instead of a number"
+    return None
+
+
+def custom_state_problem(accelerator, checkpoint: Path) -> str | None:
+    """What is wrong with the checkpoint's custom states, as a one-line `ValueError` message, or `None`.
+
+    Each `custom_checkpoint_N.pkl` (loaded with `load_weights_only`) must be a state of the object registered N-th in
+    this run, with its keys and tensor shapes (the EMA's shadow weights: one per parameter of the model, of its
+    shape), and finite. diffusers' `EMAModel.load_state_dict` accepts any dict (`{'foo': 1}` keeps the fresh EMA)
+    and shadow weights of any number and shape, so without this check a replaced or foreign EMA state would be
+    resumed silently. Counts that differ are left to accelerate's own error."""
+    objects = accelerator._custom_objects
+    if len(list(checkpoint.glob("custom_checkpoint_*.pkl"))) != len(objects):
+        return None
+    for index, obj in enumerate(objects):
+        path = checkpoint / f"custom_checkpoint_{index}.pkl"
+        if not path.is_file() or not hasattr(obj, "state_dict"):
+            continue
+        saved = load_weights_only(path, checkpoint)
+        mismatch = _state_mismatch(saved, obj.state_dict())
+        if mismatch is not None:
+            return (f"Cannot resume {checkpoint}: {path.name} is not a state of {custom_state_name(obj)} of this run "
+                    f"({mismatch[:300]}); {RESUME_FIX}.")
+        problem = nonfinite_summary(f"{custom_state_name(obj)} in {path.name}", _floating_tensors(saved))
+        if problem is not None:
+            return f"Cannot resume {checkpoint}: {problem}: the run had diverged before this checkpoint was saved; " \
+                   f"{RESUME_FIX}."
+    return None
+
+
 def load_rng_states(path: Path) -> dict:
     """accelerate's RNG state file of one process, loaded as `Accelerator.load_state` loads it; `ValueError` naming
     the file when it is missing or unreadable (accelerate would only log "Could not load random states")."""
@@ -316,8 +392,9 @@ def load_rng_states(path: Path) -> dict:
 
 def resume(accelerator, checkpoint: str | Path | None, config: dict | None = None,
            output_dir: str | Path | None = None) -> int:
-    """Load `checkpoint` (None: a fresh run, step 0) after checking its `run_config.json` against `config` and its
-    RNG state file; afterwards the RNG state must be the saved one. Drops the records after the checkpoint's step
+    """Load `checkpoint` (None: a fresh run, step 0) after checking its `run_config.json` against `config`, its RNG
+    state file, its pickled files and its custom states (`custom_state_problem`); afterwards the weights must be finite
+    and the RNG state must be the saved one. Drops the records after the checkpoint's step
     from `output_dir/train_log.jsonl` (they are trained again). Returns the step N of `checkpoint-N`."""
     if checkpoint is None:
         return 0
@@ -331,6 +408,9 @@ def resume(accelerator, checkpoint: str | Path | None, config: dict | None = Non
     rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
     states = load_rng_states(rng_file)
     check_pickled_files(checkpoint)  # before accelerate unpickles the custom states without weights_only
+    # EMAModel.load_state_dict would accept anything: checked against this run's objects before they are loaded; a
+    # model that does not fit is named first (accelerate loads the models before the custom states)
+    custom_problem = custom_state_problem(accelerator, checkpoint)
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as error:  # noqa: BLE001 - turned into one line naming the checkpoint and the fix
@@ -341,8 +421,16 @@ def resume(accelerator, checkpoint: str | Path | None, config: dict | None = Non
             raise ValueError(f"Cannot resume {checkpoint}: it does not fit this run ({mismatch[:300]}); resume with "
                              f"the arguments of the run that saved it, or start a new run in another --output_dir."
                              ) from None
+        if custom_problem is not None:
+            raise ValueError(custom_problem) from None
         raise ValueError(f"Cannot resume {checkpoint}: a file of it cannot be read ({type(error).__name__}: "
                          f"{lines[0][:300]}); resume from an earlier checkpoint, or start a new run.") from None
+    if custom_problem is not None:
+        raise ValueError(custom_problem)
+    diverged = nonfinite_state(accelerator)  # the loaded weights (each process checks the same files)
+    if diverged:
+        raise ValueError(f"Cannot resume {checkpoint}: {'; '.join(diverged)}: the run had diverged before this "
+                         f"checkpoint was saved; {RESUME_FIX}.")
     if not torch.equal(torch.get_rng_state(), states["torch_manual_seed"]):
         raise ValueError(f"The RNG states of {rng_file} were not restored: the resume would not be exact; resume "
                          f"from an earlier checkpoint, or start a new run.")

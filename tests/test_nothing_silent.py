@@ -1,0 +1,336 @@
+"""Nothing silent (issue 30): a diverged run, a checkpoint of one, a model with non-finite weights, an fp16 run on
+CPU, a sample set written over a user's files, and a negative FID are each one clear error (or a documented,
+tested behaviour), and nothing a user wrote is replaced or deleted.
+
+- training (all five scripts): a NaN / infinite loss (or discriminator loss) stops the run at that step, before the
+  update, with one line naming the step and the terms; weights that became non-finite are caught before a
+  checkpoint or the final model is saved; nothing of the diverged state is written. Under DDP every rank stops.
+- resume: a checkpoint whose weights or EMA weights are not finite, or whose EMA state was replaced by something
+  else, is refused in one line; the run folder is unchanged.
+- `--mixed_precision fp16` on CPU (where accelerate runs no fp16 autocast) is refused instead of training in float32
+  and recording fp16.
+- `spectralar-hf reconstruct / generate / evaluate` refuse a model with non-finite weights, and reconstruct refuses a
+  non-finite output, instead of "nan dB" and black images.
+- `examples/sample.py` never overwrites an OUTPUT.json or PNGs it did not write, and `--overwrite` deletes only its
+  own shard files and settings file in OUTPUT.shards/ (a corrupt shard of its own included).
+- FID is never negative: identical sets give 0, and it still equals the scipy.linalg.sqrtm formula.
+
+The training scripts run in-process on the tiny data and 1-step runs of tests/test_checkpoint_payloads.py.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_checkpoint_payloads import SCRIPTS, data, load_script, run, runs, script_args  # noqa: F401 (fixtures)
+from test_run_state import snapshot
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+SUBPROCESS_TIMEOUT_S = 300
+MODEL_FOLDERS = {"train_tokenizer": "tokenizer", "train_vqgan": "vqgan", "train_generator": "pipeline",
+                 "train_vae": "vae", "train_far": "pipeline"}
+DIVERGE = ["--learning_rate", 1e4, "--lr_warmup_steps", 0]
+
+
+def one_line(message: str) -> str:
+    assert "\n" not in message, message
+    return message
+
+
+def saved_nothing(output: Path) -> None:
+    """No model folder and no checkpoint (complete or partial) in `output`."""
+    names = {path.name for path in output.iterdir()} if output.exists() else set()
+    assert not names & set(MODEL_FOLDERS.values()), names
+    assert not [name for name in names if name.startswith(("checkpoint-", ".checkpoint-"))], names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training: a non-finite loss or state stops the run, names the step, saves nothing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_diverging_run_stops_at_the_step_and_saves_nothing(name, data, tmp_path):
+    """--learning_rate 1e4 (the issue's case): the loss turns NaN / inf within a few steps."""
+    output = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        run(name, *script_args(name, data), *DIVERGE, "--max_train_steps", 6, "--checkpointing_steps", 100,
+            "--output_dir", output)
+    message = one_line(str(error.value))
+    assert message.startswith("Training diverged "), message
+    step = int(message.split("step ")[1].split(":")[0])
+    assert 1 <= step <= 6 and "lower --learning_rate" in message and f"before step {step}" in message, message
+    assert "the loss is not finite (" in message or "the weights are not finite (" in message, message
+    saved_nothing(output)
+    # the log holds the steps trained before the divergence (a loss: up to the step before; weights: up to the step)
+    records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    last = step - 1 if "the loss is not finite" in message else step
+    assert [record["step"] for record in records] == list(range(1, last + 1))
+    assert all(np.isfinite(record["loss"]) for record in records)
+
+
+@pytest.mark.parametrize("name", ["train_tokenizer", "train_vqgan", "train_vae"])
+def test_a_nan_discriminator_loss_stops_the_run(name, data, tmp_path, monkeypatch):
+    module = load_script(name)
+    monkeypatch.setattr(module, "hinge_discriminator_loss", lambda real, fake: (real.mean() + fake.mean()) * np.nan)
+    output = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        run(name, *script_args(name, data), "--max_train_steps", 2, "--checkpointing_steps", 1,
+            "--output_dir", output)
+    message = one_line(str(error.value))
+    assert message.startswith("Training diverged at step 1: the loss is not finite (discriminator_loss = nan)"), message
+    saved_nothing(output)
+
+
+def _poison_after_step(monkeypatch) -> None:
+    """Every optimizer step ends with a NaN in its first parameter: the loss of that step was finite."""
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_nan_loss_is_named_with_its_terms_at_its_step(name, data, tmp_path, monkeypatch):
+    """Deterministic: the update of step 1 leaves a NaN weight, so the loss of step 2 is NaN (no checkpoint is due)."""
+    _poison_after_step(monkeypatch)
+    output = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        run(name, *script_args(name, data), "--max_train_steps", 3, "--checkpointing_steps", 100,
+            "--output_dir", output)
+    message = one_line(str(error.value))
+    assert message.startswith("Training diverged at step 2: the loss is not finite ("), message
+    assert "loss = nan" in message and "before this update" in message and "before step 2" in message, message
+    saved_nothing(output)
+    records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [1] and np.isfinite(records[0]["loss"])
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("when", ["checkpoint", "final"])
+def test_non_finite_weights_are_never_saved(name, when, data, tmp_path, monkeypatch):
+    """The update of step 1 makes a weight NaN while the loss of step 1 was finite: the checkpoint of step 1 (or the
+    final model of a 1-step run) is refused, naming the step and the tensors."""
+    _poison_after_step(monkeypatch)
+    output = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        run(name, *script_args(name, data), "--max_train_steps", 1,
+            "--checkpointing_steps", 1 if when == "checkpoint" else 100, "--output_dir", output)
+    message = one_line(str(error.value))
+    assert message.startswith("Training diverged by step 1: the weights are not finite (the weights of "), message
+    assert "NaN/Inf in " in message and "the EMA weights: NaN/Inf" in message, message  # --use_ema: the shadow too
+    assert "without saving the model or a checkpoint" in message, message
+    saved_nothing(output)
+
+
+def test_the_script_exits_2_with_one_line_and_saves_nothing(data, tmp_path):
+    output = tmp_path / "run"
+    args = [*script_args("train_generator", data), *DIVERGE, "--max_train_steps", 6, "--checkpointing_steps", 100,
+            "--output_dir", output]
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "train_generator.py"), *map(str, args)],
+                            capture_output=True, text=True, env=ENV, timeout=SUBPROCESS_TIMEOUT_S)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line and " INFO " not in line]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("train_generator.py: error: Training diverged "), lines[0]
+    saved_nothing(output)
+
+
+class _TwoRanks:
+    """The accelerator interface that `finite` uses, as seen by one of two processes whose other process reports
+    `remote` flags (what `accelerator.reduce(..., "sum")` returns)."""
+
+    num_processes = 2
+    device = torch.device("cpu")
+
+    def __init__(self, remote: list[float]) -> None:
+        self.remote = torch.tensor(remote)
+
+    def reduce(self, tensor, reduction):
+        assert reduction == "sum"
+        return tensor + self.remote
+
+
+def test_a_rank_with_a_finite_loss_stops_with_the_rank_that_has_a_nan():
+    from spectralar_hf.training.finite import check_finite_loss
+
+    check_finite_loss(_TwoRanks([0.0, 0.0]), 5, {"mse_loss": 1.0, "loss": torch.tensor(2.0)})  # all finite: passes
+    with pytest.raises(ValueError) as error:
+        check_finite_loss(_TwoRanks([0.0, 1.0]), 5, {"mse_loss": 1.0, "loss": torch.tensor(2.0)})
+    assert one_line(str(error.value)).startswith("Training diverged at step 5: the loss is not finite (loss (on another "
+                                                 "process))")
+
+
+DDP_SCRIPT = """
+import sys, torch
+from accelerate import Accelerator
+from spectralar_hf.training.finite import check_finite_loss
+accelerator = Accelerator(cpu=True)
+loss = torch.tensor(float("nan") if accelerator.process_index == 1 else 0.5)
+try:
+    check_finite_loss(accelerator, 3, {"loss": loss})
+    print(f"rank {accelerator.process_index}: continued", flush=True)
+except ValueError as error:
+    print(f"rank {accelerator.process_index}: {error}", flush=True)
+"""
+
+
+def test_every_ddp_rank_stops_when_one_rank_has_a_nan_loss(tmp_path):
+    """A real 2-process gloo launch: only rank 1's loss is NaN, and both ranks stop with the step named."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                            env={**ENV, "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 2, result.stdout
+    assert lines[0].startswith("rank 0: Training diverged at step 3: the loss is not finite (loss (on another "
+                               "process))"), lines[0]
+    assert lines[1].startswith("rank 1: Training diverged at step 3: the loss is not finite (loss = nan)"), lines[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume: a checkpoint of a diverged run, or with a replaced EMA state, is refused
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ema_file(checkpoint: Path) -> Path:
+    for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
+        state = torch.load(path, weights_only=True)
+        if isinstance(state, dict) and "shadow_params" in state:
+            return path
+    raise AssertionError(f"no EMA state in {checkpoint}")
+
+
+def _resume_refused(name: str, data: Path, output: Path) -> str:
+    before = snapshot(output)
+    with pytest.raises(ValueError) as error:
+        run(name, *script_args(name, data), "--max_train_steps", 2, "--output_dir", output,
+            "--resume_from_checkpoint", "latest")
+    assert snapshot(output) == before, "the refused resume changed the run folder"
+    return one_line(str(error.value))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_checkpoint_with_non_finite_weights_is_not_resumed(name, runs, data, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    output = tmp_path / "run"
+    shutil.copytree(runs[name], output)
+    weights = output / "checkpoint-1" / "model.safetensors"
+    tensors = load_file(weights)
+    first = sorted(tensors)[0]
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, weights)
+    message = _resume_refused(name, data, output)
+    assert message.startswith(f"Cannot resume {output / 'checkpoint-1'}: the weights of "), message
+    assert ": NaN/Inf in 1 of " in message and "the run had diverged before this checkpoint was saved" in message
+    assert "resume from an earlier checkpoint" in message, message
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_checkpoint_with_non_finite_ema_weights_is_not_resumed(name, runs, data, tmp_path):
+    output = tmp_path / "run"
+    shutil.copytree(runs[name], output)
+    path = _ema_file(output / "checkpoint-1")
+    state = torch.load(path, weights_only=True)
+    state["shadow_params"][0] = torch.full_like(state["shadow_params"][0], float("inf"))
+    torch.save(state, path)
+    message = _resume_refused(name, data, output)
+    assert message.startswith(f"Cannot resume {output / 'checkpoint-1'}: the EMA weights in {path.name}: NaN/Inf in 1 "
+                              f"of "), message
+    assert "resume from an earlier checkpoint" in message, message
+
+
+@pytest.mark.parametrize("replacement, named", [
+    ({"foo": 1}, "keys: unexpected foo; missing decay"),
+    ("shorter", "shadow_params"),
+    ("reshaped", "shape"),
+], ids=["foo", "fewer-tensors", "other-shape"])
+@pytest.mark.parametrize("name", ["train_tokenizer", "train_generator"])
+def test_a_replaced_ema_state_is_refused(name, replacement, named, runs, data, tmp_path):
+    """diffusers' EMAModel.load_state_dict accepts {'foo': 1} (keeping the fresh EMA) and shadow weights of any number
+    and shape; the resume checks the state against this run's EMA first."""
+    output = tmp_path / "run"
+    shutil.copytree(runs[name], output)
+    path = _ema_file(output / "checkpoint-1")
+    state = torch.load(path, weights_only=True)
+    if replacement == "shorter":
+        state["shadow_params"] = state["shadow_params"][:-1]
+    elif replacement == "reshaped":
+        state["shadow_params"][0] = state["shadow_params"][0].reshape(-1, 1)[:1]
+    else:
+        state = replacement
+    torch.save(state, path)
+    message = _resume_refused(name, data, output)
+    assert message.startswith(f"Cannot resume {output / 'checkpoint-1'}: {path.name} is not a state of the EMA weights "
+                              f"of this run ("), message
+    assert named in message and "resume from an earlier checkpoint" in message, message
+
+
+def test_diffusers_ema_accepts_a_replaced_state_by_itself():
+    """What the check above guards against (if diffusers starts refusing these, the check is merely redundant)."""
+    from diffusers.training_utils import EMAModel
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMAModel(model.parameters())
+    ema.load_state_dict({"foo": 1})
+    ema.load_state_dict({**ema.state_dict(), "shadow_params": [torch.zeros(7)]})
+    assert len(ema.shadow_params) == 1  # one tensor of the wrong shape for a model of two
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --mixed_precision fp16 on CPU
+# ---------------------------------------------------------------------------------------------------------------
+
+
+FP16_MESSAGE = ("--mixed_precision fp16 does not run on CPU: accelerate has no fp16 autocast or gradient scaler there, "
+                "so the run would train in float32 while recording fp16; use --mixed_precision bf16 (CPU autocast) or "
+                "no")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_fp16_on_cpu_is_refused_before_anything_is_written(name, data, tmp_path):
+    output = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        run(name, *script_args(name, data), "--max_train_steps", 1, "--mixed_precision", "fp16", "--output_dir", output)
+    assert one_line(str(error.value)).startswith(FP16_MESSAGE)
+    assert not output.exists()
+
+
+def test_fp16_from_accelerate_launch_is_refused_and_what_accelerate_does_on_cpu(data, tmp_path, monkeypatch):
+    """accelerate on CPU with fp16: no GradScaler, and autocast() is a no-op (float32 matmuls); bf16 autocasts."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        accelerator = Accelerator(mixed_precision="fp16", cpu=True)
+        with accelerator.autocast():
+            product = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert accelerator.mixed_precision == "fp16" and accelerator.scaler is None and product.dtype == torch.float32
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    output = tmp_path / "run"
+    with pytest.raises(ValueError, match="^--mixed_precision fp16 does not run on CPU"):
+        run("train_generator", *script_args("train_generator", data), "--max_train_steps", 1, "--output_dir", output)
+    assert not output.exists()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what the message suggests runs, and is recorded
+    run("train_generator", *script_args("train_generator", data), "--max_train_steps", 1, "--output_dir", output)
+    assert json.loads((output / "run_info.json").read_text())["mixed_precision"] == "bf16"
