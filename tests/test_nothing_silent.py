@@ -334,3 +334,87 @@ def test_fp16_from_accelerate_launch_is_refused_and_what_accelerate_does_on_cpu(
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what the message suggests runs, and is recorded
     run("train_generator", *script_args("train_generator", data), "--max_train_steps", 1, "--output_dir", output)
     assert json.loads((output / "run_info.json").read_text())["mixed_precision"] == "bf16"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FID is never negative
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _statistics(count: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from spectralar_hf.evaluation import feature_statistics
+
+    features = np.abs(np.random.default_rng(seed).normal(size=(count, dim))) * 3.0  # ReLU-like pool features
+    return feature_statistics(features)
+
+
+def _reference_fid(mu1, sigma1, mu2, sigma2) -> float:
+    """pytorch-fid's formula with scipy.linalg.sqrtm (what the ADM evaluator computes)."""
+    import scipy.linalg
+
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean).real)
+
+
+def _old_eigh_fid(mu1, sigma1, mu2, sigma2) -> float:
+    """The formula before issue 30: square roots of the eigenvalues of sigma1^1/2 sigma2 sigma1^1/2."""
+    eigenvalues, eigenvectors = np.linalg.eigh(sigma1)
+    root = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+    product = root @ sigma2 @ root
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2.0), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+
+
+@pytest.mark.parametrize("count, dim", [(50, 256), (30, 64), (400, 64)], ids=["rank-deficient", "small", "full-rank"])
+def test_fid_of_identical_statistics_is_zero_never_negative(count, dim):
+    from spectralar_hf.evaluation import frechet_distance
+
+    mu, sigma = _statistics(count, dim, seed=0)
+    for method in ("eigh", "sqrtm"):
+        fid = frechet_distance(mu, sigma, mu, sigma, method=method)
+        assert 0.0 <= fid < 1e-6 * np.trace(sigma), (method, fid)
+    if count < dim:  # what the test guards against: rounding lifted by the square root, summed over the null space
+        assert _old_eigh_fid(mu, sigma, mu, sigma) < 0
+
+
+@pytest.mark.parametrize("count, dim", [(400, 64), (200, 32), (50, 256)], ids=["full-rank", "small", "rank-deficient"])
+def test_fid_still_equals_the_sqrtm_formula(count, dim):
+    from spectralar_hf.evaluation import frechet_distance
+
+    first, second = _statistics(count, dim, seed=1), _statistics(count, dim, seed=2)
+    shifted = (second[0] + 0.05, second[1] * 1.1)
+    for other in (second, shifted):
+        expected = _reference_fid(*first, *other)
+        assert expected > 0
+        assert frechet_distance(*first, *other) == pytest.approx(expected, rel=1e-6)
+        assert frechet_distance(*first, *other, method="sqrtm") == pytest.approx(expected, rel=1e-6)
+
+
+class _WideFeatures(torch.nn.Module):
+    """A stand-in feature network wider than the number of images (as 2048 Inception features of a small set):
+    a fixed random projection of the 8 x 8 average-pooled pixels, ReLU."""
+
+    def __init__(self, dim: int = 256):
+        super().__init__()
+        self.projection = torch.nn.Linear(3 * 8 * 8, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.projection(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)))
+
+
+def test_evaluate_npz_of_a_set_against_itself_reports_fid_zero(tmp_path, capsys):
+    """The issue's case: `spectralar-hf evaluate npz S.npz --reference S.npz` reported FID -0.0002."""
+    from spectralar_hf.cli import main
+
+    size, count = 16, 24
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "s.npz", rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), np.arange(count) % 3)
+    torch.manual_seed(0)
+    torch.jit.script(_WideFeatures().eval()).save(str(tmp_path / "wide.pt"))
+    code = main(["evaluate", "npz", str(tmp_path / "s.npz"), "--reference", str(tmp_path / "s.npz"), "--inception",
+                 str(tmp_path / "wide.pt"), "--report", str(tmp_path / "r.json"), "--no-cache"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert 0.0 <= report["fid"] < 1e-6, report["fid"]

@@ -95,14 +95,23 @@ ADM_STAT_KEYS = ("mu", "sigma")
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _psd_root(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric PSD square root of a covariance (eigenvalues below 0, float rounding, are clipped to 0)."""
+    eigenvalues, eigenvectors = np.linalg.eigh((sigma + sigma.T) / 2.0)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``tr sqrt(sigma1 @ sigma2)`` for PSD matrices: ``sigma1 @ sigma2`` is similar to the PSD matrix
-    ``A = sigma1^1/2 @ sigma2 @ sigma1^1/2``, so the trace is the sum of the square roots of ``A``'s eigenvalues.
-    Two symmetric eigen-decompositions: real, stable for singular covariances, several times faster than sqrtm."""
-    eigenvalues, eigenvectors = np.linalg.eigh(sigma1)
-    root = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
-    product = root @ sigma2 @ root
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2.0), 0.0, None)).sum())
+    """``tr sqrt(sigma1 @ sigma2)`` for PSD matrices, as the nuclear norm (sum of singular values) of
+    ``M = sigma1^1/2 @ sigma2^1/2``: ``sigma1 @ sigma2`` is similar to ``sigma1^1/2 sigma2 sigma1^1/2 = M M^T``, whose
+    eigenvalues are the squared singular values of ``M``.
+
+    Why not the eigenvalues of ``M M^T`` (the symmetric product) and their square roots: forming the product squares
+    the rounding, and the square root then lifts every rounding-level eigenvalue of its null space to
+    ``~1e-8 * ||sigma||``; with rank-deficient covariances (fewer images than feature dimensions) a thousand of them
+    add up to an FID of about -1e-3 for two identical sets. The singular values of ``M`` carry rounding of
+    ``eps * ||sigma||`` only (identical sets: ``|FID| ~ 1e-12`` relative). Real and stable for singular covariances."""
+    return float(np.linalg.svd(_psd_root(sigma1) @ _psd_root(sigma2), compute_uv=False).sum())
 
 
 def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
@@ -131,14 +140,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         mu1, mu2: ``(D,)`` means.
         sigma1, sigma2: ``(D, D)`` covariances.
         method: how ``tr sqrt(sigma1 @ sigma2)`` is computed. ``"eigh"`` (default): from symmetric
-            eigen-decompositions (exact for PSD covariances, no complex residue, ~5x faster than sqrtm for
+            eigen-decompositions and the singular values of ``sigma1^1/2 @ sigma2^1/2`` (exact for PSD
+            covariances, no complex residue, 0 up to 1e-12 relative for identical statistics, faster than sqrtm for
             D = 2048). ``"sqrtm"``: ``scipy.linalg.sqrtm`` as in pytorch-fid / the ADM evaluator (``eps * I`` added
             to both covariances when the root is not finite; a negligible imaginary part is dropped). Both agree to
             ~1e-9 relative on full-rank covariances.
         eps: the ``sqrtm`` diagonal offset.
 
     Returns:
-        The distance as a Python float (``>= 0`` up to rounding).
+        The distance as a Python float, ``>= 0`` (a rounding residue below 0 is returned as 0).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, dtype=np.float64)), np.atleast_1d(np.asarray(mu2, dtype=np.float64))
     sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
@@ -160,7 +170,12 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     else:
         raise ValueError(f"Unknown method {method!r}; use 'eigh' (default) or 'sqrtm'.")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+    distance = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+    # The Fréchet distance is a squared distance: >= 0 for PSD covariances (||sigma1^1/2 sigma2^1/2||_* <= (tr sigma1 +
+    # tr sigma2) / 2). A value below 0 is float rounding in the difference of the nearly equal traces (identical or
+    # nearly identical sets; about 1e-12 of the traces with "eigh", more with "sqrtm" on singular covariances), never
+    # a distance: it is reported as 0.
+    return max(distance, 0.0)
 
 
 def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
