@@ -418,3 +418,149 @@ def test_evaluate_npz_of_a_set_against_itself_reports_fid_zero(tmp_path, capsys)
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "r.json").read_text())
     assert 0.0 <= report["fid"] < 1e-6, report["fid"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# spectralar-hf: a model with non-finite weights, or a non-finite output, is one line (exit 2), nothing written
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _poison(module: torch.nn.Module, count: int | None = None) -> None:
+    """NaN into the first `count` parameters (all when None), as a diverged run would leave them."""
+    with torch.no_grad():
+        for parameter in list(module.parameters())[:count]:
+            parameter.fill_(float("nan"))
+
+
+@pytest.fixture(scope="module")
+def cli_models(tmp_path_factory) -> Path:
+    """A tiny tokenizer and its all-NaN copy, SpectralAR pipelines with a good / NaN transformer, FAR pipelines with
+    a good / NaN VAE, a photo and an IDX folder."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+    from conftest import blob_images, write_idx_dataset
+
+    from spectralar_hf import (FARConfig, FARPipeline, FARTransformer, SpectralARConfig, SpectralARForCausalLM,
+                               SpectralARPipeline, SpectralTokenizer, SpectralTokenizerConfig, build_noise_scheduler)
+
+    root = tmp_path_factory.mktemp("cli-models")
+    torch.manual_seed(0)
+    tokenizer = SpectralTokenizer(SpectralTokenizerConfig.from_preset("tiny-32", num_channels=1)).eval()
+    tokenizer.save_pretrained(root / "tok")
+    transformer = SpectralARForCausalLM(SpectralARConfig.from_preset("tiny", num_classes=3)).eval()
+    SpectralARPipeline(tokenizer=tokenizer, transformer=transformer).save_pretrained(root / "pipe")
+    far = FARTransformer(FARConfig.from_preset("tiny", num_classes=3, diffusion_steps=2)).eval()
+    vae = AutoencoderKL(in_channels=1, out_channels=1, sample_size=32, block_out_channels=[8, 8, 8],
+                        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+                        layers_per_block=1, latent_channels=4, norm_num_groups=4).eval()
+    FARPipeline(vae=vae, transformer=far, scheduler=build_noise_scheduler(far.config)).save_pretrained(root / "far")
+    _poison(transformer, 1)
+    SpectralARPipeline(tokenizer=tokenizer, transformer=transformer).save_pretrained(root / "nan_pipe")
+    _poison(vae, 1)
+    FARPipeline(vae=vae, transformer=far, scheduler=build_noise_scheduler(far.config)).save_pretrained(root / "nan_far")
+    _poison(tokenizer)
+    tokenizer.save_pretrained(root / "nan_tok")
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(root / "photo.png")
+    (root / "idx").mkdir()
+    write_idx_dataset(root / "idx", np.stack(blob_images(8, seed=1)), np.arange(8) % 3)
+    return root
+
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    from spectralar_hf.cli import main
+
+    status = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return status, captured.err
+
+
+@pytest.mark.parametrize("command, model, named", [
+    (("reconstruct", "{m}", "{root}/photo.png", "--output", "{out}/strip.png"), "nan_tok",
+     "the weights of its tokenizer: NaN/Inf in 71 of 71 tensors ("),
+    (("evaluate", "tokenizer", "{m}", "--idx-data-dir", "{root}/idx", "--report", "{out}/r.json"), "nan_tok",
+     "the weights of its tokenizer: NaN/Inf in "),
+    (("generate", "{m}", "--classes", "0", "--output", "{out}/grid.png"), "nan_pipe",
+     "the weights of its transformer: NaN/Inf in 1 of "),
+    (("generate", "{m}", "--classes", "0", "--output", "{out}/grid.png"), "nan_far",
+     "the weights of its vae: NaN/Inf in 1 of "),
+    (("evaluate", "pipeline", "{m}", "--idx-data-dir", "{root}/idx", "--report", "{out}/r.json"), "nan_pipe",
+     "the weights of its transformer: NaN/Inf in 1 of "),
+], ids=["reconstruct", "evaluate-tokenizer", "generate", "generate-far", "evaluate-pipeline"])
+def test_a_model_with_non_finite_weights_is_refused_in_one_line(command, model, named, cli_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [part.format(m=cli_models / model, root=cli_models, out=out) for part in command]
+    status, err = _cli(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"spectralar-hf {command[0]}: error: '{cli_models / model}' is not usable: "), lines[0]
+    assert named in lines[0] and "use an earlier checkpoint" in lines[0], lines[0]
+    assert list(out.iterdir()) == []  # no strip, grid or report
+
+
+def test_reconstruct_before_the_check_said_nan_db_and_wrote_a_black_strip(cli_models, tmp_path):
+    """What the check replaces: the NaN tokenizer decodes to NaN (clamped to black, PSNR nan)."""
+    from spectralar_hf import SpectralTokenizer
+
+    tokenizer = SpectralTokenizer.from_pretrained(cli_models / "nan_tok").eval()
+    with torch.no_grad():
+        image = torch.zeros(1, 1, 32, 32)
+        decoded = tokenizer.decode(tokenizer.encode(image).codes).reconstruction
+    assert torch.isnan(decoded).all()
+
+
+def test_info_still_describes_a_model_with_non_finite_weights(cli_models, capsys):
+    status, err = _cli(capsys, "info", cli_models / "nan_tok")
+    assert status == 0, err
+
+
+def test_good_models_pass_the_check(cli_models, tmp_path, capsys):
+    status, err = _cli(capsys, "reconstruct", cli_models / "tok", cli_models / "photo.png", "--output",
+                       tmp_path / "strip.png")
+    assert status == 0 and (tmp_path / "strip.png").is_file(), err
+    status, err = _cli(capsys, "generate", cli_models / "far", "--classes", "0", "--num-inference-steps", 2,
+                       "--output", tmp_path / "grid.png")
+    assert status == 0 and (tmp_path / "grid.png").is_file(), err
+
+
+def test_reconstruct_refuses_a_non_finite_output_of_finite_weights(cli_models, tmp_path, capsys, monkeypatch):
+    """Finite weights that overflow on an input (here: decode patched to overflow) are one line, no strip."""
+    from spectralar_hf import SpectralTokenizer
+
+    original = SpectralTokenizer.decode
+
+    def overflowing(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        output.reconstruction = output.reconstruction * float("inf")
+        return output
+
+    monkeypatch.setattr(SpectralTokenizer, "decode", overflowing)
+    status, err = _cli(capsys, "reconstruct", cli_models / "tok", cli_models / "photo.png", "--output",
+                       tmp_path / "strip.png")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"spectralar-hf reconstruct: error: the reconstruction of '{cli_models / 'photo.png'}' "
+                               f"by '{cli_models / 'tok'}': NaN/Inf in "), lines[0]
+    assert "although the model's weights are finite" in lines[0] and "nothing was written" in lines[0], lines[0]
+    assert not (tmp_path / "strip.png").exists()
+
+
+def test_generate_refuses_non_finite_far_latents(cli_models, tmp_path, capsys, monkeypatch):
+    """FAR's latents are floats (SpectralAR's codes are integers): latents that overflowed are one line, no grid."""
+    from spectralar_hf import FARPipeline
+
+    original = FARPipeline.__call__
+
+    def overflowing(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        output.latents = output.latents * float("inf")
+        return output
+
+    monkeypatch.setattr(FARPipeline, "__call__", overflowing)
+    status, err = _cli(capsys, "generate", cli_models / "far", "--classes", "0", "--num-inference-steps", 2,
+                       "--output", tmp_path / "grid.png")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"spectralar-hf generate: error: the latents sampled by '{cli_models / 'far'}': "
+                               f"NaN/Inf in "), lines[0]
+    assert not (tmp_path / "grid.png").exists()

@@ -142,7 +142,31 @@ def _checkpoint_root(path: str, what: str) -> Path:
 TOKENIZER_EXPECTED = "expected a SpectralTokenizer directory (config.json + model.safetensors) or a SpectralARPipeline"
 
 
-def _load_tokenizer(path: str, command: str = "this command"):
+def _check_finite_weights(modules: dict, path: str, command: str) -> None:
+    """A model whose weights hold NaN / Inf (a diverged run saved before issue 30's checks, a damaged file) would give
+    NaN outputs: black images and "nan dB" with exit status 0. One line naming the tensors instead."""
+    from .training.finite import nonfinite_summary
+
+    problems = []
+    for name, module in modules.items():
+        tensors = [*module.named_parameters(), *((key, buffer) for key, buffer in module.named_buffers()
+                                                  if buffer.is_floating_point())]
+        problems.append(nonfinite_summary(f"the weights of its {name}", tensors))
+    problems = [problem for problem in problems if problem is not None]
+    if problems:
+        raise CLIError(f"{path!r} is not usable: {'; '.join(problems)}; {command} would output NaN (black images). "
+                       f"The model diverged in training or its files are damaged: use an earlier checkpoint of it")
+
+
+def _check_finite_output(values: torch.Tensor, what: str) -> None:
+    """An output with NaN / Inf values (weights that are finite but overflow) is an error, not a black image."""
+    if not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise CLIError(f"{what}: NaN/Inf in {bad} of {values.numel()} values although the model's weights are finite "
+                       f"(it overflows on this input); nothing was written")
+
+
+def _load_tokenizer(path: str, command: str = "this command", check_weights: bool = True):
     from .models.tokenizer import SpectralTokenizer
 
     root = _checkpoint_root(path, "checkpoint")
@@ -163,11 +187,15 @@ def _load_tokenizer(path: str, command: str = "this command"):
     if model_type != "spectral_tokenizer":
         raise CLIError(f"{path!r} holds {describe_folder(root)}, not a SpectralTokenizer; {command} "
                        f"{TOKENIZER_EXPECTED} directory")
-    return SpectralTokenizer.from_pretrained(root).eval()
+    tokenizer = SpectralTokenizer.from_pretrained(root).eval()
+    if check_weights:
+        _check_finite_weights({"tokenizer": tokenizer}, path, command)
+    return tokenizer
 
 
-def _load_pipeline(path: str, command: str = "generate"):
-    """A `SpectralARPipeline` or a `FARPipeline`, by the class named in model_index.json."""
+def _load_pipeline(path: str, command: str = "generate", check_weights: bool = True):
+    """A `SpectralARPipeline` or a `FARPipeline`, by the class named in model_index.json; with `check_weights`, its
+    models' weights must be finite."""
     from .pipelines import FARPipeline, SpectralARPipeline
 
     root = _checkpoint_root(path, "pipeline")
@@ -184,6 +212,9 @@ def _load_pipeline(path: str, command: str = "generate"):
         raise CLIError(f"{path!r} holds a {class_name!r}; {expected}")
     pipe = pipelines[class_name].from_pretrained(root)
     pipe.set_progress_bar_config(disable=True)
+    if check_weights:
+        _check_finite_weights({name: component for name, component in pipe.components.items()
+                               if isinstance(component, torch.nn.Module)}, path, command)
     return pipe
 
 
@@ -248,7 +279,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def cmd_info(args: argparse.Namespace) -> None:
     root = _checkpoint_root(args.checkpoint, "checkpoint")
     if (root / "model_index.json").is_file():
-        pipe = _load_pipeline(args.checkpoint, "info")
+        pipe = _load_pipeline(args.checkpoint, "info", check_weights=False)  # info reads the configs only
         if _is_far(pipe):
             _print_far_info(pipe, args.checkpoint)
             return
@@ -259,7 +290,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
         _print_generator_info(SpectralARForCausalLM.from_pretrained(root), args.checkpoint)
         return
-    tokenizer = _load_tokenizer(args.checkpoint, "info")
+    tokenizer = _load_tokenizer(args.checkpoint, "info", check_weights=False)
     config = tokenizer.config
     parameters = sum(p.numel() for p in tokenizer.parameters())
     print(f"tokenizer: {args.checkpoint}")
@@ -345,6 +376,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     labels = [c for c in ids for _ in range(args.num_per_class)]
     output = pipe(labels, generator=torch.Generator().manual_seed(args.seed),
                   return_intermediates=args.strip is not None, **_sampling_arguments(pipe, args))
+    if _is_far(pipe):  # SpectralAR's codes are integers; FAR's latents are floats
+        _check_finite_output(output.latents, f"the latents sampled by {args.checkpoint!r}")
     names = pipe.transformer.config.id2label or {}
     rows = [output.images[i * args.num_per_class : (i + 1) * args.num_per_class] for i in range(len(ids))]
     row_labels = [str(names.get(i, i)).split(",")[0] for i in ids]
@@ -681,6 +714,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     codes = tokenizer.encode(image).codes
     batch_codes = codes.expand(len(prefixes), -1)
     decoded = tokenizer.decode(batch_codes, torch.tensor(prefixes)).reconstruction  # one batched pass
+    _check_finite_output(decoded, f"the reconstruction of {args.image!r} by {args.checkpoint!r}")
     targets = lowpass(image.expand(len(prefixes), -1, -1, -1), torch.tensor([config.omega[k - 1] for k in prefixes]))
     strip = prefix_strip(
         [list(targets), list(decoded)],
