@@ -10,6 +10,11 @@ Rank 0 then merges the shards into OUTPUT (streamed: memory holds one shard) and
 `.npz`: the sampling settings (resolved defaults included), the pipeline's fingerprint, the versions, the command and
 the wall time. Score the file with `spectralar-hf evaluate npz OUTPUT --reference ...`.
 
+Nothing this script did not write is replaced or deleted: an existing OUTPUT, OUTPUT `.json` or PNG of the set's
+names in --png_dir is refused unless --overwrite (or the same set is resumed), and --overwrite and the clean-up after
+the merge delete only this script's files in `OUTPUT.shards/` (shards, even damaged ones, and its settings file); a
+shard folder that also holds other files is refused under --overwrite, naming them.
+
 Examples:
   # the demo: 1,000 per class on this machine
   python examples/sample.py checkpoints/spectralar-fashion-mnist --samples_per_class 1000 \
@@ -23,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import datetime
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,9 +41,11 @@ from tqdm.auto import tqdm
 
 from spectralar_hf.argtypes import (diffusion_steps, non_negative_float, non_negative_int, positive_float, positive_int,
                                     probability, random_seed, top_k_type)
-from spectralar_hf.evaluation.sampling import (class_balanced_labels, image_generators, images_to_uint8_rgb,
-                                               merge_shards, pipeline_fingerprint, read_settings,
-                                               remove_damaged_shards, shard_path, shard_ranges, write_shard)
+from spectralar_hf.evaluation.sampling import (SETTINGS_RECORD_KEY, SHARD_SETTINGS_NAME, class_balanced_labels,
+                                               image_generators, images_to_uint8_rgb, merge_shards,
+                                               pipeline_fingerprint, read_settings, remove_damaged_shards,
+                                               remove_our_shard_files, shard_folder_files, shard_path, shard_ranges,
+                                               write_shard)
 from spectralar_hf.pipelines import FARPipeline, SpectralARPipeline
 from spectralar_hf.training.checkpointing import write_json_atomic
 
@@ -71,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--png_dir", default=None, help="also write every image as PNG (INDEX_LABEL.png)")
     parser.add_argument("--keep_shards", action="store_true", help="keep OUTPUT.shards/ after merging")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an OUTPUT (and shards) made with other settings")
+                        help="replace an OUTPUT (and OUTPUT.json, and this script's shards) made with other settings, "
+                             "and PNGs of the same names in --png_dir; files of OUTPUT.shards/ that this script did "
+                             "not write are never deleted")
     args = parser.parse_args(argv)
     if not args.output.endswith(".npz"):
         parser.error(f"--output {args.output!r} must end in .npz (the ADM sample format)")
@@ -162,9 +171,10 @@ def changed_settings(recorded: dict | None, settings: dict) -> str | None:
 
 
 def check_output(output: Path, shards_dir: Path, settings: dict, overwrite: bool) -> tuple[bool, list[Path]]:
-    """Compare OUTPUT and its shards with `settings` (read-only, so every process can run it): returns (OUTPUT is
-    complete with these settings, the files of an earlier set made otherwise to delete under --overwrite). Without
-    --overwrite such files are a `ValueError`."""
+    """Compare OUTPUT, OUTPUT.json and the shards with `settings` (read-only, so every process can run it): returns
+    (OUTPUT is complete with these settings, the files of an earlier set made otherwise to delete under --overwrite).
+    Without --overwrite such files are a `ValueError`; with it, only files this script writes are listed, and a shard
+    folder that also holds other files is a `ValueError` naming them (nothing of a user's is deleted)."""
     settings_file = output.with_suffix(".json")
     stale = []
     if output.exists():
@@ -174,15 +184,64 @@ def check_output(output: Path, shards_dir: Path, settings: dict, overwrite: bool
         if not overwrite:
             raise ValueError(f"{output} exists and was sampled with other settings ({difference}); pass --overwrite "
                              f"to replace it, or choose another --output.")
-        stale += [output, settings_file]
-    if shards_dir.exists():
-        difference = changed_settings(read_settings(shards_dir / "settings.json"), settings)
+        stale += [output] + ([settings_file] if settings_file.exists() else [])
+    elif settings_file.exists() and not overwrite:  # replaced at the end: only by the record of the same set
+        recorded = read_settings(settings_file)
+        if recorded is None or SETTINGS_RECORD_KEY not in recorded:
+            raise ValueError(f"{settings_file} exists and is not a settings record of sample.py; this run would "
+                             f"replace it with the settings of its set: pass --overwrite to replace it, or choose "
+                             f"another --output.")
+        difference = changed_settings(recorded, settings)
         if difference is not None:
+            raise ValueError(f"{settings_file} records a set sampled with other settings ({difference}) and "
+                             f"{output.name} is gone; pass --overwrite to replace the record, or choose another "
+                             f"--output.")
+    elif settings_file.exists():
+        stale.append(settings_file)
+    if shards_dir.exists() and not shards_dir.is_dir():
+        raise ValueError(f"{shards_dir} is a file, not a folder of this script's shards; move it away, or choose "
+                         f"another --output.")
+    if shards_dir.is_dir():
+        difference = changed_settings(read_settings(shards_dir / SHARD_SETTINGS_NAME), settings)
+        if difference is not None:
+            ours, foreign = shard_folder_files(shards_dir)
+            if foreign:  # --overwrite would not help: it deletes this script's files only
+                names = ", ".join(path.name for path in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise ValueError(f"{shards_dir} holds {len(foreign)} file(s) that sample.py did not write ({names}); "
+                                 f"it is not this script's shard folder (--overwrite deletes only its shards and "
+                                 f"settings.json): move them away, or choose another --output.")
             if not overwrite:
                 raise ValueError(f"{shards_dir} holds shards sampled with other settings ({difference}); pass "
                                  f"--overwrite to delete them, or choose another --output.")
-            stale.append(shards_dir)
+            stale += ours
     return False, stale
+
+
+def png_names(labels: np.ndarray) -> list[str]:
+    """The PNG file names of a set (`write_pngs`): INDEX_LABEL.png."""
+    return [f"{index:06d}_{label}.png" for index, label in enumerate(labels.tolist())]
+
+
+def check_png_dir(png_dir: Path | None, labels: np.ndarray, shards_dir: Path, settings: dict,
+                  overwrite: bool) -> None:
+    """--png_dir must not hold PNGs of this set's names that this run did not write: refused (`ValueError` naming
+    one and the count) unless --overwrite, or unless a run of the same set was resumed into the same --png_dir (its
+    shard settings record the folder). Read-only, on every process."""
+    if png_dir is None:
+        return
+    if png_dir.exists() and not png_dir.is_dir():
+        raise ValueError(f"--png_dir {png_dir} is a file, not a folder; choose another --png_dir.")
+    if not png_dir.is_dir() or overwrite:
+        return
+    existing = sorted(set(png_names(labels)) & set(os.listdir(png_dir)))
+    if not existing:
+        return
+    recorded = read_settings(shards_dir / SHARD_SETTINGS_NAME)
+    if changed_settings(recorded, settings) is None and recorded.get("png_dir") == str(png_dir.resolve()):
+        return  # the same set resumed: these PNGs are its own (rewritten identically)
+    raise ValueError(f"--png_dir {png_dir} already holds {len(existing)} PNG(s) with this set's names (e.g. "
+                     f"{png_dir / existing[0]}) that this run did not write; pass --overwrite to replace them, or "
+                     f"choose another --png_dir.")
 
 
 @torch.no_grad()
@@ -225,15 +284,19 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.end_training()
         return
     labels = class_balanced_labels(classes, args.samples_per_class)
+    png_dir = None if args.png_dir is None else Path(args.png_dir)
+    check_png_dir(png_dir, labels, shards_dir, settings, args.overwrite)
     shards = shard_ranges(len(labels), args.shard_size)
     paths = [shard_path(shards_dir, index) for index in range(len(shards))]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for path in stale:
+        for path in stale:  # files this script wrote (check_output lists no folder and nothing of a user's)
             print(f"--overwrite: deleting {path} (sampled with other settings)", file=sys.stderr)
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         shards_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(shards_dir / "settings.json", settings)
+        # the PNG folder is recorded (not compared): a resumed run may rewrite the PNGs it wrote there
+        write_json_atomic(shards_dir / SHARD_SETTINGS_NAME,
+                          {**settings, "png_dir": None if png_dir is None else str(png_dir.resolve())})
         # a truncated / zero-byte / damaged shard (a full disk, a copy cut short) is deleted here, before any process
         # lists the missing shards below, so it is sampled again like a missing one
         remove_damaged_shards(paths, shards, labels, warn=lambda message: print(f"sample: {message}", file=sys.stderr))
@@ -248,8 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         began = time.time()
         images = sample_shard(pipe, accelerator, shards[index], labels, args.seed, args.batch_size, sampling,
                               compile_config, progress)
-        if args.png_dir is not None:  # before the shard: a finished shard always has its PNGs
-            write_pngs(Path(args.png_dir), images, labels[shards[index].start:shards[index].stop], shards[index])
+        if png_dir is not None:  # before the shard: a finished shard always has its PNGs
+            write_pngs(png_dir, images, labels[shards[index].start:shards[index].stop], shards[index])
         write_shard(paths[index], images, labels[shards[index].start:shards[index].stop],
                     np.arange(shards[index].start, shards[index].stop), time.time() - began)
     progress.close()
@@ -263,8 +326,11 @@ def main(argv: list[str] | None = None) -> None:
                   "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if argv is None else argv,
                   "versions": versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         write_json_atomic(output.with_suffix(".json"), record)
-        if not args.keep_shards:
-            shutil.rmtree(shards_dir)
+        if not args.keep_shards:  # this script's files only: anything else put there stays, with the folder
+            kept = remove_our_shard_files(shards_dir)
+            if kept:
+                print(f"sample: kept {shards_dir}: it also holds {len(kept)} file(s) this script did not write "
+                      f"({', '.join(path.name for path in kept[:5])})", file=sys.stderr)
         print(f"wrote {output} ({merged['num_images']} images {tuple(merged['image_shape'])}, "
               f"{len(classes)} classes x {args.samples_per_class}) and {output.with_suffix('.json')}")
     accelerator.wait_for_everyone()

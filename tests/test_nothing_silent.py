@@ -30,6 +30,7 @@ import pytest
 import torch
 from test_checkpoint_payloads import SCRIPTS, data, load_script, run, runs, script_args  # noqa: F401 (fixtures)
 from test_run_state import snapshot
+from test_sample_script import pipelines, run_in_process  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -564,3 +565,169 @@ def test_generate_refuses_non_finite_far_latents(cli_models, tmp_path, capsys, m
     assert lines[0].startswith(f"spectralar-hf generate: error: the latents sampled by '{cli_models / 'far'}': "
                                f"NaN/Inf in "), lines[0]
     assert not (tmp_path / "grid.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# examples/sample.py: nothing a user wrote is replaced or deleted
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sampling(pipelines):
+    """The tiny 3-class SpectralARPipeline of tests/test_sample_script.py and sample.py's main() in this process."""
+    return pipelines / "spectralar", run_in_process
+
+
+def _set_args(pipeline: Path, output: Path, *extra) -> list:
+    return [pipeline, "--samples_per_class", 2, "--shard_size", 2, "--output", output, *extra]
+
+
+def _sample_refused(sample, args, folder: Path) -> str:
+    """sample.py refuses `args` in one line and changes nothing under `folder`."""
+    before = snapshot(folder)
+    with pytest.raises(ValueError) as error:
+        sample(*args)
+    assert snapshot(folder) == before, "the refused run changed files"
+    return one_line(str(error.value))
+
+
+@pytest.mark.parametrize("content, named", [
+    ('{"my": "notes"}\n', "is not a settings record of sample.py"),
+    ("not json at all\n", "is not a settings record of sample.py"),
+    ("OTHER_SET", "records a set sampled with other settings (seed 1 -> 0)"),
+], ids=["user-json", "user-text", "record-of-another-set"])
+def test_an_existing_output_json_is_not_overwritten(content, named, sampling, tmp_path):
+    pipeline, sample = sampling
+    if content == "OTHER_SET":  # a complete set of seed 1, whose .npz was then deleted
+        sample(*_set_args(pipeline, tmp_path / "s.npz", "--seed", 1))
+        (tmp_path / "s.npz").unlink()
+    else:
+        (tmp_path / "s.json").write_text(content)
+    message = _sample_refused(sample, _set_args(pipeline, tmp_path / "s.npz"), tmp_path)
+    assert message.startswith(f"{tmp_path / 's.json'} ") and named in message, message
+    assert "pass --overwrite to replace" in message and "or choose another --output" in message, message
+    assert not (tmp_path / "s.shards").exists() and not (tmp_path / "s.npz").exists()
+    sample(*_set_args(pipeline, tmp_path / "s.npz", "--overwrite"))  # the fix the message names
+    assert json.loads((tmp_path / "s.json").read_text())["seed"] == 0 and (tmp_path / "s.npz").is_file()
+
+
+def test_the_record_of_the_same_set_is_rewritten_without_overwrite(sampling, tmp_path):
+    """OUTPUT.json of this very set (its .npz deleted): the set is sampled again and the record rewritten."""
+    pipeline, sample = sampling
+    sample(*_set_args(pipeline, tmp_path / "s.npz"))
+    (tmp_path / "s.npz").unlink()
+    sample(*_set_args(pipeline, tmp_path / "s.npz"))
+    assert (tmp_path / "s.npz").is_file()
+
+
+def test_pngs_this_run_did_not_write_are_not_overwritten(sampling, tmp_path):
+    pipeline, sample = sampling
+    png_dir = tmp_path / "pngs"
+    png_dir.mkdir()
+    (png_dir / "000001_1.png").write_bytes(b"my own picture")
+    (png_dir / "holiday.png").write_bytes(b"another picture")
+    message = _sample_refused(sample, _set_args(pipeline, tmp_path / "s.npz", "--png_dir", png_dir), tmp_path)
+    assert message == (f"--png_dir {png_dir} already holds 1 PNG(s) with this set's names (e.g. "
+                       f"{png_dir / '000001_1.png'}) that this run did not write; pass --overwrite to replace them, or "
+                       f"choose another --png_dir."), message
+    assert not (tmp_path / "s.shards").exists()
+    sample(*_set_args(pipeline, tmp_path / "s.npz", "--png_dir", png_dir, "--overwrite"))
+    from PIL import Image
+
+    assert Image.open(png_dir / "000001_1.png").size == (32, 32)  # replaced by the set's image, as asked
+    assert (png_dir / "holiday.png").read_bytes() == b"another picture"  # other names are never touched
+
+
+def test_a_killed_run_resumes_into_its_own_png_dir(sampling, tmp_path):
+    """The PNGs that a killed run of the same set wrote are its own: the resumed run may rewrite them."""
+    pipeline, sample = sampling
+    args = _set_args(pipeline, tmp_path / "s.npz", "--png_dir", tmp_path / "pngs", "--keep_shards")
+    sample(*args)
+    shards = sorted((tmp_path / "s.shards").glob("shard-*.npz"))
+    for path in [tmp_path / "s.npz", tmp_path / "s.json", shards[-1]]:  # as if killed before the last shard
+        path.unlink()
+    sample(*args)
+    assert (tmp_path / "s.npz").is_file() and len(list((tmp_path / "pngs").iterdir())) == 6
+    # another --png_dir holding the same names is not this run's folder
+    shutil.copytree(tmp_path / "pngs", tmp_path / "other")
+    (tmp_path / "s.npz").unlink()
+    (tmp_path / "s.json").unlink()
+    message = _sample_refused(sample, [*args[:-3], "--png_dir", tmp_path / "other", "--keep_shards"], tmp_path)
+    assert message.startswith(f"--png_dir {tmp_path / 'other'} already holds 6 PNG(s)"), message
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_a_user_folder_named_like_the_shards_is_never_deleted(overwrite, sampling, tmp_path):
+    """OUTPUT.shards/ holding no shards of ours (a user's notes): refused naming the files, with or without
+    --overwrite; it was deleted whole by --overwrite before."""
+    pipeline, sample = sampling
+    folder = tmp_path / "s.shards"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "data").mkdir()
+    message = _sample_refused(sample, _set_args(pipeline, tmp_path / "s.npz", *(["--overwrite"] * overwrite)),
+                              tmp_path)
+    assert message == (f"{folder} holds 2 file(s) that sample.py did not write (data, notes.txt); it is not this "
+                       f"script's shard folder (--overwrite deletes only its shards and settings.json): move them "
+                       f"away, or choose another --output."), message
+
+
+def test_overwrite_deletes_only_our_shards_and_settings_even_a_corrupt_shard(sampling, tmp_path, capsys):
+    pipeline, sample = sampling
+    args = _set_args(pipeline, tmp_path / "s.npz", "--keep_shards")
+    sample(*args, "--seed", 1)
+    folder = tmp_path / "s.shards"
+    (tmp_path / "s.npz").unlink()
+    (tmp_path / "s.json").unlink()
+    corrupt = folder / "shard-00001.npz"
+    corrupt.write_bytes(corrupt.read_bytes()[:40])  # a corrupt shard of ours
+    (folder / ".shard-00002.npz.x1y2.tmp").write_bytes(b"left by a kill")
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=r"holds shards sampled with other settings \(seed 1 -> 0\); pass --overwrite"):
+        sample(*args)
+    sample(*args, "--overwrite")
+    deleted = [line for line in capsys.readouterr().err.splitlines() if line.startswith("--overwrite: deleting")]
+    assert any(str(corrupt) in line for line in deleted), deleted  # the corrupt shard is named and cleared
+    assert not (folder / ".shard-00002.npz.x1y2.tmp").exists()
+    assert json.loads((folder / "settings.json").read_text())["seed"] == 0
+    with np.load(tmp_path / "s.npz") as merged:
+        assert merged["arr_0"].shape == (6, 32, 32, 3)
+
+
+def test_a_corrupt_shard_of_the_same_set_is_named_and_resampled(sampling, tmp_path, capsys):
+    pipeline, sample = sampling
+    args = _set_args(pipeline, tmp_path / "s.npz", "--keep_shards")
+    sample(*args)
+    complete = np.load(tmp_path / "s.npz")["arr_0"]
+    (tmp_path / "s.npz").unlink()
+    corrupt = tmp_path / "s.shards" / "shard-00002.npz"
+    corrupt.write_bytes(b"")
+    capsys.readouterr()
+    sample(*args)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"shard {corrupt} is damaged (the file is empty (0 bytes))" in warnings[0]
+    assert np.array_equal(np.load(tmp_path / "s.npz")["arr_0"], complete)
+
+
+def test_the_clean_up_after_the_merge_keeps_files_that_are_not_ours(sampling, tmp_path, capsys):
+    pipeline, sample = sampling
+    args = _set_args(pipeline, tmp_path / "s.npz")
+    sample(*args, "--keep_shards")
+    (tmp_path / "s.npz").unlink()
+    (tmp_path / "s.json").unlink()
+    (tmp_path / "s.shards" / "notes.txt").write_text("mine")  # put there while the set is resumed
+    capsys.readouterr()
+    sample(*args)  # same settings: resumed (the foreign file is left alone), merged, then our files removed
+    assert sorted(path.name for path in (tmp_path / "s.shards").iterdir()) == ["notes.txt"]
+    assert (tmp_path / "s.shards" / "notes.txt").read_text() == "mine"
+    assert f"kept {tmp_path / 's.shards'}: it also holds 1 file(s) this script did not write (notes.txt)" in \
+        capsys.readouterr().err
+
+
+def test_a_file_in_the_place_of_the_shard_folder_is_refused(sampling, tmp_path):
+    pipeline, sample = sampling
+    (tmp_path / "s.shards").write_text("a file of mine")
+    for extra in ([], ["--overwrite"]):
+        message = _sample_refused(sample, _set_args(pipeline, tmp_path / "s.npz", *extra), tmp_path)
+        assert message == (f"{tmp_path / 's.shards'} is a file, not a folder of this script's shards; move it away, "
+                           f"or choose another --output."), message

@@ -39,6 +39,8 @@ __all__ = [
     "pipeline_fingerprint",
     "read_shard",
     "remove_damaged_shards",
+    "remove_our_shard_files",
+    "shard_folder_files",
     "shard_path",
     "shard_problem",
     "shard_ranges",
@@ -57,6 +59,11 @@ RGB_CHANNELS = 3
 # Shard files are OUTPUT.shards/shard-00000.npz, shard-00001.npz, ...; only files named so are ever deleted.
 SHARD_PREFIX = "shard-"
 SHARD_NAME = re.compile(rf"{SHARD_PREFIX}\d{{5,}}\.npz")
+# The set's settings in OUTPUT.shards/ (what a resumed run must match); a settings record has this key.
+SHARD_SETTINGS_NAME = "settings.json"
+SETTINGS_RECORD_KEY = "pipeline_sha256"
+# atomic_write's temporary files of a shard or of the settings, left by a killed run: ".shard-00003.npz.k2j1x.tmp".
+TEMPORARY_NAME = re.compile(rf"\.({SHARD_PREFIX}\d{{5,}}\.npz|{re.escape(SHARD_SETTINGS_NAME)})\..+\.tmp")
 # What reading a truncated, zero-byte or otherwise damaged .npz raises (np.load / zipfile / the .npy reader).
 UNREADABLE_SHARD_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
 
@@ -286,3 +293,30 @@ def read_settings(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def shard_folder_files(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """``(ours, foreign)``: the entries of a shard folder that ``examples/sample.py`` writes (files named like a shard,
+    however damaged, its ``settings.json``, the temporary files of a killed write; known by their names) and
+    everything else (other files, folders). Nothing is read."""
+    ours, foreign = [], []
+    for path in sorted(Path(folder).iterdir()):
+        is_file = path.is_file() or path.is_symlink()
+        if is_file and (SHARD_NAME.fullmatch(path.name) or TEMPORARY_NAME.fullmatch(path.name)
+                        or path.name == SHARD_SETTINGS_NAME):
+            ours.append(path)
+        else:
+            foreign.append(path)
+    return ours, foreign
+
+
+def remove_our_shard_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete what ``examples/sample.py`` wrote in ``folder`` (see :func:`shard_folder_files`), then the folder if it
+    is empty; anything else stays. Returns the entries that were kept."""
+    folder = Path(folder)
+    ours, foreign = shard_folder_files(folder)
+    for path in ours:
+        path.unlink(missing_ok=True)
+    if not foreign:
+        folder.rmdir()
+    return foreign
