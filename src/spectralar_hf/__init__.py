@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 AutoConfig.register(SpectralTokenizerConfig.model_type, SpectralTokenizerConfig, exist_ok=True)
 AutoModel.register(SpectralTokenizerConfig, SpectralTokenizer, exist_ok=True)
 AutoConfig.register(SpectralARConfig.model_type, SpectralARConfig, exist_ok=True)
+AutoModel.register(SpectralARConfig, SpectralARForCausalLM, exist_ok=True)
 AutoModelForCausalLM.register(SpectralARConfig, SpectralARForCausalLM, exist_ok=True)
 AutoConfig.register(FARConfig.model_type, FARConfig, exist_ok=True)
 AutoModel.register(FARConfig, FARTransformer, exist_ok=True)

@@ -11,14 +11,18 @@ import itertools
 import os
 import tempfile
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .remote_code import INSTALL_COMMAND, check_auto_class
+
 LIBRARY_NAME = "spectralar_hf"
-BASE_TAGS = ["spectralar_hf", "spectral-autoregressive", "image-generation", "class-conditional", "dct"]
-PIPELINE_TAG = "unconditional-image-generation"  # the Hub's tag for (class-)conditional image generators
+GENERATOR_TASK = "unconditional-image-generation"  # the Hub's task for class-conditional image generators
+TEXT_TO_IMAGE_TASK = "text-to-image"
+TOKENIZER_TASK = "image-to-image"  # a tokenizer (or VQGAN) reconstructs images through its codes
 
 
 def model_card_template() -> str:
@@ -78,6 +82,29 @@ def _components_table(tokenizer_config=None, generator_config=None, far_config=N
     return "\n".join(rows)
 
 
+def card_tags(tokenizer_config=None, generator_config=None, far_config=None, vqgan_config=None
+              ) -> tuple[list[str], str]:
+    """The card's `tags` and `pipeline_tag`, from what the checkpoint is: a spectral tokenizer, a SpectralAR generator
+    (class-conditional), a FAR transformer (class- and / or text-conditional) or a MaskGIT-VQGAN."""
+    tags = [LIBRARY_NAME]
+    if tokenizer_config is not None or generator_config is not None:
+        tags += ["spectral-autoregressive", "dct"]
+    if far_config is not None:
+        tags += ["spectral-autoregressive", "far", "next-frequency-prediction"]
+    if vqgan_config is not None:
+        tags += ["vqgan"]
+    if generator_config is None and far_config is None:
+        return tags + ["image-tokenizer"], TOKENIZER_TASK
+    tags.append("image-generation")
+    class_conditional = generator_config is not None or far_config.num_classes > 0
+    text_conditional = far_config is not None and far_config.cross_attention_dim is not None
+    if class_conditional:
+        tags.append("class-conditional")
+    if text_conditional:
+        tags.append("text-to-image")
+    return tags, TEXT_TO_IMAGE_TASK if text_conditional and not class_conditional else GENERATOR_TASK
+
+
 def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=None, vae_config=None,
                 vqgan_config=None) -> str:
     if vqgan_config is not None:
@@ -100,15 +127,17 @@ def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=Non
             "import torch\n"
             "from spectralar_hf import FARPipeline\n\n"
             f'pipe = FARPipeline.from_pretrained("{repo_id}")\n'
+            "# or, in a program that does not import spectralar_hf:\n"
+            f'# pipe = diffusers.DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)\n'
             f"images = pipe({condition}, guidance_scale=3.0,  # outer steps: config default\n"
             "              generator=torch.Generator().manual_seed(0)).images\n"
             f"strip = pipe({single}, return_intermediates=True).intermediates  # one image per level"
         )
     if far_config is not None:
         return (
-            "from transformers import AutoModel\n"
-            "import spectralar_hf  # registers the model classes\n\n"
-            f'model = AutoModel.from_pretrained("{repo_id}")\n'
+            "from transformers import AutoModel\n\n"
+            f'model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)  # runs the installed '
+            'spectralar_hf\n'
             "latents = model.sample([0, 1], guidance_scale=3.0)  # decode with the VAE it was trained on"
         )
     if generator_config is not None and tokenizer_config is not None:
@@ -116,20 +145,22 @@ def _usage_code(repo_id: str, tokenizer_config, generator_config, far_config=Non
             "import torch\n"
             "from spectralar_hf import SpectralARPipeline\n\n"
             f'pipe = SpectralARPipeline.from_pretrained("{repo_id}")\n'
+            "# or, in a program that does not import spectralar_hf:\n"
+            f'# pipe = diffusers.DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)\n'
             "images = pipe(class_labels=[0, 1, 2, 3], generator=torch.Generator().manual_seed(0)).images\n"
             "strip = pipe(class_labels=[0], return_intermediates=True).intermediates  # coarse-to-fine"
         )
     if generator_config is not None:
         return (
-            "from transformers import AutoModelForCausalLM\n"
-            "import spectralar_hf  # registers the model classes\n\n"
-            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
+            "from transformers import AutoModelForCausalLM\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)  # runs the installed '
+            'spectralar_hf\n'
             "codes = model.sample([0, 1], guidance_scale=2.0, top_k=100)"
         )
     return (
-        "from transformers import AutoModel\n"
-        "import spectralar_hf  # registers the model classes\n\n"
-        f'tokenizer = AutoModel.from_pretrained("{repo_id}")\n'
+        "from transformers import AutoModel\n\n"
+        f'tokenizer = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)  # runs the installed '
+        'spectralar_hf\n'
         "codes = tokenizer.encode(pixel_values).codes                 # pixel_values in [-1, 1]\n"
         "coarse = tokenizer.decode(codes, num_tokens=4).reconstruction  # low-pass image of omega_4"
     )
@@ -173,14 +204,15 @@ def build_model_card(
     if metrics and not (dataset_name or datasets):
         raise ValueError("metrics need the dataset they were measured on: pass dataset_name= or datasets=.")
     evaluated_on = dataset_name or (datasets[0] if datasets else None)
+    tags, pipeline_tag = card_tags(tokenizer_config, generator_config, far_config, vqgan_config)
     eval_results = [
-        EvalResult(task_type=PIPELINE_TAG, dataset_type=evaluated_on, dataset_name=evaluated_on,
+        EvalResult(task_type=pipeline_tag, dataset_type=evaluated_on, dataset_name=evaluated_on,
                    metric_type=name.lower(), metric_name=name, metric_value=float(value))
         for name, value in (metrics or {}).items()
     ] or None
     card_data = ModelCardData(
-        library_name=LIBRARY_NAME, license=license, tags=list(BASE_TAGS), datasets=datasets,
-        pipeline_tag=PIPELINE_TAG, model_name=repo_id, eval_results=eval_results,
+        library_name=LIBRARY_NAME, license=license, tags=tags, datasets=datasets,
+        pipeline_tag=pipeline_tag, model_name=repo_id, eval_results=eval_results,
     )
     omega_text = "Not part of this component (see the tokenizer)."
     if tokenizer_config is not None:
@@ -205,6 +237,7 @@ def build_model_card(
         card_data,
         template_str=model_card_template(),
         model_name=repo_id,
+        install_command=INSTALL_COMMAND,
         summary=summary or "A spectral autoregressive image model.",
         components_table=_components_table(tokenizer_config, generator_config, far_config, vae_config,
                                            vqgan_config),
@@ -230,13 +263,49 @@ def push_folder_to_hub(
 
     Returns the commit URL.
     """
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
         save(folder)
-        card.save(os.path.join(folder, "README.md"))
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-                                 commit_message=commit_message or "Upload with spectralar_hf")
+        return upload_folder_with_card(folder, repo_id, card, token=token, private=private,
+                                       commit_message=commit_message, revision=revision, create_pr=create_pr)
+
+
+def upload_folder_with_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    card: ModelCard,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Create `repo_id` if needed, write our card as `folder/README.md`, upload `folder` in one commit; returns the
+    commit URL. The upload path of every `push_to_hub` and `save_pretrained(push_to_hub=True)`."""
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    card.save(os.path.join(folder, "README.md"))
+    return api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder), revision=revision, create_pr=create_pr,
+                             commit_message=commit_message or "Upload with spectralar_hf")
+
+
+HUB_KWARGS = ("repo_id", "commit_message", "private", "token", "revision", "create_pr")
+
+
+def save_and_push(save: Callable[..., Any], save_directory: str | os.PathLike, push_to_hub: bool,
+                  model_card: Callable[[str], ModelCard], kwargs: dict[str, Any]) -> str | None:
+    """`save_pretrained` of our models and pipelines: `save(save_directory, **kwargs)` (the library's save, without
+    its push), then, with `push_to_hub`, upload the folder with our card (`model_card(repo_id)`) instead of the
+    library's generic one. `repo_id` defaults to the folder's name, as in transformers and diffusers. Returns the
+    commit URL when pushing."""
+    hub = {name: kwargs.pop(name) for name in HUB_KWARGS if name in kwargs}
+    given = sorted(name for name, value in hub.items() if value not in (None, False))
+    if given and not push_to_hub:
+        raise TypeError(f"{given} only apply with push_to_hub=True.")
+    save(save_directory, **kwargs)
+    if not push_to_hub:
+        return None
+    repo_id = hub.pop("repo_id", None) or Path(save_directory).resolve().name
+    return upload_folder_with_card(save_directory, repo_id, model_card(repo_id), **hub)
 
 
 # Address alignment (bytes) of every tensor torch's CPU allocator creates.
@@ -260,9 +329,11 @@ def align_loaded_weights(module: torch.nn.Module) -> torch.nn.Module:
 
 
 class SpectralARHubMixin:
-    """`push_to_hub` for our `PreTrainedModel`s (the same files as `save_pretrained` plus our model card), and a
-    `from_pretrained` that checks a local directory first, so that a missing directory, a pipeline directory, a
-    corrupt `config.json` or a truncated `model.safetensors` is reported with the file and the fix."""
+    """`push_to_hub` for our `PreTrainedModel`s (the same files as `save_pretrained` plus our model card), a
+    `save_pretrained` whose `push_to_hub=True` uploads our card too, and a `from_pretrained` that checks a local
+    directory first, so that a missing directory, a pipeline directory, a corrupt `config.json` or a truncated
+    `model.safetensors` is reported with the file and the fix. `config.json` carries an `auto_map` (see
+    `spectralar_hf.remote_code`) so that transformers' Auto classes load the folder with `trust_remote_code=True`."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -283,6 +354,34 @@ class SpectralARHubMixin:
                              f"above): config.json was edited or belongs to another checkpoint; restore it or save the "
                              f"model again.") from error
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel") -> None:
+        """Checks `auto_class` only: transformers' version would make `save_pretrained` copy our source file (which
+        imports the rest of the package relatively) instead of writing the `auto_map` of `remote_code`."""
+        check_auto_class(cls, cls.config_class.model_type, auto_class)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False,
+                        **kwargs) -> str | None:
+        """transformers' `save_pretrained` (the config writes the `auto_map` module file); `push_to_hub=True` (with
+        `repo_id`, `token`, `private`, `commit_message`, `revision`, `create_pr`) uploads the folder with our model
+        card instead of transformers' generic one and returns the commit URL."""
+        save_model = super().save_pretrained
+        return save_and_push(lambda folder, **options: save_model(folder, *args, **options), save_directory,
+                             push_to_hub, self.model_card, kwargs)
+
+    def model_card(self, repo_id: str, datasets: list[str] | None = None, metrics: dict[str, float] | None = None,
+                   summary: str | None = None) -> ModelCard:
+        """Our model card for this model (see `build_model_card`)."""
+        model_type = self.config.model_type
+        return build_model_card(
+            repo_id,
+            tokenizer_config=self.config if model_type == "spectral_tokenizer" else None,
+            generator_config=self.config if model_type == "spectralar" else None,
+            far_config=self.config if model_type == "far" else None,
+            vqgan_config=self.config if model_type == "maskgit_vqgan" else None,
+            datasets=datasets, metrics=metrics, summary=summary,
+        )
+
     def push_to_hub(
         self,
         repo_id: str,
@@ -297,12 +396,7 @@ class SpectralARHubMixin:
         summary: str | None = None,
     ) -> str:
         """Upload this model with our model card (see `build_model_card`); returns the commit URL."""
-        tokenizer_config = self.config if self.config.model_type == "spectral_tokenizer" else None
-        generator_config = self.config if self.config.model_type == "spectralar" else None
-        far_config = self.config if self.config.model_type == "far" else None
-        vqgan_config = self.config if self.config.model_type == "maskgit_vqgan" else None
-        card = build_model_card(repo_id, tokenizer_config, generator_config, datasets=datasets, metrics=metrics,
-                                summary=summary, far_config=far_config, vqgan_config=vqgan_config)
+        card = self.model_card(repo_id, datasets=datasets, metrics=metrics, summary=summary)
         return push_folder_to_hub(lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size),
                                   repo_id, card, token=token, private=private, commit_message=commit_message,
                                   revision=revision, create_pr=create_pr)

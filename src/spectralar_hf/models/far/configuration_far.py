@@ -9,6 +9,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ...remote_code import AutoMapConfigMixin
 from ...spectral import FAR_FILTER_KINDS, FAR_TEMPERATURE_SCHEDULES, far_input_levels
 from ...utils import check_config_types, check_id2label, check_positive_fields
 from ..generator.configuration_spectralar import imagenet_id2label
@@ -42,7 +43,7 @@ FAR_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @strict
-class FARConfig(PreTrainedConfig):
+class FARConfig(AutoMapConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`FARTransformer`]: MAR's bidirectional encoder-decoder over (filtered, masked) latent tokens
     with a buffer of class tokens, and a MAR AdaLN-MLP diffusion head that models every token of the full latent.

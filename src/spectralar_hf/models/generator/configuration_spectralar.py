@@ -12,6 +12,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ...remote_code import AutoMapConfigMixin
 from ...utils import check_config_types, check_id2label, check_positive_fields
 
 
@@ -44,7 +45,7 @@ SPECTRALAR_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @strict
-class SpectralARConfig(PreTrainedConfig):
+class SpectralARConfig(AutoMapConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`SpectralARForCausalLM`]: a GPT-2-like class-conditional causal LM over spectral codes.
 

@@ -8,6 +8,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ...remote_code import AutoMapConfigMixin
 from ...spectral import OMEGA_SCHEDULES, omega_schedule, validate_omega
 from ...utils import check_config_types, check_positive_fields
 from ..vqgan.configuration_maskgit_vqgan import MaskGITVQGANConfig
@@ -62,7 +63,7 @@ SPECTRAL_TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @strict
-class SpectralTokenizerConfig(PreTrainedConfig):
+class SpectralTokenizerConfig(AutoMapConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`SpectralTokenizer`]: a 1D ViT tokenizer whose token prefixes decode to DCT low-pass images.
 

@@ -9,6 +9,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ...remote_code import AutoMapConfigMixin
 from ...utils import check_config_types, check_positive_fields
 
 # "maskgit-imagenet-f16-256" is the released `maskgit-vqgan-imagenet-f16-256.bin` of bytedance/1d-tokenizer (the
@@ -38,7 +39,7 @@ MASKGIT_VQGAN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @strict
-class MaskGITVQGANConfig(PreTrainedConfig):
+class MaskGITVQGANConfig(AutoMapConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`MaskGITVQGAN`]: convolutional encoder, nearest-neighbour vector quantizer and convolutional
     decoder (no attention layers), images in [0, 1].
