@@ -48,6 +48,7 @@ from spectralar_hf.evaluation.sampling import (SETTINGS_RECORD_KEY, SHARD_SETTIN
                                                write_shard)
 from spectralar_hf.pipelines import FARPipeline, SpectralARPipeline
 from spectralar_hf.training.checkpointing import write_json_atomic
+from spectralar_hf.utils import pipeline_class_name
 
 DEFAULT_SAMPLES_PER_CLASS = 50  # ADM / VAR / MAR / TiTok: 50,000 ImageNet samples
 
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_pipeline(path: str) -> SpectralARPipeline | FARPipeline:
-    class_name = json.loads((Path(path) / "model_index.json").read_text()).get("_class_name")
+    class_name = pipeline_class_name(json.loads((Path(path) / "model_index.json").read_text()))
     pipelines = {"SpectralARPipeline": SpectralARPipeline, "FARPipeline": FARPipeline}
     if class_name not in pipelines:
         raise ValueError(f"{path!r} holds a {class_name!r}; sample.py samples a SpectralARPipeline or a FARPipeline.")

@@ -234,7 +234,8 @@ def test_class_only_pipeline_saves_and_loads_as_before(tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert set(index) == {"_class_name", "_diffusers_version", "vae", "transformer", "scheduler"}
-    assert sorted(os.listdir(tmp_path / "pipe")) == ["model_index.json", "scheduler", "transformer", "vae"]
+    assert sorted(os.listdir(tmp_path / "pipe")) == ["model_index.json", "pipeline_far.py", "scheduler", "transformer",
+                                                     "vae"]  # pipeline_far.py: for DiffusionPipeline (test_hub_native)
     loaded = FARPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert loaded.text_encoder is None and loaded.tokenizer is None

@@ -38,7 +38,7 @@ from PIL import Image
 
 from .argtypes import (diffusion_steps, non_negative_float, non_negative_int, positive_float, positive_int,
                        probability, random_seed, top_k_type)
-from .utils import describe_folder, read_json
+from .utils import describe_folder, pipeline_class_name, read_json
 
 EXIT_USAGE = 2
 
@@ -173,7 +173,7 @@ def _load_tokenizer(path: str, command: str = "this command", check_weights: boo
     if root.is_file():
         raise CLIError(f"{path!r} is a file; {command} {TOKENIZER_EXPECTED} directory")
     if (root / "model_index.json").is_file():
-        if read_json(root / "model_index.json", "pipeline index").get("_class_name") != "SpectralARPipeline":
+        if pipeline_class_name(read_json(root / "model_index.json", "pipeline index")) != "SpectralARPipeline":
             raise CLIError(f"{path!r} holds {describe_folder(root)}; {command} {TOKENIZER_EXPECTED} directory")
         root = root / "tokenizer"
         if not (root / "config.json").is_file():
@@ -206,7 +206,7 @@ def _load_pipeline(path: str, command: str = "generate", check_weights: bool = T
     if not (root / "model_index.json").is_file():
         raise CLIError(f"{path!r} is not a pipeline directory (no model_index.json): it holds {describe_folder(root)}; "
                        f"{expected}")
-    class_name = read_json(root / "model_index.json", "pipeline index").get("_class_name")
+    class_name = pipeline_class_name(read_json(root / "model_index.json", "pipeline index"))
     pipelines = {"SpectralARPipeline": SpectralARPipeline, "FARPipeline": FARPipeline}
     if class_name not in pipelines:
         raise CLIError(f"{path!r} holds a {class_name!r}; {expected}")

@@ -308,6 +308,15 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
+def pipeline_class_name(index: dict) -> Any:
+    """model_index.json's `_class_name`: the pipeline class name, also when it is saved in diffusers' custom-pipeline
+    form `[module file, class name]` (what our pipelines write, see `spectralar_hf.remote_code`)."""
+    name = index.get("_class_name")
+    if isinstance(name, list) and len(name) == 2 and all(isinstance(part, str) for part in name):
+        return name[1]
+    return name
+
+
 # What a folder holds, by config.json's `model_type` / `_class_name` or model_index.json's `_class_name`.
 FOLDER_KINDS = {
     "spectral_tokenizer": "a SpectralTokenizer",
@@ -330,8 +339,8 @@ def describe_folder(path: str | Path) -> str:
     if not root.is_dir():
         return "a file, not a folder"
     if (root / "model_index.json").is_file():
-        name = read_json(root / "model_index.json", "pipeline index").get("_class_name")
-        return FOLDER_KINDS.get(name, f"a {name!r} pipeline")
+        name = pipeline_class_name(read_json(root / "model_index.json", "pipeline index"))
+        return FOLDER_KINDS.get(name, f"a {name!r} pipeline") if isinstance(name, str) else f"a {name!r} pipeline"
     if (root / "config.json").is_file():
         config = read_json(root / "config.json", "model config")
         name = config.get("model_type") or config.get("_class_name")
@@ -393,7 +402,7 @@ def check_model_directory(directory: Path, config_class: Any, class_name: str) -
             where = f"subfolder={subfolders[0]!r}" if subfolders else "the subfolder of this component"
             raise OSError(f"{directory} is a pipeline directory (model_index.json), not a {class_name} directory: use "
                           f"{class_name}.from_pretrained({str(directory)!r}, {where}), or load the whole pipeline with "
-                          f"{index.get('_class_name', 'its pipeline class')}.from_pretrained.")
+                          f"{pipeline_class_name(index) or 'its pipeline class'}.from_pretrained.")
         entries = sorted(entry.name for entry in directory.iterdir())[:12]
         raise FileNotFoundError(f"{directory} has no config.json (it holds {entries}); {class_name}.from_pretrained "
                                 f"needs a directory written by save_pretrained.")
@@ -439,7 +448,7 @@ def check_pipeline_directory(directory: Path, pipeline_name: str, required: tupl
         raise FileNotFoundError(f"{directory} has no model_index.json (it holds {entries}); {pipeline_name}"
                                 f".from_pretrained needs a directory written by {pipeline_name}.save_pretrained.")
     index = read_json(index_file, "pipeline index")
-    class_name = index.get("_class_name")
+    class_name = pipeline_class_name(index)
     if class_name != pipeline_name:
         fix = (f"load it with {class_name}.from_pretrained" if class_name in PIPELINE_CLASSES
                else f"it was not saved by {pipeline_name}")

@@ -11,7 +11,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..hub import build_model_card, push_folder_to_hub
+from ..hub import align_loaded_weights, build_model_card, push_folder_to_hub
 from ..models.far import FARConfig, FARTransformer, check_scheduler
 from ..spectral import frequency_filter
 from ..utils import (
@@ -24,6 +24,7 @@ from .pipeline_spectralar import (
     LIBRARY_NAME,
     SpectralARPipeline,
     _CheckedLoading,
+    _HubNativeFolder,
     _OtherPipelineMethods,
     check_output_type,
     postprocess_images,
@@ -129,7 +130,7 @@ def encode_prompt(text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     return states, inputs["attention_mask"].to(device)
 
 
-class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
+class FARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolder, DiffusionPipeline):
     r"""
     Class- or text-conditional image generation with FAR (frequency progressive autoregression, continuous tokens):
     the transformer and its diffusion head generate VAE latents from low to high frequency, the VAE decodes them.
@@ -179,6 +180,9 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                  text_encoder: PreTrainedModel | None = None, tokenizer: PreTrainedTokenizerBase | None = None):
         super().__init__()
         check_components(vae, transformer, scheduler, text_encoder, tokenizer)
+        for component in (vae, transformer, text_encoder):  # diffusers keeps safetensors' unaligned CPU tensors
+            if component is not None:
+                align_loaded_weights(component)
         self.register_modules(vae=vae, transformer=transformer, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer)
 
@@ -231,6 +235,7 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
     labels = SpectralARPipeline.labels
     get_label_ids = SpectralARPipeline.get_label_ids
     _class_ids = SpectralARPipeline._class_ids
+    interrupt = SpectralARPipeline.interrupt
 
     # ------------------------------------------------------------------ text (FAR §5.3)
 
@@ -323,6 +328,7 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         max_sequence_length: int | None = None,
+        num_images_per_prompt: int = 1,
     ) -> FARPipelineOutput | tuple:
         r"""
         Generate images of the given classes and/or prompts.
@@ -354,7 +360,8 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
             return_dict: return a [`FARPipelineOutput`] instead of a tuple.
             callback_on_step_end: called after every outer step as `callback(pipe, step, None, {"latents": x})`,
                 `x` the full latent sampled at that step; returning `{"latents": new}` replaces it before it is
-                filtered to the next level.
+                filtered to the next level. Setting `pipe.interrupt` (or diffusers' `pipe._interrupt`) there stops
+                generation after that step: the images are decoded from that step's full latent.
             callback_on_step_end_tensor_inputs: tensors passed to the callback; only `["latents"]`.
             return_intermediates: also return one image per outer step (coarse-to-fine strip).
             prompt: text-conditional transformers only (FAR §5.3): one image per prompt, encoded by `text_encoder`
@@ -363,6 +370,9 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
             prompt_embeds: instead of `prompt`: precomputed `(B, T, cross_attention_dim)` text states.
             prompt_attention_mask: `(B, T)` mask of `prompt_embeds` (1 = real token; default all real).
             max_sequence_length: truncate prompts to this many tokens (default `tokenizer.model_max_length`).
+            num_images_per_prompt: images per prompt (or per row of `prompt_embeds`), each prompt's images next to
+                each other; its class label (when given) is repeated with it. A list of generators then gives one per
+                image.
 
         `None` settings come from the sampling defaults saved in `transformer.config`.
 
@@ -377,12 +387,21 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
         check_callable("callback_on_step_end", callback_on_step_end)
         if not isinstance(generator, (list, tuple)):
             check_generator(generator)  # before any prompt encoding; a list is checked against the images below
+        num_images_per_prompt = check_int("num_images_per_prompt", num_images_per_prompt, low=1)
+        if num_images_per_prompt != 1 and prompt is None and prompt_embeds is None:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt} needs prompt or prompt_embeds; for class "
+                             f"labels repeat the labels instead (e.g. [3] * {num_images_per_prompt}).")
         text_inputs = self._text_inputs(class_labels, prompt, prompt_embeds, prompt_attention_mask,
                                         max_sequence_length)
         labels = None if class_labels is None else self._class_ids(class_labels)
         if labels is not None and text_inputs and labels.shape[0] != text_inputs["encoder_hidden_states"].shape[0]:
             raise ValueError(f"class_labels gives {labels.shape[0]} entries but there are "
                              f"{text_inputs['encoder_hidden_states'].shape[0]} prompts; pass one class per prompt.")
+        if num_images_per_prompt != 1:  # each prompt's rows next to each other, as diffusers' pipelines repeat them
+            text_inputs = {name: value.repeat_interleave(num_images_per_prompt, dim=0)
+                           if isinstance(value, torch.Tensor) else value  # (anything else: sample() says what is wrong)
+                           for name, value in text_inputs.items()}
+            labels = None if labels is None else labels.repeat_interleave(num_images_per_prompt)
         num_images = labels.shape[0] if labels is not None else \
             text_inputs["encoder_hidden_states"].shape[0] if text_inputs else None
         if num_images is not None:  # (no labels and no text: the transformer names the missing class_labels)
@@ -395,6 +414,7 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                                            temperature_schedule=temperature_schedule)
         config = self.transformer.config
         steps_seen: list[tuple[int, torch.Tensor]] = []  # (level it is filtered to, full latent) per outer step
+        self._interrupt = False
 
         with self.progress_bar(total=settings["num_steps"]) as progress:
             def on_step(step: int, level: int, latents: torch.Tensor) -> torch.Tensor | None:
@@ -412,8 +432,8 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
                 return replaced
 
             latents = self.transformer.sample(labels, generator=generator, scheduler=self.scheduler,
-                                              callback=on_step, level_schedule=level_schedule, **settings,
-                                              **text_inputs)
+                                              callback=on_step, level_schedule=level_schedule,
+                                              interrupt=lambda: self.interrupt, **settings, **text_inputs)
 
         intermediates = None
         if return_intermediates:  # each step's sample at the level it hands on (the last one is F: the identity)

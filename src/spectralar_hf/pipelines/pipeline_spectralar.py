@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,9 +16,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import CompileConfig
 
-from ..hub import align_loaded_weights, build_model_card, push_folder_to_hub
+from ..hub import align_loaded_weights, build_model_card, push_folder_to_hub, save_and_push
 from ..models.generator import SpectralARConfig, SpectralARForCausalLM
 from ..models.tokenizer import SpectralTokenizer, SpectralTokenizerConfig
+from ..remote_code import PIPELINE_MODULES, write_pipeline_module
 from ..utils import (
     check_callable,
     check_generator,
@@ -152,8 +154,7 @@ class _OtherPipelineMethods:
 class _CheckedLoading:
     """`from_pretrained` of our pipelines: diffusers' loading after cheap checks of a local directory
     (`model_index.json` written for this pipeline, each of `_checked_components` present with a valid config and
-    intact weights; every error names the file), with CPU weights realigned (`align_loaded_weights`) so that a
-    loaded pipeline reproduces the saved one's images bit for bit."""
+    intact weights; every error names the file)."""
 
     _checked_components: tuple[str, ...] = ()
     _component_configs: dict[str, type] = {}  # our component classes -> their config classes
@@ -165,11 +166,48 @@ class _CheckedLoading:
             check_pipeline_directory(directory, cls.__name__, cls._checked_components, cls._component_configs)
             if not kwargs.get("subfolder"):
                 pretrained_model_name_or_path = str(directory)
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        for component in pipe.components.values():  # e.g. a VAE: diffusers keeps safetensors' unaligned tensors
-            if isinstance(component, torch.nn.Module):
-                align_loaded_weights(component)
-        return pipe
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+
+class _HubNativeFolder:
+    """What our pipelines write so that diffusers' generic `DiffusionPipeline.from_pretrained(folder_or_repo,
+    trust_remote_code=True)` returns them (see `spectralar_hf.remote_code`): `model_index.json` names the pipeline as
+    `[module file, class name]`, and `save_pretrained` writes that module file (it imports the class from the
+    installed package). Our own `from_pretrained` reads the class name from either form and never runs the file.
+    `save_pretrained(push_to_hub=True)` uploads our model card, not diffusers' generic one."""
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        # Every config diffusers reads for this class comes through here (`load_config`, and `download` for a Hub
+        # repo): the custom-pipeline form naming this class is read as the plain class name, so diffusers loads this
+        # class without importing the folder's module file (which would need trust_remote_code).
+        config = super()._dict_from_json_file(json_file)
+        name = config.get("_class_name")
+        if isinstance(name, list) and name == [PIPELINE_MODULES.get(cls.__name__), cls.__name__]:
+            config["_class_name"] = cls.__name__
+        return config
+
+    def to_json_string(self) -> str:
+        config = json.loads(super().to_json_string())
+        if type(self).__name__ in PIPELINE_MODULES:
+            config["_class_name"] = [PIPELINE_MODULES[type(self).__name__], type(self).__name__]
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
+                        variant: str | None = None, max_shard_size: int | str | None = None,
+                        push_to_hub: bool = False, **kwargs) -> str | None:
+        """diffusers' `save_pretrained` plus the module file of `model_index.json`'s `_class_name`. With
+        `push_to_hub=True` (and `repo_id`, `token`, `private`, `commit_message`, `revision`, `create_pr`) the folder is
+        uploaded with our model card; returns the commit URL."""
+        save_pipeline = super().save_pretrained
+
+        def save(folder, **options):
+            save_pipeline(folder, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size,
+                          **options)
+            if type(self).__name__ in PIPELINE_MODULES:
+                write_pipeline_module(folder, type(self).__name__)
+
+        return save_and_push(save, save_directory, push_to_hub, self.model_card, kwargs)
 
 
 @dataclass
@@ -225,7 +263,7 @@ def check_components(tokenizer: SpectralTokenizer, transformer: SpectralARForCau
                          f"{t.num_channels} channels.")
 
 
-class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeline):
+class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolder, DiffusionPipeline):
     r"""
     Class-conditional image generation with SpectralAR: the transformer samples spectral codes coarse to fine, the
     tokenizer decodes them.
@@ -257,6 +295,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
     def __init__(self, tokenizer: SpectralTokenizer, transformer: SpectralARForCausalLM):
         super().__init__()
         check_components(tokenizer, transformer)
+        for component in (tokenizer, transformer):  # also when diffusers' generic loader built them
+            align_loaded_weights(component)
         self.register_modules(tokenizer=tokenizer, transformer=transformer)
 
     # ------------------------------------------------------------------ registration (model_index.json)
@@ -281,6 +321,17 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
     def image_processor(self) -> VaeImageProcessor:
         return VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True,
                                  do_convert_grayscale=self.tokenizer.config.num_channels == 1)
+
+    @property
+    def interrupt(self) -> bool:
+        """Set from `callback_on_step_end` (`pipe._interrupt = True` as in diffusers, or `pipe.interrupt = True`) to
+        stop generation after that step; the images are decoded from what was generated so far. Reset by each
+        call."""
+        return getattr(self, "_interrupt", False)
+
+    @interrupt.setter
+    def interrupt(self, value: bool) -> None:
+        self._interrupt = bool(value)
 
     # ------------------------------------------------------------------ labels
 
@@ -367,7 +418,9 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
             output_type: `"pil"`, `"np"` (`(B, H, W, C)` in [0, 1]) or `"pt"` (`(B, C, H, W)` in [0, 1]).
             return_dict: return a [`SpectralARPipelineOutput`] instead of a tuple.
             callback_on_step_end: called after every step as `callback(pipe, step, None, {"codes": codes_so_far})`
-                (diffusers' convention; there is no timestep). Returning modified codes is not supported.
+                (diffusers' convention; there is no timestep). Returning modified codes is not supported. Setting
+                `pipe.interrupt` (or diffusers' `pipe._interrupt`) there stops generation after that step: the images
+                are decoded from the codes so far (a coarser, low-pass image; `codes` is shorter).
             callback_on_step_end_tensor_inputs: tensors passed to the callback; only `["codes"]`.
             return_intermediates: also return the image decoded after each step (coarse-to-fine strip).
             compile_config: compile the generator's per-step forward (`True`, or a `transformers.CompileConfig`; CUDA
@@ -391,6 +444,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
                                            temperature=temperature, top_k=top_k, top_p=top_p)
         config = self.transformer.config
         total = num_tokens if num_tokens is not None else config.num_image_tokens
+        self._interrupt = False
 
         with self.progress_bar(total=max(total // config.tokens_per_step, 1)) as progress:
             def on_step(step: int, codes: torch.LongTensor) -> None:
@@ -404,7 +458,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, DiffusionPipeli
                         raise ValueError("callback_on_step_end may not replace codes: earlier codes are cached.")
 
             codes = self.transformer.sample(labels, num_tokens=num_tokens, generator=generator, callback=on_step,
-                                            compile_config=compile_config, **settings)
+                                            compile_config=compile_config, interrupt=lambda: self.interrupt,
+                                            **settings)
 
         images = self.tokenizer.decode(codes).reconstruction
         intermediates = self._decode_steps(codes, output_type) if return_intermediates else None

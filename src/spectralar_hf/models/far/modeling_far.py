@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -749,6 +750,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
 
     # ------------------------------------------------------------------ sampling
 
+    @apply_forward_hook
     @torch.no_grad()
     def sample(
         self,
@@ -766,6 +768,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         encoder_attention_mask: torch.Tensor | None = None,
         level_schedule: Sequence[int] | None = None,
         temperature_schedule: str | None = None,
+        interrupt: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """Sample latents coarse to fine (next-frequency prediction).
 
@@ -807,6 +810,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
             encoder_hidden_states: `(B, T, cross_attention_dim)` text states (text-conditional models only).
             encoder_attention_mask: `(B, T)`, 1 = real token (default: all real). With CFG the unconditional rows are
                 the same text fully masked (only the null text token visible) and the null class.
+            interrupt: called after each outer step (after `callback`); when it returns True, sampling stops there
+                and the full latent sampled at that step is returned (a pipeline's `interrupt`, set from its step
+                callback).
 
         Every setting left `None` comes from the sampling defaults saved in the config (`num_inference_steps`,
         `level_schedule`, `diffusion_steps`, `guidance_scale`, `guidance_schedule`, `temperature`,
@@ -836,6 +842,7 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         mask_schedule = config.inference_mask_schedule if mask_schedule is None else mask_schedule
         guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
         check_callable("callback", callback)
+        check_callable("interrupt", interrupt)
         labels = None if class_labels is None else self._check_class_labels(class_labels, allow_null=True)
         text, text_mask = self._check_text(encoder_hidden_states, encoder_attention_mask,
                                            None if labels is None else labels.shape[0])
@@ -893,6 +900,8 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
                         raise ValueError(f"A callback may only return latents of shape {tuple(latents.shape)}.")
                     check_finite_tensor("the latents returned by the callback", replaced)
                     latents = replaced.to(latents)
+            if interrupt is not None and interrupt():
+                break
         return latents
 
     def _inner_steps(self, diffusion_steps, num_steps: int) -> list[int]:

@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import CompileConfig, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -525,6 +526,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             kwargs["negative_prompt_ids"] = self.start_token_ids(null)
         return super().generate(inputs, generation_config, **kwargs)
 
+    @apply_forward_hook
     @torch.no_grad()
     def sample(
         self,
@@ -539,6 +541,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         prefix_codes: torch.LongTensor | None = None,
         callback: Callable[[int, torch.LongTensor], None] | None = None,
         compile_config: bool | CompileConfig | None = None,
+        interrupt: Callable[[], bool] | None = None,
     ) -> torch.LongTensor:
         """Sample codes coarse to fine with one KV cache.
 
@@ -561,6 +564,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             prefix_codes: `(B, m)` codes to keep as the first `m` codes (a multiple of `tokens_per_step`); sampling
                 completes the rest (spectral completion, e.g. super-resolution).
             callback: called as `callback(step, codes_so_far)` after each sampled step.
+            interrupt: called after each step (after `callback`); when it returns True, sampling stops there and
+                the codes so far are returned (a pipeline's `interrupt`, set from its step callback).
             compile_config: run the per-step forward through `torch.compile` (same codes as eager for a fixed seed, up
                 to float rounding): `True` compiles one static-shape graph (`fullgraph`, CUDA graphs on CUDA), a
                 `transformers.CompileConfig` sets backend / mode / options, `False` runs eagerly, and `None` uses
@@ -568,7 +573,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                 (seconds to a minute); later calls reuse the graph.
 
         Returns:
-            `(B, num_tokens)` int64 codes (starting with `prefix_codes` when given).
+            `(B, num_tokens)` int64 codes (starting with `prefix_codes` when given); fewer when interrupted.
         """
         config = self.config
         labels = self._check_class_labels(class_labels, allow_null=True)
@@ -576,6 +581,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
         check_generator(generator, labels.shape[0])
         check_callable("callback", callback)
+        check_callable("interrupt", interrupt)
         step_size = config.tokens_per_step
         if not 1 <= num_tokens <= config.num_image_tokens or num_tokens % step_size != 0:
             raise ValueError(
@@ -617,6 +623,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             codes = torch.cat([codes, next_codes], dim=1)
             if callback is not None:
                 callback(step, codes)
+            if interrupt is not None and interrupt():
+                break
             embeddings = self.token_embedding(_rows_for(next_codes, use_cfg))
             positions = positions[-step_size:] + step_size
         return codes

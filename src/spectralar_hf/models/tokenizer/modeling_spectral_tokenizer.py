@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -213,20 +214,27 @@ class SpectralTokenizerQuantizer(nn.Module):
         self.l2_normalize = config.l2_normalize_codebook
         self.codebook = nn.Embedding(config.codebook_size, config.token_dim)
 
-    def normalized_codebook(self) -> torch.Tensor:
-        weight = self.codebook.weight.float()
+    def normalized_codebook(self, device: torch.device | None = None) -> torch.Tensor:
+        """The `(K, token_dim)` codebook in float32, l2-normalised when configured. With `device`, its rows are read
+        through the embedding's forward (onto `device`), so that offload hooks place the weights first."""
+        if device is None:
+            weight = self.codebook.weight.float()
+        else:
+            weight = self.codebook(torch.arange(self.codebook.num_embeddings, device=device)).float()
         return F.normalize(weight, dim=-1) if self.l2_normalize else weight
 
     def lookup(self, codes: torch.LongTensor) -> torch.Tensor:
-        """Codebook vectors of `codes` `(B, k)` -> `(B, k, token_dim)` (normalised like the quantizer output)."""
-        return F.embedding(codes, self.normalized_codebook())
+        """Codebook vectors of `codes` `(B, k)` -> `(B, k, token_dim)` (normalised like the quantizer output). Read
+        through the embedding's forward, so that offload hooks (`enable_sequential_cpu_offload`) place it first."""
+        vectors = self.codebook(codes).float()
+        return F.normalize(vectors, dim=-1) if self.l2_normalize else vectors
 
     def forward(self, latents: torch.Tensor):
         with torch.autocast(device_type=latents.device.type, enabled=False):
             z = latents.float()
             if self.l2_normalize:
                 z = F.normalize(z, dim=-1)
-            codebook = self.normalized_codebook()
+            codebook = self.normalized_codebook(latents.device)
             if self.l2_normalize:  # nearest by cosine similarity
                 codes = (z @ codebook.T).argmax(dim=-1)
             else:  # nearest by Euclidean distance
@@ -512,6 +520,7 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
 
     # ------------------------------------------------------------------ public API
 
+    @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
         """Encode images to spectral codes.
 
@@ -532,6 +541,7 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    @apply_forward_hook
     def decode(self, codes: torch.LongTensor, num_tokens: int | torch.Tensor | None = None, return_dict: bool = True):
         """Decode the first `num_tokens` codes of each sample to the low-pass image of `omega_k` (Eq. 6).
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -323,6 +324,7 @@ class MaskGITVQGAN(SpectralARHubMixin, MaskGITVQGANPreTrainedModel):
 
     # ------------------------------------------------------------------ public API
 
+    @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True):
         """Encode images to codes.
 
@@ -359,6 +361,7 @@ class MaskGITVQGAN(SpectralARHubMixin, MaskGITVQGANPreTrainedModel):
         """
         return self.quantize.soft_lookup(self._check_soft_codes(probabilities, dim))
 
+    @apply_forward_hook
     def decode(self, quantized: torch.Tensor, clamp: bool = True, return_dict: bool = True):
         """Decode latents `(B, z_channels, h, w)` (codebook vectors, or mixtures of them) to images
         `(B, C, h * f, w * f)`, clamped to [0, 1] unless `clamp=False` (e.g. to train through the decoder)."""
@@ -369,11 +372,13 @@ class MaskGITVQGAN(SpectralARHubMixin, MaskGITVQGANPreTrainedModel):
         output = MaskGITVQGANDecoderOutput(reconstruction=reconstruction)
         return output if return_dict else output.to_tuple()
 
+    @apply_forward_hook
     def decode_codes(self, codes: torch.LongTensor, clamp: bool = True, return_dict: bool = True):
         """Decode a `(B, h, w)` code grid (or a square `(B, h * w)` one, as the official `get_codebook_entry`) to
         `(B, C, h * f, w * f)` images in [0, 1] (clamped unless `clamp=False`)."""
         return self.decode(self.embed_codes(codes), clamp=clamp, return_dict=return_dict)
 
+    @apply_forward_hook
     def decode_soft_codes(self, probabilities: torch.Tensor, dim: int = -1, clamp: bool = True,
                           return_dict: bool = True):
         """Decode per-position code distributions (see `embed_soft_codes`) to `(B, C, h * f, w * f)` images."""
