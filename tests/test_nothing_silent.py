@@ -183,9 +183,11 @@ accelerator = Accelerator(cpu=True)
 loss = torch.tensor(float("nan") if accelerator.process_index == 1 else 0.5)
 try:
     check_finite_loss(accelerator, 3, {"loss": loss})
-    print(f"rank {accelerator.process_index}: continued", flush=True)
+    result = "continued"
 except ValueError as error:
-    print(f"rank {accelerator.process_index}: {error}", flush=True)
+    result = str(error)
+with open(f"{sys.argv[1]}/rank{accelerator.process_index}.txt", "w") as stream:  # stdout would interleave
+    stream.write(result)
 """
 
 
@@ -194,15 +196,13 @@ def test_every_ddp_rank_stops_when_one_rank_has_a_nan_loss(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)]
     result = subprocess.run(launch, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
                             env={**ENV, "ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
-    assert len(lines) == 2, result.stdout
-    assert lines[0].startswith("rank 0: Training diverged at step 3: the loss is not finite (loss (on another "
-                               "process))"), lines[0]
-    assert lines[1].startswith("rank 1: Training diverged at step 3: the loss is not finite (loss = nan)"), lines[1]
+    first, second = ((tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1))
+    assert first.startswith("Training diverged at step 3: the loss is not finite (loss (on another process))"), first
+    assert second.startswith("Training diverged at step 3: the loss is not finite (loss = nan)"), second
 
 
 # ---------------------------------------------------------------------------------------------------------------
