@@ -139,7 +139,7 @@ def saved(tmp_path_factory, text_dir) -> Path:
 # the remote-code path runs from a clean process; every auto_map entry is then resolved by transformers'
 # get_class_from_dynamic_module (what the Auto classes call on that path).
 GENERIC_SCRIPT = textwrap.dedent('''
-    import json, sys
+    import json, os, sys
     import numpy as np, torch
     from diffusers import DiffusionPipeline
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -197,6 +197,8 @@ GENERIC_SCRIPT = textwrap.dedent('''
                                     for auto, ref in json.load(open(path + "/config.json"))["auto_map"].items()}
     report["generator_auto_model"] = type(AutoModel.from_pretrained(paths["models"]["generator"],
                                                                     trust_remote_code=True)).__name__
+    first.save_pretrained(out + ".resaved")  # a model the Auto classes loaded saves our module file, no source copy
+    report["resaved"] = sorted(os.listdir(out + ".resaved"))
     auto = {"generator": AutoModelForCausalLM}
     generic, report["generic"] = run(
         lambda name, path: DiffusionPipeline.from_pretrained(path, trust_remote_code=True),
@@ -245,6 +247,7 @@ def test_generic_loaders_give_our_classes_and_the_same_outputs(saved, tmp_path):
         "vqgan": {"AutoConfig": "MaskGITVQGANConfig", "AutoModel": "MaskGITVQGAN"},
     }
     assert report["generator_auto_model"] == "SpectralARForCausalLM"
+    assert report["resaved"] == ["config.json", "generation_config.json", "model.safetensors", "modeling_spectralar.py"]
     assert report["generic"] == report["ours"]
     assert report["generic"]["sar_demo"] == "spectralar_hf.pipelines.pipeline_spectralar.SpectralARPipeline"
     assert report["generic"]["far_text"] == "spectralar_hf.pipelines.pipeline_far.FARPipeline"
