@@ -39,7 +39,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from spectralar_hf.argtypes import (diffusion_steps, non_negative_float, non_negative_int, positive_float, positive_int,
+from spectralar_hf.argtypes import (diffusion_steps, non_negative_int, positive_float, positive_int,
                                     probability, random_seed, top_k_type)
 from spectralar_hf.evaluation.sampling import (SETTINGS_RECORD_KEY, SHARD_SETTINGS_NAME, class_balanced_labels,
                                                image_generators, images_to_uint8_rgb, merge_shards,
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=positive_int, default=64, help="images per forward, per process")
     parser.add_argument("--shard_size", type=positive_int, default=500,
                         help="images per shard (the unit of resumption); fixed for a set")
-    parser.add_argument("--guidance_scale", type=non_negative_float, default=None, help="1.0 = no CFG")
+    parser.add_argument("--guidance_scale", type=positive_float, default=None, help="1.0 = no CFG")
     parser.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
     parser.add_argument("--temperature", type=positive_float, default=None)
     parser.add_argument("--top_k", type=top_k_type("--top_k"), default=None, help="SpectralAR")

@@ -106,7 +106,7 @@ CASES = [
     pytest.param(GEN + ("--top-p", "0"), r"argument --top-p: must lie in \(0, 1\]", id="top-p=0"),
     pytest.param(GEN + ("--guidance-scale", "nan"), r"argument --guidance-scale: expected a finite number, got 'nan'",
                  id="guidance-nan"),
-    pytest.param(GEN + ("--guidance-scale", "-2"), r"argument --guidance-scale: must be >= 0", id="guidance-negative"),
+    pytest.param(GEN + ("--guidance-scale", "-2"), r"argument --guidance-scale: must be > 0", id="guidance-negative"),
     pytest.param(GEN + ("--temperature", "inf"), r"argument --temperature: expected a finite number, got 'inf'",
                  id="temperature-inf"),
     pytest.param(GEN + ("--temperature", "0"), r"argument --temperature: must be > 0", id="temperature-0"),

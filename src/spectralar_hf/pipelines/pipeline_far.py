@@ -16,6 +16,7 @@ from ..models.far import FARConfig, FARTransformer, check_scheduler
 from ..spectral import frequency_filter
 from ..utils import (
     check_callable,
+    reject_unknown_arguments,
     check_finite_tensor,
     check_generator,
     check_int,
@@ -329,6 +330,7 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolder, Diff
         prompt_attention_mask: torch.Tensor | None = None,
         max_sequence_length: int | None = None,
         num_images_per_prompt: int = 1,
+        **kwargs: Any,
     ) -> FARPipelineOutput | tuple:
         r"""
         Generate images of the given classes and/or prompts.
@@ -379,6 +381,7 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolder, Diff
         Returns:
             [`FARPipelineOutput`] or `(images,)` / `(images, intermediates)`.
         """
+        reject_unknown_arguments(type(self).__call__, kwargs)
         inputs = callback_on_step_end_tensor_inputs or ["latents"]
         if isinstance(inputs, str) or set(inputs) - set(self._callback_tensor_inputs):
             raise ValueError(f"callback_on_step_end_tensor_inputs must be a list drawn from "

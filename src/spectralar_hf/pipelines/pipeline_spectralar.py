@@ -22,6 +22,7 @@ from ..models.tokenizer import SpectralTokenizer, SpectralTokenizerConfig
 from ..remote_code import PIPELINE_MODULES, write_pipeline_module
 from ..utils import (
     check_callable,
+    reject_unknown_arguments,
     check_generator,
     check_int,
     check_pipeline_directory,
@@ -136,6 +137,12 @@ def class_ids(pipe: DiffusionPipeline, class_labels: Any) -> torch.LongTensor:
         else:
             raise TypeError(f"class_labels entries must be class ids (int) or class names (str), got "
                             f"{type(value).__name__} {value!r}.")
+    num_classes = pipe.transformer.config.num_classes
+    outside = [i for i in ids if not 0 <= i < num_classes]
+    if outside:  # the null class (id num_classes) is the unconditional branch of guidance, not a class to draw
+        raise ValueError(f"class id {outside[0]} is not a class of this model: its ids are 0..{num_classes - 1}"
+                         + (f" ({num_classes} is the null class used for guidance)" if outside[0] == num_classes
+                            else "") + "; pass class ids in that range or class names.")
     return torch.tensor(ids, dtype=torch.long, device=pipe._execution_device)
 
 
@@ -401,6 +408,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolde
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_intermediates: bool = False,
         compile_config: bool | CompileConfig | None = None,
+        **kwargs: Any,
     ) -> SpectralARPipelineOutput | tuple:
         r"""
         Generate images of the given classes.
@@ -430,6 +438,7 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolde
         Returns:
             [`SpectralARPipelineOutput`] or `(images,)` / `(images, intermediates)`.
         """
+        reject_unknown_arguments(type(self).__call__, kwargs)
         inputs = callback_on_step_end_tensor_inputs or ["codes"]
         if isinstance(inputs, str) or set(inputs) - set(self._callback_tensor_inputs):
             raise ValueError(f"callback_on_step_end_tensor_inputs must be a list drawn from "

@@ -840,7 +840,9 @@ class FARTransformer(SpectralARHubMixin, FARPreTrainedModel):
         temperature = config.temperature if temperature is None else temperature
         temperature_schedule = config.temperature_schedule if temperature_schedule is None else temperature_schedule
         mask_schedule = config.inference_mask_schedule if mask_schedule is None else mask_schedule
-        guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
+        guidance_scale = check_number("guidance_scale", guidance_scale, low=0.0, low_open=True,
+                                      hint="1.0 = no guidance, > 1 guides towards the class; 0 or less would "
+                                           "ignore or invert the condition")
         check_callable("callback", callback)
         check_callable("interrupt", interrupt)
         labels = None if class_labels is None else self._check_class_labels(class_labels, allow_null=True)

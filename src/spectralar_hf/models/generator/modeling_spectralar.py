@@ -578,7 +578,9 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         config = self.config
         labels = self._check_class_labels(class_labels, allow_null=True)
         num_tokens = config.num_image_tokens if num_tokens is None else check_int("num_tokens", num_tokens)
-        guidance_scale = check_number("guidance_scale", guidance_scale, hint="1.0 = no guidance")
+        guidance_scale = check_number("guidance_scale", guidance_scale, low=0.0, low_open=True,
+                                      hint="1.0 = no guidance, > 1 guides towards the class; 0 or less would "
+                                           "ignore or invert the condition")
         check_generator(generator, labels.shape[0])
         check_callable("callback", callback)
         check_callable("interrupt", interrupt)
