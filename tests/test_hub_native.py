@@ -536,3 +536,14 @@ def test_demo_cards_carry_the_install_line():
         card = card_data(demo / "README.md")
         assert card["library_name"] == "spectralar_hf" and "class-conditional" in card["tags"]
         assert INSTALL_COMMAND in card["text"] and "trust_remote_code=True" in card["text"]
+
+
+def test_training_scripts_take_a_hub_native_pipeline_folder_for_its_components():
+    """`--tokenizer PIPELINE` / `--pretrained_model_name_or_path PIPELINE` read model_index.json's `_class_name` in
+    its [module, class] form (what save_pretrained writes now, the shipped demos included)."""
+    from spectralar_hf.training.arguments import resolve_model_dir
+
+    demo = Path(__file__).resolve().parents[1] / "checkpoints" / "spectralar-fashion-mnist"
+    assert isinstance(json.loads((demo / "model_index.json").read_text())["_class_name"], list)
+    assert resolve_model_dir(demo, "--tokenizer", "SpectralTokenizer", model_type="spectral_tokenizer",
+                             pipeline_class="SpectralARPipeline", subfolder="tokenizer") == demo / "tokenizer"

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..utils import describe_folder, read_json
+from ..utils import describe_folder, pipeline_class_name, read_json
 
 
 def config_fields(config_class: type | Callable) -> set[str]:
@@ -68,7 +68,7 @@ def resolve_model_dir(path: str | Path, flag: str, expected: str, *, model_type:
     saying what `path` is and what `flag` expects."""
     root = Path(path)
     if pipeline_class and subfolder and (root / "model_index.json").is_file():
-        if read_json(root / "model_index.json", "pipeline index").get("_class_name") == pipeline_class:
+        if pipeline_class_name(read_json(root / "model_index.json", "pipeline index")) == pipeline_class:
             root = root / subfolder
     config = read_json(root / "config.json", "model config") if (root / "config.json").is_file() else {}
     if (model_type and config.get("model_type") == model_type) or \

@@ -495,9 +495,28 @@ def end_run(accelerator) -> None:
     is alive, the reducer is not its last reference."""
     for model in accelerator._models:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            _DISTRIBUTED_LEFTOVERS.append((model.reducer, model.logger))  # see exit_distributed_run
             model.logger = None  # holds the reducer too
             model.reducer = None
     accelerator.end_training()
+
+
+# The reducers of a multi-process run can still hang the process at exit when a gloo worker thread is busy (seen
+# under CPU load, despite `end_run`): they are kept here, and `exit_distributed_run` leaves without freeing them.
+_DISTRIBUTED_LEFTOVERS: list = []
+
+
+def exit_distributed_run() -> None:
+    """End a script's process at once (`os._exit(0)`, after flushing its output) when it was one rank of a
+    multi-process run (`end_run` kept its reducers): freeing them at interpreter exit can deadlock in the gloo process
+    group's destructor (pytorch/pytorch#56297). A single-process run returns normally."""
+    if not _DISTRIBUTED_LEFTOVERS:
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def model_fingerprint(folder: str | Path) -> str:
