@@ -89,7 +89,7 @@ from spectralar_hf.training.arguments import (
     resolve_model_dir,
 )
 from spectralar_hf.training.checkpointing import (
-    exit_distributed_run,
+    exit_after_distributed_run,
     DataProgress,
     append_jsonl,
     end_run,
@@ -547,8 +547,8 @@ def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_di
 
 if __name__ == "__main__":
     try:
+        exit_after_distributed_run()  # a rank of a multi-process run ends in end_run: no teardown to hang
         main()
-        exit_distributed_run()  # a rank of a multi-process run: no teardown that could hang
     except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
         close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
         print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)

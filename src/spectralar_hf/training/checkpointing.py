@@ -495,28 +495,29 @@ def end_run(accelerator) -> None:
     is alive, the reducer is not its last reference."""
     for model in accelerator._models:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            _DISTRIBUTED_LEFTOVERS.append((model.reducer, model.logger))  # see exit_distributed_run
             model.logger = None  # holds the reducer too
             model.reducer = None
+    distributed = accelerator.num_processes > 1
     accelerator.end_training()
+    if distributed and _EXIT_AFTER_RUN:
+        # A rank of a multi-process script run can still hang while its locals are freed (a gloo destructor joining
+        # a busy worker; seen under CPU load despite the above): everything is saved, so it leaves at once.
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
-# The reducers of a multi-process run can still hang the process at exit when a gloo worker thread is busy (seen
-# under CPU load, despite `end_run`): they are kept here, and `exit_distributed_run` leaves without freeing them.
-_DISTRIBUTED_LEFTOVERS: list = []
+_EXIT_AFTER_RUN = False
 
 
-def exit_distributed_run() -> None:
-    """End a script's process at once (`os._exit(0)`, after flushing its output) when it was one rank of a
-    multi-process run (`end_run` kept its reducers): freeing them at interpreter exit can deadlock in the gloo process
-    group's destructor (pytorch/pytorch#56297). A single-process run returns normally."""
-    if not _DISTRIBUTED_LEFTOVERS:
-        return
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+def exit_after_distributed_run() -> None:
+    """Called by a script's `__main__` block: `end_run` of a multi-process run then ends the process (`os._exit(0)`,
+    output flushed) instead of returning, so no teardown can hang (pytorch/pytorch#56297). In-process callers of a
+    script's `main()` (tests) keep returning normally."""
+    global _EXIT_AFTER_RUN
+    _EXIT_AFTER_RUN = True
 
 
 def model_fingerprint(folder: str | Path) -> str:
