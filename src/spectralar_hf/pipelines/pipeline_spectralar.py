@@ -137,12 +137,6 @@ def class_ids(pipe: DiffusionPipeline, class_labels: Any) -> torch.LongTensor:
         else:
             raise TypeError(f"class_labels entries must be class ids (int) or class names (str), got "
                             f"{type(value).__name__} {value!r}.")
-    num_classes = pipe.transformer.config.num_classes
-    outside = [i for i in ids if not 0 <= i < num_classes]
-    if outside:  # the null class (id num_classes) is the unconditional branch of guidance, not a class to draw
-        raise ValueError(f"class id {outside[0]} is not a class of this model: its ids are 0..{num_classes - 1}"
-                         + (f" ({num_classes} is the null class used for guidance)" if outside[0] == num_classes
-                            else "") + "; pass class ids in that range or class names.")
     return torch.tensor(ids, dtype=torch.long, device=pipe._execution_device)
 
 

@@ -497,7 +497,7 @@ def end_run(accelerator) -> None:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model.logger = None  # holds the reducer too
             model.reducer = None
-    distributed = accelerator.num_processes > 1
+    distributed = getattr(accelerator, "num_processes", 1) > 1
     accelerator.end_training()
     if distributed and _EXIT_AFTER_RUN:
         # A rank of a multi-process script run can still hang while its locals are freed (a gloo destructor joining
