@@ -188,6 +188,8 @@ except ValueError as error:
     result = str(error)
 with open(f"{sys.argv[1]}/rank{accelerator.process_index}.txt", "w") as stream:  # stdout would interleave
     stream.write(result)
+import os
+os._exit(0)  # as the training scripts' end_run: a gloo teardown at interpreter exit can abort (pytorch#56297)
 """
 
 
