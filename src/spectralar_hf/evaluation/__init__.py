@@ -20,6 +20,7 @@ _EXPORTS = {
             "extract_features", "feature_statistics", "fid_from_features", "frechet_distance", "get_default_extractor",
             "get_statistics", "inception_score", "load_reference_batch", "load_statistics", "resolve_inception_path",
             "save_statistics"),
+    "likelihood": ("code_negative_log_likelihood", "unigram_cross_entropy"),
     "metrics": ("FID", "PSNR", "PrecisionRecall", "SSIM"),
     "manifold": ("manifold_radii", "precision_recall"),
     "npz": ("SampleBatch", "evaluate_npz", "iter_npz_images", "network_tag", "read_samples", "reference_cache_dir"),
@@ -52,6 +53,7 @@ __all__ = [
     "SampleBatch",
     "build_sequences",
     "causality_table",
+    "code_negative_log_likelihood",
     "compute_fid",
     "compute_inception_score",
     "evaluate_npz",
@@ -84,4 +86,5 @@ __all__ = [
     "ssim",
     "tokenizer_prefix_curve",
     "truncation_curve",
+    "unigram_cross_entropy",
 ]

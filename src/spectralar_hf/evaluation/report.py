@@ -133,6 +133,17 @@ def _check_images(images: torch.Tensor, name: str, minimum: int) -> None:
 
 
 @torch.no_grad()
+def reconstruct_images(tokenizer, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Full-prefix reconstructions of `images` `(N, C, S, S)` in [-1, 1] by a `SpectralTokenizer`: `(N, C, S, S)`
+    float32 on the CPU, clamped to [-1, 1]."""
+    reconstructions = []
+    for start in tqdm(range(0, len(images), batch_size), desc="reconstruct", leave=False):
+        batch = images[start : start + batch_size].to(tokenizer.device, tokenizer.dtype)
+        reconstructions.append(tokenizer.decode(tokenizer.encode(batch).codes).reconstruction.float().cpu())
+    return torch.cat(reconstructions).clamp(-1, 1)
+
+
+@torch.no_grad()
 def evaluate_tokenizer(tokenizer, images: torch.Tensor, prefixes: Sequence[int] | None = None,
                        extractor: torch.nn.Module | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Reconstruction quality of a `SpectralTokenizer` on `images` `(N, C, S, S)` in [-1, 1].
@@ -141,12 +152,7 @@ def evaluate_tokenizer(tokenizer, images: torch.Tensor, prefixes: Sequence[int] 
     per prefix length with PSNR to the omega_k low-pass target and to the full image.
     """
     _check_images(images, "images", 2 if extractor is not None else 1)
-    device = tokenizer.device
-    reconstructions = []
-    for start in tqdm(range(0, len(images), batch_size), desc="reconstruct", leave=False):
-        batch = images[start : start + batch_size].to(device, tokenizer.dtype)
-        reconstructions.append(tokenizer.decode(tokenizer.encode(batch).codes).reconstruction.float().cpu())
-    reconstruction = torch.cat(reconstructions).clamp(-1, 1)
+    reconstruction = reconstruct_images(tokenizer, images, batch_size)
     report: dict[str, Any] = {
         "num_images": len(images),
         "psnr": float(psnr(reconstruction, images)),
@@ -188,6 +194,7 @@ def evaluate_pipeline(
     batch_size: int = 64,
     seed: int = 0,
     classifier_reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    generation_gap: bool = False,
     **sampling: Any,
 ) -> dict[str, Any]:
     """Generation quality of a `SpectralARPipeline` against `reference_images` `(N, C, S, S)` in [-1, 1].
@@ -198,8 +205,11 @@ def evaluate_pipeline(
     tokens discarded, i.e. the same samples generated and decoded from only their first N - k tokens. Rows are
     `{"label": "Trunc.k", "trunc": k, "num_tokens": N - k, "gfid": ...}`; Trunc.0 is `gfid` itself. With
     `classifier_reference = (images, labels)` also `knn_accuracy`: the fraction of samples that a pixel-space k-NN
-    classifier on those images assigns to the class they were generated for. `trunc` (and what follows it) is
-    keyword-only: it counts tokens discarded, where the former positional `truncation` counted tokens kept.
+    classifier on those images assigns to the class they were generated for. With `generation_gap` (SpectralAR
+    pipelines) also `generation_gap_fid`, the FID of the samples against the pipeline tokenizer's own reconstructions
+    of the reference images (what the generator loses on top of the decoder's ceiling), and `reconstruction_fid`, the
+    FID of those reconstructions against the reference images. `trunc` (and what follows it) is keyword-only: it
+    counts tokens discarded, where the former positional `truncation` counted tokens kept.
     """
     classes = list(range(pipe.transformer.config.num_classes)) if classes is None else list(classes)
     if not classes:
@@ -211,6 +221,9 @@ def evaluate_pipeline(
                         f"Trunc.k, the number of tokens discarded from the end; truncation=[m] is trunc=[N - m] "
                         f"with N = {pipe.transformer.config.num_image_tokens} here.")
     config = pipe.transformer.config
+    if generation_gap and getattr(pipe, "tokenizer", None) is None:
+        raise ValueError("generation_gap compares samples with the tokenizer's reconstructions, so it applies to "
+                         "SpectralAR pipelines; this pipeline has no tokenizer.")
     if trunc and not hasattr(config, "num_image_tokens"):
         raise ValueError("trunc (the Trunc.k rows) applies to SpectralAR pipelines, whose images are token sequences; "
                          "this pipeline's generator has no tokens to discard.")
@@ -232,6 +245,11 @@ def evaluate_pipeline(
         "gfid": frechet_distance(*feature_statistics(features), *reference_stats),
         "precision": float(scores["precision"]), "recall": float(scores["recall"]),
     }
+    if generation_gap:
+        reconstruction_stats = feature_statistics(extract_features(
+            reconstruct_images(pipe.tokenizer, reference_images, batch_size), extractor, progress=False))
+        report["generation_gap_fid"] = frechet_distance(*feature_statistics(features), *reconstruction_stats)
+        report["reconstruction_fid"] = frechet_distance(*reconstruction_stats, *reference_stats)
     if classifier_reference is not None:
         report["knn_accuracy"] = knn_class_agreement(samples, class_ids, *classifier_reference)
     rows = []

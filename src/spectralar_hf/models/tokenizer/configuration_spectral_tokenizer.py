@@ -88,6 +88,11 @@ class SpectralTokenizerConfig(AutoMapConfigMixin, PreTrainedConfig):
             targets). Off: every step decodes all N tokens against the full image.
         causal (`bool`, defaults to `True`): spectral causal mask in encoder and decoder. With both flags off the
             model is the plain TiTok-style 1D tokenizer (Table 4, row 1).
+        full_length_loss_weight (`float`, defaults to 0.0): ours, not the paper's. With spectral supervision, the
+            weight of a second reconstruction term added to every training step in which prefixes are drawn at
+            random: the MSE of the all-N-token reconstruction against the full image. Under Algorithm 1 alone token
+            `j` is trained on only `(N - j + 1) / N` of the samples; this term trains every token on every sample.
+            0 is Algorithm 1 as published.
         layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02). TiTok's ViTs use
             PyTorch's default LayerNorm eps, 1e-5.
 
@@ -150,6 +155,7 @@ class SpectralTokenizerConfig(AutoMapConfigMixin, PreTrainedConfig):
     omega: list[int] | str = "spectralar"
     spectral_supervision: bool = True
     causal: bool = True
+    full_length_loss_weight: float | int = 0.0
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     class_token: bool = False
@@ -162,6 +168,13 @@ class SpectralTokenizerConfig(AutoMapConfigMixin, PreTrainedConfig):
         check_positive_fields(self, "image_size", "encoder_hidden_size", "encoder_num_hidden_layers",
                               "encoder_mlp_ratio", "decoder_hidden_size", "decoder_num_hidden_layers",
                               "decoder_mlp_ratio", "layer_norm_eps")
+        if self.full_length_loss_weight < 0:
+            raise ValueError(f"full_length_loss_weight must be >= 0 (0 = Algorithm 1 only), got "
+                             f"{self.full_length_loss_weight}.")
+        if self.full_length_loss_weight and not self.spectral_supervision:
+            raise ValueError("full_length_loss_weight adds a full-image term to nested spectral supervision, but "
+                             "spectral_supervision is False (every step already decodes all N tokens against the "
+                             "full image); set full_length_loss_weight=0 or spectral_supervision=True.")
         if self.commitment_cost < 0 or self.initializer_range < 0:
             raise ValueError(f"commitment_cost ({self.commitment_cost}) and initializer_range "
                              f"({self.initializer_range}) must be >= 0.")

@@ -83,6 +83,8 @@ class SpectralTokenizerOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor`): `reconstruction_loss + codebook_loss + commitment_cost * commitment_loss`.
         reconstruction_loss (`torch.FloatTensor`): mean squared error between `reconstruction` and `target`.
+        full_length_loss (`torch.FloatTensor`, only with `config.full_length_loss_weight > 0`): mean squared error
+            between the all-N-token reconstruction and the full image; `loss` includes it times that weight.
         codebook_loss, commitment_loss (`torch.FloatTensor`): the VQ terms (see [`SpectralTokenizerEncoderOutput`]).
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`).
         target (`torch.FloatTensor` of the same shape): `lowpass(x, omega_k)` with spectral supervision, else `x`.
@@ -95,6 +97,7 @@ class SpectralTokenizerOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
+    full_length_loss: torch.FloatTensor | None = None
     codebook_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     reconstruction: torch.FloatTensor | None = None
@@ -600,7 +603,8 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
 
         Returns:
             [`SpectralTokenizerOutput`]; `loss` = MSE(reconstruction, target) + VQ terms. With spectral supervision
-            the target of prefix `k` is `lowpass(x, omega_k)`, otherwise the full image `x`.
+            the target of prefix `k` is `lowpass(x, omega_k)`, otherwise the full image `x`. With
+            `config.full_length_loss_weight` w > 0 (ours), `loss` adds w * MSE(all-N-token reconstruction, x).
         """
         config = self.config
         if not decode_pixels and self.pixel_decoder is None:
@@ -618,10 +622,23 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
             target = spectral_target(pixel_values, config.omega, prefix)
         else:
             target = pixel_values
-        length = int(prefix.max())
+        full_length = config.full_length_loss_weight > 0
+        if full_length and not decode_pixels:
+            raise ValueError("full_length_loss_weight adds a pixel reconstruction term, but decode_pixels=False "
+                             "decodes no pixels (TiTok's stage 1); set full_length_loss_weight=0 for that stage.")
+        length = config.num_latent_tokens if full_length else int(prefix.max())
         tokens = encoded.quantized[:, :length].to(pixel_values.dtype)
         loss = encoded.codebook_loss + config.commitment_cost * encoded.commitment_loss
-        if decode_pixels:
+        full_length_loss = None
+        if decode_pixels and full_length:  # one batched pass: every sample's prefix, then all N tokens of each
+            everything = torch.full_like(prefix, config.num_latent_tokens)
+            decoded, logits = self._decode_tokens(torch.cat([tokens, tokens]), torch.cat([prefix, everything]))
+            reconstruction, full_reconstruction = decoded.chunk(2)
+            proxy_logits = None if logits is None else logits.chunk(2)[0]
+            reconstruction_loss = F.mse_loss(reconstruction.float(), target.float())
+            full_length_loss = F.mse_loss(full_reconstruction.float(), pixel_values.float())
+            loss = reconstruction_loss + config.full_length_loss_weight * full_length_loss + loss
+        elif decode_pixels:
             reconstruction, proxy_logits = self._decode_tokens(tokens, prefix)
             reconstruction_loss = F.mse_loss(reconstruction.float(), target.float())
             loss = reconstruction_loss + loss
@@ -629,7 +646,8 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
             reconstruction = reconstruction_loss = None
             proxy_logits = self._proxy_logits(self.decoder(tokens, prefix))
         output = SpectralTokenizerOutput(
-            loss=loss, reconstruction_loss=reconstruction_loss, codebook_loss=encoded.codebook_loss,
+            loss=loss, reconstruction_loss=reconstruction_loss, full_length_loss=full_length_loss,
+            codebook_loss=encoded.codebook_loss,
             commitment_loss=encoded.commitment_loss, reconstruction=reconstruction, target=target,
             codes=encoded.codes, latents=encoded.latents, num_tokens=prefix, proxy_logits=proxy_logits,
         )
