@@ -198,3 +198,16 @@ def test_invalid_schedules_rejected(omega, message):
 def test_unknown_schedule_name():
     with pytest.raises(ValueError, match="Unknown omega schedule"):
         omega_schedule(4, 8, "cosine")
+
+
+def test_the_readme_states_the_demo_sizes_nonuniform_schedule():
+    """README: at 24 tokens / 32 px Eq. 9's shape gives one level per token up to 18, then steps of 2-3."""
+    from pathlib import Path
+
+    schedule = omega_schedule(24, 32)
+    assert schedule == list(range(1, 19)) + [20, 22, 24, 26, 29, 32]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "`[1, 2, ..., 18, 20, 22, 24, 26, 29, 32]`" in readme
+    uniform = omega_schedule(24, 32, "uniform")
+    assert uniform[:4] == [2, 3, 4, 6] and uniform[-2:] == [31, 32]
+    assert {b - a for a, b in zip(uniform, uniform[1:])} == {1, 2}
