@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -28,12 +27,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralARConfig, SpectralARForCausalLM, SpectralARPipeline, SpectralTokenizer
 from spectralar_hf.argtypes import (
@@ -49,21 +43,9 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import (
-    exit_after_distributed_run,
-    DataProgress,
-    append_jsonl,
-    end_run,
-    model_fingerprint,
-    plan_run,
-    resume,
-    run_config,
-    save_checkpoint,
-    start_run,
-)
-from spectralar_hf.training.finite import (check_finite_loss, check_finite_state, check_mixed_precision,
-                                           close_progress_bars)
-from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.training.checkpointing import exit_after_distributed_run, model_fingerprint, run_config
+from spectralar_hf.training.finite import close_progress_bars
+from spectralar_hf.training.scaffold import TrainingRun
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
@@ -206,21 +188,8 @@ def set_sampling_defaults(model: SpectralARForCausalLM, args: argparse.Namespace
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
-    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("pipeline",),
-                    args.logging_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir),
-                                            logging_dir=str(output_dir / args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_mixed_precision(accelerator)  # fp16 on CPU would train in float32 and record fp16
-    set_seed(args.seed, device_specific=True)
+    run = TrainingRun(args, "train_generator", outputs=("pipeline",), progress_name="generator")
+    accelerator = run.accelerator
 
     dataset, tokenizer_path = load_codes(args)
     tokenizer = load_tokenizer(tokenizer_path, args.tokenized_dataset)
@@ -242,93 +211,43 @@ def main(argv: list[str] | None = None) -> None:
         dataset.with_format("torch", columns=["codes", "label"]), batch_size=args.train_batch_size, shuffle=True,
         drop_last=True, num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
     )
-
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
-    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer,
-                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_train_steps * accelerator.num_processes)
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
-                   model_cls=SpectralARForCausalLM, model_config=model.config.to_dict()) if args.use_ema else None
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    optimizer, scheduler = run.optimizer_and_scheduler(model)
+    config_record = run_config("train_generator.py", model.config, use_ema=args.use_ema,
+                               grad_scaler=accelerator.scaler is not None)
+    model, optimizer, loader, scheduler = run.prepare(model, optimizer, loader, scheduler,
+                                                      config_record=config_record, model_cls=SpectralARForCausalLM)
     tokenizer.to(accelerator.device)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
-    accelerator.register_for_checkpointing(progress_state)
-    config = run_config("train_generator.py", accelerator.unwrap_model(model).config, use_ema=ema is not None,
-                        grad_scaler=accelerator.scaler is not None)
-    # the checkpoint is checked before run_info.json is (re)written
-    global_step = resume(accelerator, plan.checkpoint, config, output_dir)
-    start_run(accelerator, output_dir, args, "train_generator", plan.stale, config)
-    if global_step:
-        logger.info(f"Resumed at step {global_step}")
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="generator",
-                    disable=not accelerator.is_local_main_process)
     model.train()
-    while global_step < args.max_train_steps:
-        # not global_step * accumulation: accelerate also steps at every epoch end (see DataProgress)
-        epoch, skip = divmod(progress_state.micro_step, len(loader))
-        loader.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            codes, labels = batch["codes"].long(), batch["label"].long()
-            with accelerator.accumulate(model):
-                loss = model(input_ids=codes, class_labels=labels, labels=codes, use_cache=False).loss
-                check_finite_loss(accelerator, global_step + 1, {"loss": loss})  # before the update
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress_state.micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if ema is not None:
-                ema.step(model.parameters())
-            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-                logs = {"loss": loss.detach().item(), "lr": scheduler.get_last_lr()[0]}
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
-                accelerator.log(logs, step=global_step)
-                if accelerator.is_main_process:
-                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
-            if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                log_samples(accelerator, model, ema, tokenizer, args, output_dir, global_step)
-            if global_step >= args.max_train_steps:
-                break
+    for batch in run.batches(loader):
+        codes, labels = batch["codes"].long(), batch["label"].long()
+        with accelerator.accumulate(model):
+            loss = model(input_ids=codes, class_labels=labels, labels=codes, use_cache=False).loss
+            run.check_finite({"loss": loss})  # before the update
+            run.backward_and_step(loss, model, optimizer, scheduler)
+        if not run.sync_step():
+            continue
+        run.end_step(model, lambda: {"loss": loss.detach().item()}, scheduler)
+        if run.validation_due:
+            with run.full_model(model) as generator:  # every rank (sharded weights are gathered)
+                if generator is not None:
+                    log_samples(accelerator, generator, tokenizer, args, run.output_dir, run.global_step)
 
-    accelerator.wait_for_everyone()
-    check_finite_state(accelerator, global_step)  # a diverged model is not saved
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        final.eval()
-        pipeline = SpectralARPipeline(tokenizer=tokenizer, transformer=final)
-        pipeline.save_pretrained(output_dir / "pipeline")
-        log_samples(accelerator, model, None, tokenizer, args, output_dir, global_step)
-        if args.push_to_hub:
-            pipeline.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token)
-    end_run(accelerator)
+    with run.full_model(model, final=True) as final:
+        if final is not None:
+            pipeline = SpectralARPipeline(tokenizer=tokenizer, transformer=final)
+            pipeline.save_pretrained(run.output_dir / "pipeline")
+            log_samples(accelerator, final, tokenizer, args, run.output_dir, run.global_step)
+            if args.push_to_hub:
+                pipeline.push_to_hub(args.hub_model_id or run.output_dir.name, token=args.hub_token)
+    run.end()
 
 
 @torch.no_grad()
-def log_samples(accelerator, model, ema, tokenizer, args, output_dir: Path, step: int) -> None:
-    """A labelled grid of class-conditional samples (fixed seed) through the pipeline, with the EMA weights."""
-    generator_model = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.store(generator_model.parameters())
-        ema.copy_to(generator_model.parameters())
-    was_training = generator_model.training
-    generator_model.eval()
+def log_samples(accelerator, generator_model: SpectralARForCausalLM, tokenizer, args, output_dir: Path,
+                step: int) -> None:
+    """A labelled grid of class-conditional samples (fixed seed) through the pipeline, from `generator_model` (the
+    full model with the EMA weights, in eval mode)."""
     pipeline = SpectralARPipeline(tokenizer=tokenizer, transformer=generator_model)
     pipeline.set_progress_bar_config(disable=True)
     config = generator_model.config
@@ -344,9 +263,6 @@ def log_samples(accelerator, model, ema, tokenizer, args, output_dir: Path, step
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-    if ema is not None:
-        ema.restore(generator_model.parameters())
-    generator_model.train(was_training)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,310 @@
+"""The run scaffolding every training script in `examples/` shares, written once.
+
+A script keeps what is its own (arguments, data, model, the loss of one step) and hands the rest to a
+[`TrainingRun`]: the accelerator, the output-dir and resume rules, the optimizer and schedule, EMA, the position in
+the data, logging, checkpoints, the full (unsharded) model for validation and the final save, and the run's end.
+
+    run = TrainingRun(args, "train_generator", outputs=("pipeline",))
+    optimizer, scheduler = run.optimizer_and_scheduler(model)
+    model, optimizer, loader, scheduler = run.prepare(model, optimizer, loader, scheduler, config_record=record,
+                                                      model_cls=SpectralARForCausalLM)
+    for batch in run.batches(loader):
+        with run.accelerator.accumulate(model):
+            loss = ...
+            run.check_finite({"loss": loss})
+            run.backward_and_step(loss, model, optimizer, scheduler)
+        if not run.sync_step():
+            continue
+        run.end_step(model, lambda: {"loss": loss.detach().item()}, scheduler)
+        if run.validation_due:
+            with run.full_model(model) as full:  # every rank: gathers sharded weights
+                if full is not None:  # the main process
+                    save_samples(full)
+    with run.full_model(model, final=True) as final:
+        if final is not None:
+            final.save_pretrained(...)
+    run.end()
+
+Under FSDP (accelerate's FSDP1 or FSDP2) the EMA is built from the prepared, sharded parameters and gathered with
+them; `full_model` builds an unsharded copy on the main process from the full state dict. DeepSpeed is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from .checkpointing import DataProgress, append_jsonl, end_run, plan_run, resume, save_checkpoint, start_run
+from .finite import check_finite_loss, check_finite_state, check_mixed_precision
+from .optim import decay_parameter_groups
+
+logger = get_logger(__name__)
+
+# The EMA warms up (its decay ramps to --ema_decay as 1 - (1 + step) ** -power), so short runs get a usable average.
+EMA_WARMUP_POWER = 3 / 4
+# Total batch size at which --scale_lr leaves the learning rate unchanged (VAR / MAR convention).
+SCALE_LR_REFERENCE_BATCH = 256
+DEEPSPEED_REFUSAL = (
+    "DeepSpeed is not supported by the spectralar_hf training scripts: they keep an EMA of the weights outside the "
+    "engine, and the GAN scripts prepare a second model and optimizer (the discriminator), which accelerate's "
+    "DeepSpeed integration does not combine with one engine per model; launch with FSDP instead (accelerate launch "
+    "--config_file examples/accelerate_fsdp.yaml) or with DDP (--multi_gpu).")
+
+
+def deepspeed_requested() -> bool:
+    """Whether `accelerate launch --use_deepspeed` (or a DeepSpeed config) started this process."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value (a collective: every rank calls it); any other tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict of `model` (plain, DDP-, FSDP1- or FSDP2-wrapped) on the CPU. A collective under
+    FSDP: every rank calls it, and the main process (rank 0) gets the weights (the other ranks an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name: _full_tensor(value).detach().cpu() for name, value in state.items()}
+
+
+def full_ema_parameters(ema: EMAModel) -> list[torch.Tensor]:
+    """The EMA's shadow parameters unsharded, on the CPU (a collective when they are DTensors)."""
+    return [_full_tensor(p).detach().cpu() for p in ema.shadow_params]
+
+
+class TrainingRun:
+    """The accelerator and run state of one training script run (see the module docstring for the loop).
+
+    Args:
+        args: the parsed arguments of `add_optimization_arguments` and `add_run_arguments` (`output_dir`,
+            `resume_from_checkpoint`, `max_train_steps`, `logging_steps`, `checkpointing_steps`, ...).
+        name: the script's name without `.py` (tracker project, `run_info.json`).
+        outputs: the final outputs of the script in `output_dir` (what `--overwrite_output_dir` deletes).
+        progress_name: the progress bar's label.
+    """
+
+    def __init__(self, args, name: str, outputs: tuple[str, ...], progress_name: str | None = None):
+        self.args = args
+        self.name = name
+        self.progress_name = progress_name or name
+        self.output_dir = Path(args.output_dir)
+        if deepspeed_requested():
+            raise ValueError(DEEPSPEED_REFUSAL)
+        # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
+        self.plan = plan_run(self.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, outputs,
+                             args.logging_dir)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision,
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / args.logging_dir)),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError(DEEPSPEED_REFUSAL)
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        check_mixed_precision(self.accelerator)  # fp16 on CPU would train in float32 and record fp16
+        set_seed(args.seed, device_specific=True)
+        self.ema: EMAModel | None = None
+        self.config_record: dict | None = None
+        self.data = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
+        self.global_step = 0
+        self.progress = None
+        self.model_cls: type | None = None
+        self._ema_module: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
+
+    # --- set-up ---------------------------------------------------------------------------------------------------
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def learning_rate(self) -> float:
+        """--learning_rate, times total batch / 256 with --scale_lr."""
+        args = self.args
+        total_batch = args.train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
+        return (args.learning_rate * total_batch / SCALE_LR_REFERENCE_BATCH if args.scale_lr
+                else args.learning_rate)
+
+    def optimizer_and_scheduler(self, model: torch.nn.Module, **decay_options: Any):
+        """AdamW over `model`'s parameters (no weight decay on biases, norms and embeddings:
+        `decay_parameter_groups(model, ..., **decay_options)`) and the --lr_scheduler schedule."""
+        args = self.args
+        optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay, **decay_options),
+                                      lr=self.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                      eps=args.adam_epsilon)
+        processes = self.accelerator.num_processes
+        scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * processes,
+                                  num_training_steps=args.max_train_steps * processes)
+        return optimizer, scheduler
+
+    def prepare(self, model, optimizer, loader, scheduler, *, config_record: dict, model_cls: type,
+                ema_module: Callable | None = None, extra_models: Iterable = (), states: Iterable = ()):
+        """`accelerator.prepare` the training objects (and `extra_models`, e.g. a discriminator and its optimizer),
+        build the EMA (with --use_ema) from the prepared parameters, register `states`, the EMA and the data
+        position for checkpoints (in that order), resume from the planned checkpoint and start the run. `model_cls` is
+        the class of the trained network (`ema_module(model)`, default `model` itself: e.g. the VAE inside a loss
+        wrapper), which the EMA and `full_model` rebuild. Returns the prepared `model, optimizer, loader, scheduler`
+        followed by the prepared `extra_models`."""
+        accelerator = self.accelerator
+        prepared = accelerator.prepare(model, optimizer, loader, scheduler)
+        extra = accelerator.prepare(*extra_models) if extra_models else ()
+        extra = extra if isinstance(extra, tuple) else (extra,)
+        self.model_cls = model_cls
+        if ema_module is not None:
+            self._ema_module = ema_module
+        for state in states:
+            accelerator.register_for_checkpointing(state)
+        if self.args.use_ema:
+            # After prepare: under FSDP the EMA shadows the sharded parameters (a model built before would not match).
+            module = self._ema_module(prepared[0])
+            config = accelerator.unwrap_model(module).config
+            self.ema = EMAModel(module.parameters(), decay=self.args.ema_decay, use_ema_warmup=True,
+                                power=EMA_WARMUP_POWER, model_cls=model_cls, model_config=config.to_dict())
+            self.ema.to(accelerator.device)
+            accelerator.register_for_checkpointing(self.ema)
+        accelerator.register_for_checkpointing(self.data)
+        self.config_record = config_record
+        # the checkpoint is checked before run_info.json is (re)written
+        self.global_step = resume(accelerator, self.plan.checkpoint, config_record, self.output_dir)
+        start_run(accelerator, self.output_dir, self.args, self.name, self.plan.stale, config_record)
+        if self.global_step:
+            logger.info(f"Resumed at step {self.global_step}")
+        return (*prepared, *extra)
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+
+    def batches(self, loader, *epoch_datasets) -> Iterator[Any]:
+        """The micro-batches of the run, from where a resumed run stopped, until --max_train_steps. `set_epoch` is
+        called on the loader and on `epoch_datasets` (e.g. augmentations seeded per epoch) at each epoch start."""
+        args = self.args
+        self.progress = tqdm(range(args.max_train_steps), initial=self.global_step, desc=self.progress_name,
+                             disable=not self.accelerator.is_local_main_process)
+        while self.global_step < args.max_train_steps:
+            # not global_step * accumulation: accelerate also steps at every epoch end (see DataProgress)
+            epoch, skip = divmod(self.data.micro_step, len(loader))
+            loader.set_epoch(epoch)
+            for dataset in epoch_datasets:
+                dataset.set_epoch(epoch)
+            for batch in self.accelerator.skip_first_batches(loader, skip) if skip else loader:
+                yield batch
+                if self.global_step >= args.max_train_steps:
+                    return
+
+    def check_finite(self, terms: Mapping[str, Any]) -> None:
+        """Stop every rank at a non-finite loss term, before the update (`finite.check_finite_loss`)."""
+        check_finite_loss(self.accelerator, self.global_step + 1, terms)
+
+    def backward_and_step(self, loss: torch.Tensor, model, optimizer, scheduler=None) -> None:
+        """Backward, gradient clipping at --max_grad_norm on sync steps, optimizer (and schedule) step, zero_grad."""
+        accelerator = self.accelerator
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and self.args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync_step(self) -> bool:
+        """Count the micro-batch just trained; True when it completed an optimizer step (the step counter moves)."""
+        self.data.micro_step += 1
+        if not self.accelerator.sync_gradients:
+            return False
+        self.global_step += 1
+        self.progress.update(1)
+        return True
+
+    def end_step(self, model, logs: Mapping[str, Any] | Callable[[], Mapping[str, Any]], scheduler=None) -> None:
+        """After an optimizer step: the EMA step, the logs (a dict or a function giving one, called only at
+        --logging_steps and the last step; `loss` shows on the progress bar) with the learning rate, and a
+        checkpoint at --checkpointing_steps."""
+        args, step = self.args, self.global_step
+        if self.ema is not None:
+            self.ema.step(self._ema_module(model).parameters())
+        if step % args.logging_steps == 0 or step == args.max_train_steps:
+            record = dict(logs() if callable(logs) else logs)
+            if scheduler is not None:
+                record["lr"] = scheduler.get_last_lr()[0]
+            if "loss" in record:
+                self.progress.set_postfix(loss=f"{record['loss']:.4f}")
+            self.accelerator.log(record, step=step)
+            if self.is_main_process:
+                append_jsonl(self.output_dir / "train_log.jsonl", {"step": step, **record})
+        if step % args.checkpointing_steps == 0:
+            save_checkpoint(self.accelerator, self.output_dir, step, args.checkpoints_total_limit, self.config_record)
+
+    @property
+    def validation_due(self) -> bool:
+        return self.global_step % self.args.validation_steps == 0
+
+    # --- full weights -----------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def full_model(self, model, final: bool = False, use_ema: bool = True) -> Iterator[torch.nn.Module | None]:
+        """The trained network (`ema_module` of `model`), unsharded, with the EMA weights when --use_ema and
+        `use_ema`, in eval mode, on the main process (None elsewhere). Every rank must enter it: under FSDP it
+        gathers the shards. Without FSDP it is the unwrapped network itself with the EMA weights swapped in and, unless
+        `final`, swapped back (and its training mode restored) on exit."""
+        accelerator = self.accelerator
+        module = self._ema_module(model)
+        ema = self.ema if use_ema else None
+        if final:
+            accelerator.wait_for_everyone()
+            check_finite_state(accelerator, self.global_step)  # a diverged model is not saved
+        if is_sharded(accelerator):
+            state = full_state_dict(module)
+            averaged = full_ema_parameters(ema) if ema is not None else None
+            network = None
+            if self.is_main_process:
+                network = self.model_cls(accelerator.unwrap_model(module).config)
+                network.load_state_dict(state)
+                if averaged is not None:
+                    for parameter, value in zip(network.parameters(), averaged):
+                        parameter.data.copy_(value)
+                network.to(accelerator.device).eval()
+            yield network
+            return
+        network = accelerator.unwrap_model(module)
+        if not self.is_main_process:
+            yield None
+            return
+        was_training = network.training
+        if ema is not None:
+            if not final:
+                ema.store(network.parameters())
+            ema.copy_to(network.parameters())
+        network.eval()
+        try:
+            yield network
+        finally:
+            if not final:
+                if ema is not None:
+                    ema.restore(network.parameters())
+                network.train(was_training)
+
+    def end(self) -> None:
+        """End the run (trackers, the process group; see `checkpointing.end_run`)."""
+        end_run(self.accelerator)
