@@ -71,20 +71,51 @@ def is_sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def fsdp_version(accelerator: Accelerator) -> int:
+    """1 or 2: the FSDP implementation accelerate's plugin uses."""
+    return int(getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) or 1)
+
+
 def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's full value (a collective: every rank calls it); any other tensor as it is."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded state dict of `model` (plain, DDP-, FSDP1- or FSDP2-wrapped) on the CPU. A collective under
-    FSDP: every rank calls it, and the main process (rank 0) gets the weights (the other ranks an empty dict)."""
+def _clean_name(name: str) -> str:
+    """A module path without the wrapper segments of FSDP1 / activation checkpointing / torch.compile."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
+
+
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod", "module")
+
+
+def full_state_dict(model: torch.nn.Module, root: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The unsharded state dict of `model` (plain, DDP-, FSDP1- or FSDP2-wrapped) on the CPU. With `root`, `model` is
+    a submodule of the wrapped `root` (e.g. the VAE inside its loss wrapper) and the keys are relative to it. A
+    collective under FSDP: every rank calls it; the main process (rank 0) gets the weights, the others an empty
+    dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {name: _full_tensor(value).detach().cpu() for name, value in state.items()}
+    root = model if root is None else root
+    if isinstance(root, torch.nn.parallel.DistributedDataParallel):
+        root = root.module
+    state = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = {name: _full_tensor(value).detach().cpu() for name, value in state.items()}
+    if model is not root:
+        path = next(_clean_name(name) for name, module in root.named_modules() if module is model)
+        prefix = f"{path}." if path else ""
+        state = {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)}
+    return state
+
+
+def build_from_config(model_cls: type, config: Any) -> torch.nn.Module:
+    """A freshly initialised `model_cls` of `config`: transformers models take the config object, diffusers models
+    (`ModelMixin`, e.g. `AutoencoderKL`) go through `from_config`."""
+    from diffusers import ModelMixin
+
+    if issubclass(model_cls, ModelMixin):
+        return model_cls.from_config(config)
+    return model_cls(config)
 
 
 def full_ema_parameters(ema: EMAModel) -> list[torch.Tensor]:
@@ -177,6 +208,10 @@ class TrainingRun:
             self._ema_module = ema_module
         for state in states:
             accelerator.register_for_checkpointing(state)
+        if self.args.use_ema and is_sharded(accelerator) and fsdp_version(accelerator) == 1:
+            raise ValueError("--use_ema under FSDP1 is not supported: FSDP1 flattens the weights into per-rank shards "
+                             "that an EMA cannot gather back; use FSDP2 (fsdp_version: 2 in the accelerate config, as "
+                             "examples/accelerate_fsdp.yaml) or train without --use_ema.")
         if self.args.use_ema:
             # After prepare: under FSDP the EMA shadows the sharded parameters (a model built before would not match).
             module = self._ema_module(prepared[0])
@@ -279,7 +314,7 @@ class TrainingRun:
             averaged = full_ema_parameters(ema) if ema is not None else None
             network = None
             if self.is_main_process:
-                network = self.model_cls(accelerator.unwrap_model(module).config)
+                network = build_from_config(self.model_cls, accelerator.unwrap_model(module).config)
                 network.load_state_dict(state)
                 if averaged is not None:
                     for parameter, value in zip(network.parameters(), averaged):

@@ -168,6 +168,11 @@ class SpectralARBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, modulation: torch.Tensor, attention_mask: torch.Tensor | None,
                 is_causal: bool, cache: Cache | None) -> torch.Tensor:
+        """`(B, L, C)` -> `(B, L, C)`. `modulation`: the `(B, 6, C)` AdaLN parameters (precomputed once per sequence
+        with `self.modulation`, as cached sampling does) or the `(B, C)` SiLU-activated condition, turned into them
+        here, inside the block's forward, where per-block sharding (FSDP) has gathered `ada_lin`'s weights."""
+        if modulation.dim() == 2:
+            modulation = self.modulation(modulation)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unsqueeze(1).unbind(2)  # each (B, 1, C)
         attended = self.attn(self.norm(hidden_states) * (1 + scale1) + shift1, attention_mask, is_causal, cache)
         hidden_states = hidden_states + drop_path(self.dropout(attended) * gamma1, self.drop_path_rate,
@@ -286,10 +291,15 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
             )
         return labels.long()
 
-    def _condition(self, class_labels: torch.LongTensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """AdaLN parameters for every block `(B, 6, C)` and for the head `(B, 2, C)`, from the class embedding."""
+    def _condition(self, class_labels: torch.LongTensor, precompute: bool = False
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The conditioning of every block and the head's AdaLN parameters `(B, 2, C)`, from the class embedding.
+        A block gets the `(B, C)` SiLU-activated condition, from which its own forward computes its AdaLN parameters
+        (so each block's weights are used inside its forward, as FSDP's per-block wrapping requires), or, with
+        `precompute` (sampling, where one sequence runs many steps), its `(B, 6, C)` parameters."""
         condition = F.silu(self.class_embedding(class_labels))
-        return [layer.modulation(condition) for layer in self.layers], self.head_ada_lin(condition).unflatten(-1, (2, -1))
+        blocks = [layer.modulation(condition) if precompute else condition for layer in self.layers]
+        return blocks, self.head_ada_lin(condition).unflatten(-1, (2, -1))
 
     def _attention_mask(self, query_length: int, past_length: int, padding_mask: torch.Tensor | None,
                         device: torch.device) -> tuple[torch.Tensor | None, bool]:
@@ -605,7 +615,7 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                 return codes
 
         rows = torch.cat([labels, torch.full_like(labels, config.null_class_id)]) if use_cfg else labels
-        modulations, head_modulation = self._condition(rows)  # once per sequence, reused at every step
+        modulations, head_modulation = self._condition(rows, precompute=True)  # once per sequence, for every step
         # The first forward covers the start block and any given prefix; later ones one step of new codes each.
         embeddings = torch.cat([self._start_embeddings(rows), self.token_embedding(_rows_for(codes, use_cfg))], 1)
         compiled = self._compiled_forward(compile_config)
