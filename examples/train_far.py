@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sys
@@ -61,15 +60,11 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from transformers import AutoModel, AutoTokenizer
 from diffusers import AutoencoderKL
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from PIL import Image
-from tqdm.auto import tqdm
 
 from spectralar_hf import FARConfig, FARPipeline, FARTransformer, build_noise_scheduler
 from spectralar_hf.pipelines.pipeline_far import check_components, encode_prompt, vae_scale_factor
@@ -86,21 +81,10 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import (
-    exit_after_distributed_run,
-    DataProgress,
-    append_jsonl,
-    end_run,
-    plan_run,
-    resume,
-    run_config,
-    save_checkpoint,
-    start_run,
-)
-from spectralar_hf.training.finite import (check_finite_loss, check_finite_state, check_mixed_precision,
-                                           close_progress_bars)
+from spectralar_hf.training.checkpointing import exit_after_distributed_run, run_config
+from spectralar_hf.training.finite import close_progress_bars
 from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
-from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.training.scaffold import TrainingRun
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
@@ -484,11 +468,10 @@ def set_sampling_defaults(config: FARConfig, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    latents_dir = Path(args.latents_dir) if args.latents_dir else output_dir / "latents"
     # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
-    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("pipeline",),
-                    args.logging_dir)
+    run = TrainingRun(args, "train_far", outputs=("pipeline",), progress_name="far")
+    accelerator = run.accelerator
+    latents_dir = Path(args.latents_dir) if args.latents_dir else run.output_dir / "latents"
     # Everything that can be wrong with the arguments is checked before the (possibly long) latent caching.
     vae, vae_dir = load_vae(args.vae)
     source, image_column, label_column = load_source(args)
@@ -518,16 +501,8 @@ def main(argv: list[str] | None = None) -> None:
     if rows < args.train_batch_size:
         raise ValueError(f"The dataset gives {rows} latents, fewer than one batch of {args.train_batch_size}; "
                          f"lower --train_batch_size or add data.")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir),
-                                            logging_dir=str(output_dir / args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_mixed_precision(accelerator)  # fp16 on CPU would train in float32 and record fp16
+    # seeded again (as by TrainingRun): the training's random draws do not depend on what loading and the
+    # initialisation drew
     set_seed(args.seed, device_specific=True)
 
     latents = build_latent_cache(accelerator, args, vae, vae_dir, latents_dir, source, image_column, label_column)
@@ -537,97 +512,52 @@ def main(argv: list[str] | None = None) -> None:
                             output_all_columns=False), batch_size=args.train_batch_size, shuffle=True,
         drop_last=True, num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
     )
-
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
-    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay,
-                                                         no_decay_prefixes=("diffusion_head.",)), lr=learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer,
-                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_train_steps * accelerator.num_processes)
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
-                   model_cls=FARTransformer, model_config=model.config.to_dict()) if args.use_ema else None
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    optimizer, scheduler = run.optimizer_and_scheduler(model, no_decay_prefixes=("diffusion_head.",))
+    config_record = run_config("train_far.py", architecture, use_ema=args.use_ema,
+                               grad_scaler=accelerator.scaler is not None)
+    model, optimizer, loader, scheduler = run.prepare(model, optimizer, loader, scheduler,
+                                                      config_record=config_record, model_cls=FARTransformer)
     vae.to(accelerator.device)
     if text_encoder is not None:
         text_encoder.to(accelerator.device)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
-    accelerator.register_for_checkpointing(progress_state)
-    config = run_config("train_far.py", architecture, use_ema=ema is not None,
-                        grad_scaler=accelerator.scaler is not None)
-    # the checkpoint is checked before run_info.json is (re)written
-    global_step = resume(accelerator, plan.checkpoint, config, output_dir)
-    start_run(accelerator, output_dir, args, "train_far", plan.stale, config)
-    if global_step:
-        logger.info(f"Resumed at step {global_step}")
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="far",
-                    disable=not accelerator.is_local_main_process)
     model.train()
-    while global_step < args.max_train_steps:
-        epoch, skip = divmod(progress_state.micro_step, len(loader))
-        loader.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            x = batch["latents"].float()
-            if args.latent_distribution == "sample":
-                x = x + batch["latents_std"].float() * torch.randn_like(x)
-            condition = {"class_labels": batch["label"].long()}
-            if text_encoder is not None:  # frozen: encoded once per batch, no gradients
-                texts = list(batch["caption"]) if captions is None else [captions[int(i)] for i in batch["label"]]
-                states, mask = encode_prompt(text_encoder, tokenizer, texts, args.max_sequence_length)
-                condition = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
-            with accelerator.accumulate(model):
-                output = model(x, **condition)
-                terms = {"mse_loss": output.mse_loss, "vb_loss": output.vb_loss, "loss": output.loss}
-                check_finite_loss(accelerator, global_step + 1, terms)  # before the update
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress_state.micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if ema is not None:
-                ema.step(model.parameters())
-            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-                logs = {"loss": output.loss.detach().item(), "mse_loss": output.mse_loss.detach().item(),
-                        "vb_loss": output.vb_loss.detach().item(), "lr": scheduler.get_last_lr()[0]}
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
-                accelerator.log(logs, step=global_step)
-                if accelerator.is_main_process:
-                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config)
-            if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir, global_step,
-                            text_encoder, tokenizer, source)
-            if global_step >= args.max_train_steps:
-                break
+    for batch in run.batches(loader):
+        x = batch["latents"].float()
+        if args.latent_distribution == "sample":
+            x = x + batch["latents_std"].float() * torch.randn_like(x)
+        condition = {"class_labels": batch["label"].long()}
+        if text_encoder is not None:  # frozen: encoded once per batch, no gradients
+            texts = list(batch["caption"]) if captions is None else [captions[int(i)] for i in batch["label"]]
+            states, mask = encode_prompt(text_encoder, tokenizer, texts, args.max_sequence_length)
+            condition = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
+        with accelerator.accumulate(model):
+            output = model(x, **condition)
+            terms = {"mse_loss": output.mse_loss, "vb_loss": output.vb_loss, "loss": output.loss}
+            run.check_finite(terms)  # before the update
+            run.backward_and_step(output.loss, model, optimizer, scheduler)
+        if not run.sync_step():
+            continue
+        run.end_step(model, lambda: {"loss": output.loss.detach().item(), "mse_loss": output.mse_loss.detach().item(),
+                                     "vb_loss": output.vb_loss.detach().item()}, scheduler)
+        if run.validation_due:
+            with run.full_model(model) as transformer:  # every rank (sharded weights are gathered)
+                if transformer is not None:
+                    log_samples(accelerator, transformer, vae, noise_scheduler, args, run.output_dir,
+                                run.global_step, text_encoder, tokenizer, source)
 
-    accelerator.wait_for_everyone()
-    check_finite_state(accelerator, global_step)  # a diverged model is not saved
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        final.eval()
-        pipeline = FARPipeline(vae=vae, transformer=final, scheduler=noise_scheduler, text_encoder=text_encoder,
-                               tokenizer=tokenizer)
-        pipeline.save_pretrained(output_dir / "pipeline")
-        log_samples(accelerator, model, None, vae, noise_scheduler, args, output_dir, global_step, text_encoder,
-                    tokenizer, source)
-        if args.push_to_hub:
-            hub_datasets = [args.dataset_name] if args.dataset_name else None
-            pipeline.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=hub_datasets)
-    end_run(accelerator)
+    with run.full_model(model, final=True) as final:
+        if final is not None:
+            pipeline = FARPipeline(vae=vae, transformer=final, scheduler=noise_scheduler, text_encoder=text_encoder,
+                                   tokenizer=tokenizer)
+            pipeline.save_pretrained(run.output_dir / "pipeline")
+            log_samples(accelerator, final, vae, noise_scheduler, args, run.output_dir, run.global_step,
+                        text_encoder, tokenizer, source)
+            if args.push_to_hub:
+                hub_datasets = [args.dataset_name] if args.dataset_name else None
+                pipeline.push_to_hub(args.hub_model_id or run.output_dir.name, token=args.hub_token,
+                                     datasets=hub_datasets)
+    run.end()
 
 
 def validation_prompts(args: argparse.Namespace, source: datasets.Dataset, label_column: str) -> list[str]:
@@ -649,16 +579,10 @@ def validation_prompts(args: argparse.Namespace, source: datasets.Dataset, label
 
 
 @torch.no_grad()
-def log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir: Path, step: int, text_encoder=None,
-                tokenizer=None, source: datasets.Dataset | None = None) -> None:
+def log_samples(accelerator, transformer: FARTransformer, vae, noise_scheduler, args, output_dir: Path, step: int,
+                text_encoder=None, tokenizer=None, source: datasets.Dataset | None = None) -> None:
     """A labelled grid of class-conditional (or, with a text encoder, text-conditional) samples (fixed seed) through
-    FARPipeline, with the EMA weights."""
-    transformer = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.store(transformer.parameters())
-        ema.copy_to(transformer.parameters())
-    was_training = transformer.training
-    transformer.eval()
+    FARPipeline, from `transformer` (the full model with the EMA weights, in eval mode)."""
     pipeline = FARPipeline(vae=vae, transformer=transformer, scheduler=noise_scheduler, text_encoder=text_encoder,
                            tokenizer=tokenizer)
     pipeline.set_progress_bar_config(disable=True)
@@ -684,9 +608,6 @@ def log_samples(accelerator, model, ema, vae, noise_scheduler, args, output_dir:
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-    if ema is not None:
-        ema.restore(transformer.parameters())
-    transformer.train(was_training)
 
 
 if __name__ == "__main__":
