@@ -12,6 +12,7 @@ of the EMA weights (FSDP2: diffusers' `EMAModel` over the sharded parameters, ga
 """
 
 import copy
+import io
 import json
 import sys
 import tempfile
@@ -23,7 +24,12 @@ from diffusers.training_utils import EMAModel
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from spectralar_hf.training.scaffold import build_from_config, full_ema_parameters, full_state_dict
+from spectralar_hf.training.scaffold import (
+    GatheredEMAState,
+    build_from_config,
+    full_ema_parameters,
+    full_state_dict,
+)
 
 HALF = 2  # samples per rank
 LEARNING_RATE = 1.0  # large, so that the step moves the weights well beyond float32 rounding
@@ -143,6 +149,15 @@ def check(name: str, version: str) -> dict | None:
     reference_optimizer.step()
     reference_ema.step(trained(reference).parameters())
 
+    if sharded_ema is not None:  # the EMA's checkpoint state: gathered on save, re-sharded on load
+        buffer = io.BytesIO()
+        torch.save(GatheredEMAState(sharded_ema).state_dict(), buffer)
+        buffer.seek(0)
+        fresh = EMAModel(trained(model).parameters(), decay=0.5)  # the current weights, not the average
+        GatheredEMAState(fresh).load_state_dict(torch.load(buffer, weights_only=True))
+        restored = max(float((a.to_local() - b.to_local()).abs().max()) if a.to_local().numel() else 0.0
+                       for a, b in zip(fresh.shadow_params, sharded_ema.shadow_params))
+        assert fresh.optimization_step == sharded_ema.optimization_step
     state = full_state_dict(trained(model), root=model)  # collective; the scaffold's path
     averaged = full_ema_parameters(sharded_ema) if sharded_ema is not None else None  # collective
     if rank == 0:
@@ -158,6 +173,7 @@ def check(name: str, version: str) -> dict | None:
         with tempfile.TemporaryDirectory() as folder:
             copy_.save_pretrained(folder)
             loaded = type(reference).from_pretrained(folder)
+        report["ema_checkpoint"] = restored if sharded_ema is not None else None
         report["saved"] = max(float((loaded.state_dict()[k] - expected[k]).abs().max()) for k in expected)
         return report
     return None

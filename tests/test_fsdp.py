@@ -1,6 +1,6 @@
 """FSDP: every model wraps per block with torch's `fully_shard` (FSDP2) on 2 gloo CPU ranks; one training step's
-updated weights equal the unsharded step's, the EMA follows the same weights, and the scaffold's full-state save
-path round-trips (tests/fsdp_worker.py does the work on each rank)."""
+updated weights equal the unsharded step's, the EMA follows the same weights and its checkpoint state round-trips
+through a weights-only load, and the scaffold's full-state save path round-trips (tests/fsdp_worker.py does the work on each rank)."""
 
 import json
 import socket
@@ -38,4 +38,5 @@ def test_a_sharded_step_equals_the_unsharded_step(reports, name):
     assert report["moved"] > 1e-2  # the step really changed the weights
     assert report["weights"] <= TOLERANCE * report["moved"]
     assert report["ema"] <= TOLERANCE * report["moved"]  # EMAModel over the shards, gathered
+    assert report["ema_checkpoint"] == 0  # GatheredEMAState: saved gathered, loaded back into each rank's shards
     assert report["saved"] <= TOLERANCE * report["moved"]  # full_state_dict -> build_from_config -> save -> load

@@ -123,6 +123,34 @@ def full_ema_parameters(ema: EMAModel) -> list[torch.Tensor]:
     return [_full_tensor(p).detach().cpu() for p in ema.shadow_params]
 
 
+class GatheredEMAState:
+    """The checkpoint state of an EMA over FSDP2 shards, independent of the sharding: `state_dict` gathers the full
+    EMA weights (a collective; accelerate calls it on every rank and writes the main process's), `load_state_dict`
+    puts each rank's shard of them back into the EMA. (Registered directly, the EMA would save the main process's
+    shards only, and every rank would load them.)"""
+
+    def __init__(self, ema: EMAModel):
+        self.ema = ema
+
+    def state_dict(self) -> dict:
+        state = self.ema.state_dict()
+        state["shadow_params"] = full_ema_parameters(self.ema)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.tensor import distribute_tensor
+
+        state = dict(state)
+        shards = []
+        for value, current in zip(state["shadow_params"], self.ema.shadow_params):
+            if hasattr(current, "device_mesh"):
+                value = distribute_tensor(value.to(current.device, current.dtype), current.device_mesh,
+                                          current.placements)
+            shards.append(value)
+        state["shadow_params"] = shards
+        self.ema.load_state_dict(state)
+
+
 class TrainingRun:
     """The accelerator and run state of one training script run (see the module docstring for the loop).
 
@@ -219,7 +247,7 @@ class TrainingRun:
             self.ema = EMAModel(module.parameters(), decay=self.args.ema_decay, use_ema_warmup=True,
                                 power=EMA_WARMUP_POWER, model_cls=model_cls, model_config=config.to_dict())
             self.ema.to(accelerator.device)
-            accelerator.register_for_checkpointing(self.ema)
+            accelerator.register_for_checkpointing(GatheredEMAState(self.ema) if is_sharded(accelerator) else self.ema)
         accelerator.register_for_checkpointing(self.data)
         self.config_record = config_record
         # the checkpoint is checked before run_info.json is (re)written
