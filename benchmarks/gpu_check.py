@@ -270,6 +270,16 @@ def release(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------------------------- scripts stage
 
 
+class LabelledReport:
+    """A `Report` whose rows' check names start with `label` (the scripts stage run again under FSDP)."""
+
+    def __init__(self, report: "Report", label: str):
+        self.report, self.label, self.device = report, label, report.device
+
+    def measure(self, check: str, *args, **kwargs) -> None:
+        self.report.measure(self.label + check, *args, **kwargs)
+
+
 def write_idx_dataset(root: Path, count: int = 16, size: int = 28, seed: int = 0) -> None:
     """`count` smooth random blobs (uint8 `size` x `size`) with labels 0..9 as gzipped MNIST IDX files."""
     rng = np.random.default_rng(seed)
@@ -354,8 +364,11 @@ def generate(pipeline_class: type, folder: Path, device: torch.device) -> tuple[
     return f"{images.shape[0]} images {tuple(images.shape[1:])} on {pipe.device} in {elapsed:.2f} s", None
 
 
-def scripts_stage(report: Report, scale: Scale, work: Path) -> None:
-    """Every examples/ script for a few steps in bf16 (train -> checkpoint -> resume), then the saved pipelines."""
+def scripts_stage(report: Report, scale: Scale, work: Path, label: str = "") -> None:
+    """Every examples/ script for a few steps in bf16 (train -> checkpoint -> resume), then the saved pipelines.
+    `label` prefixes the rows' names (the FSDP run of the same stage: "FSDP2 ")."""
+    if label:
+        report = LabelledReport(report, label)
     data, steps, batch = work / "idx", scale.script_steps, scale.script_batch
     write_idx_dataset(data)
     runs = work / "runs"
@@ -757,6 +770,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, required=True, help="the markdown table")
     parser.add_argument("--rows", type=Path, required=True, help="the rows so far (JSON lines), shared by the stages")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder of the scripts stage")
+    parser.add_argument("--label", default="", help="scripts: a prefix of the rows' names (e.g. 'FSDP2 ')")
     parser.add_argument("--command", default="", help="the command line to record in the table")
     parser.add_argument("--smoke", action="store_true", help="tiny presets on any device (the CI test)")
     parser.add_argument("--failed", default="", help="fail: the name of the stage that failed")
@@ -775,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "fail":
         report.add(f"stage {args.failed}", "-", "-", "-", f"FAIL: {args.reason}")
     elif args.stage == "scripts":
-        scripts_stage(report, scale, args.work)
+        scripts_stage(report, scale, args.work, args.label)
     else:
         bench_stage(report, scale)
     return 0

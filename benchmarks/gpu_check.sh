@@ -7,10 +7,12 @@
 #    script for a few steps in bf16, resumed from its checkpoint for a few more; the saved pipelines then generate.
 # 2. `python benchmarks/gpu_check.py bench`: bf16 matmul peak, training MFU, sampling vs GPT-2 generate, pipeline
 #    images/s, FAR-B, CUDA vs CPU parity, compiled sampling (see the module docstring).
+# 3. (not with --smoke) stage 1 again under `accelerate launch --config_file examples/accelerate_fsdp.yaml` on every
+#    GPU: the rows "FSDP2 script ..." (per-block FSDP2, EMA over the shards, sharded checkpoints, unsharded saves).
 # Both append rows to one markdown table: benchmarks/results/gpu.md by default (CUDA only), a temporary file with
 # --smoke (never benchmarks/results/gpu.md), or --output PATH. The table is rewritten after every row, so a run cut
 # short still leaves one. Exit status 1 when a row FAILs ("below target" is not a failure), 2 for a usage error.
-# PYTHON selects the interpreter (default python3); each stage has a time limit (full: 240 s + 540 s).
+# PYTHON selects the interpreter (default python3); each stage has a time limit (full: 240 s + 540 s + 240 s).
 set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
@@ -76,6 +78,12 @@ run_stage() {
 run_stage scripts "${limits[0]}" "$python" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
     --mixed_precision bf16 --dynamo_backend no benchmarks/gpu_check.py scripts "${common[@]}" --work "$work"
 run_stage bench "${limits[1]}" "$python" benchmarks/gpu_check.py bench "${common[@]}"
+if (( ! smoke )); then  # the scripts again under FSDP2 on every GPU (accelerate refuses FSDP on a CPU machine)
+    gpus="$("$python" -c 'import torch; print(torch.cuda.device_count())')"
+    run_stage fsdp "${limits[0]}" "$python" -m accelerate.commands.launch --config_file examples/accelerate_fsdp.yaml \
+        --num_processes "$gpus" --num_machines 1 --dynamo_backend no benchmarks/gpu_check.py scripts "${common[@]}" \
+        --work "$work/fsdp" --label "FSDP2 "
+fi
 
 echo
 cat "$output"

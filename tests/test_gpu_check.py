@@ -176,3 +176,24 @@ def test_usage_errors_exit_2(args, message):
     result = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=ENV, timeout=60,
                             cwd=ROOT)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_the_fsdp_rows_run_the_scripts_stage_again_under_accelerates_fsdp_config(tmp_path):
+    """Not in the smoke run (accelerate refuses FSDP on a CPU machine): gpu_check.sh's third stage launches the
+    scripts stage with examples/accelerate_fsdp.yaml on every GPU, and its rows are the same checks labelled."""
+    text = SCRIPT.read_text()
+    stage = text[text.index("if (( ! smoke )); then  # the scripts again under FSDP2"):]
+    assert "--config_file examples/accelerate_fsdp.yaml" in stage and '--label "FSDP2 "' in stage
+    assert "gpu_check.py scripts" in stage and "torch.cuda.device_count()" in stage
+    module = load_gpu_check()
+    recorded = []
+
+    class Recorder:
+        device = torch.device("cpu")
+
+        def measure(self, check, *args, **kwargs):
+            recorded.append(check)
+
+    module.LabelledReport(Recorder(), "FSDP2 ").measure("script train_far.py", "setting", "target", lambda: None)
+    assert recorded == ["FSDP2 script train_far.py"]
+    assert module.parse_args(["scripts", "--output", "o", "--rows", "r", "--label", "FSDP2 "]).label == "FSDP2 "

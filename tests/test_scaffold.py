@@ -122,3 +122,22 @@ def test_build_from_config_rebuilds_transformers_and_diffusers_models():
         copy = build_from_config(type(model), model.config)
         assert type(copy) is type(model)
         assert copy.state_dict().keys() == model.state_dict().keys()
+
+
+def test_the_readmes_fsdp_memory_figures_are_the_presets_sizes():
+    """README "Sharded training": parameters of the presets and DDP's ~20 bytes per parameter (float32 weights,
+    gradients, two AdamW moments, the EMA)."""
+    readme = (ROOT / "README.md").read_text()
+    with torch.device("meta"):
+        sizes = {"SpectralAR-d16": SpectralARForCausalLM(SpectralARConfig.from_preset("d16")),
+                 "d20": SpectralARForCausalLM(SpectralARConfig.from_preset("d20")),
+                 "d24": SpectralARForCausalLM(SpectralARConfig.from_preset("d24")),
+                 "FAR-H": FARTransformer(FARConfig.from_preset("far-h")),
+                 "TiTok-B64": SpectralTokenizer(SpectralTokenizerConfig.from_preset("titok-b64"))}
+    for name, model in sizes.items():
+        count = sum(p.numel() for p in model.parameters())
+        stated = f"{count / 1e6:.0f}M" if count < 1e9 else f"{count / 1e9:.2f}B"
+        gigabytes = 20 * count / 1e9
+        memory = f"{gigabytes:.1f} GB" if gigabytes < 10 else f"{gigabytes:.0f} GB"
+        assert f"{name} ({stated}" in readme and f"{stated}{' parameters' if name.endswith('16') else ''}) {memory}" \
+            in readme, (name, stated, memory)
