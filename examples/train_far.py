@@ -53,7 +53,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +80,9 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import exit_after_distributed_run, run_config
-from spectralar_hf.training.finite import close_progress_bars
+from spectralar_hf.training.checkpointing import run_config
 from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
-from spectralar_hf.training.scaffold import TrainingRun
+from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
@@ -603,18 +601,8 @@ def log_samples(accelerator, transformer: FARTransformer, vae, noise_scheduler, 
         row_labels = [str(names.get(c, c)).split(",")[0] for c in rows]
     grid = prefix_strip([images[i * per_class : (i + 1) * per_class] for i in range(len(rows))],
                         row_labels=row_labels, min_cell=64)
-    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-    grid.save(output_dir / "samples" / f"samples-{step:07d}.png")
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    save_image(accelerator, grid, output_dir, "samples", step)
 
 
 if __name__ == "__main__":
-    try:
-        exit_after_distributed_run()  # a rank of a multi-process run ends in end_run: no teardown to hang
-        main()
-    except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
-        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
-        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, __file__)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import datasets
@@ -43,9 +42,8 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import exit_after_distributed_run, model_fingerprint, run_config
-from spectralar_hf.training.finite import close_progress_bars
-from spectralar_hf.training.scaffold import TrainingRun
+from spectralar_hf.training.checkpointing import model_fingerprint, run_config
+from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
@@ -258,18 +256,8 @@ def log_samples(accelerator, generator_model: SpectralARForCausalLM, tokenizer, 
     names = config.id2label or {}
     grid = prefix_strip([images[i * per_class : (i + 1) * per_class] for i in range(len(classes))],
                         row_labels=[str(names.get(c, c)).split(",")[0] for c in classes], min_cell=64)
-    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-    grid.save(output_dir / "samples" / f"samples-{step:07d}.png")
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+    save_image(accelerator, grid, output_dir, "samples", step)
 
 
 if __name__ == "__main__":
-    try:
-        exit_after_distributed_run()  # a rank of a multi-process run ends in end_run: no teardown to hang
-        main()
-    except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
-        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
-        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, __file__)

@@ -123,6 +123,41 @@ def full_ema_parameters(ema: EMAModel) -> list[torch.Tensor]:
     return [_full_tensor(p).detach().cpu() for p in ema.shadow_params]
 
 
+def save_image(accelerator: Accelerator, image, output_dir: str | Path, tag: str, step: int) -> Path:
+    """Write a validation picture (a PIL image) to `output_dir/samples/{tag}-{step:07d}.png` and log it to every
+    tracker that takes images: TensorBoard (`add_image`) and any other whose accelerate tracker has `log_images`
+    (wandb, ...). Returns the file written."""
+    import numpy as np
+
+    folder = Path(output_dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{tag}-{step:07d}.png"
+    image.save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({tag: [image]}, step=step)
+    return path
+
+
+def run_script(main: Callable[[], Any], script: str) -> None:
+    """A training script's `__main__`: run `main()`; a multi-process run's rank leaves in `end_run` (no teardown to
+    hang); bad input, a missing file or package ends in one line `NAME: error: ...` and exit status 2."""
+    import sys
+
+    from .checkpointing import exit_after_distributed_run
+    from .finite import close_progress_bars
+
+    try:
+        exit_after_distributed_run()
+        main()
+    except (ValueError, OSError, ImportError) as error:
+        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
+        print(f"{Path(script).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
 class GatheredEMAState:
     """The checkpoint state of an EMA over FSDP2 shards, independent of the sharding: `state_dict` gathers the full
     EMA weights (a collective; accelerate calls it on every rank and writes the main process's), `load_state_dict`
