@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = VAEWithLoss(vae, sample_posterior=not args.deterministic_posterior)
     optimizer, scheduler = run.optimizer_and_scheduler(model)
-    gan = AutoencoderGAN(run, args, channels, size)
+    gan = AutoencoderGAN(run, args, channels, size, last_layer=lambda wrapper: wrapper.vae.decoder.conv_out.weight)
     architecture = {key: value for key, value in dict(vae.config).items() if key != "scaling_factor"}
     config = run_config("train_vae.py", architecture, use_ema=args.use_ema, grad_scaler=accelerator.scaler is not None,
                         discriminator=gan.discriminator_record)
@@ -343,8 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     for batch in run.batches(loader, train_images):
         pixels = batch["pixel_values"]
-        gan_active = gan.active
-        with gan.accumulate(model):
+        with gan.accumulate():
             reconstruction, kl = model(pixels)
             if args.reconstruction_loss == "l1":
                 reconstruction_loss = (reconstruction.float() - pixels.float()).abs().mean()
@@ -353,13 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             kl_loss = kl.float().mean() / pixels_per_image
             loss = reconstruction_loss + args.kl_weight * kl_loss
             logs = {"reconstruction_loss": reconstruction_loss.detach().item(), "kl_loss": kl_loss.detach().item()}
-            loss, gan_logs = gan.generator_loss(loss, reconstruction, pixels, active=gan_active, last_layer=lambda: (
-                accelerator.unwrap_model(model).vae.decoder.conv_out.weight))
-            logs.update(gan_logs)
-            run.check_finite({**logs, "loss": loss})  # before the update
-            run.backward_and_step(loss, model, optimizer, scheduler)
-            if gan_active:
-                logs.update(gan.discriminator_step(pixels, reconstruction))
+            loss, logs = gan.backward_and_step(loss, logs, reconstruction, pixels)
         if not run.sync_step():
             continue
         run.end_step(model, lambda: {**logs, "loss": loss.detach().item()}, scheduler)

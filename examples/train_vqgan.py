@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
 
     optimizer, scheduler = run.optimizer_and_scheduler(model)
     restarter = None if args.no_codebook_restart else CodebookRestarter(config.codebook_size, seed=args.seed)
-    gan = AutoencoderGAN(run, args, channels, size, unit_range=True)  # the VQGAN's images are in [0, 1]
+    gan = AutoencoderGAN(run, args, channels, size, last_layer=lambda vqgan: vqgan.decoder.conv_out.weight,
+                         unit_range=True)  # the VQGAN's images are in [0, 1]
     config_record = run_config(
         "train_vqgan.py", config, use_ema=args.use_ema, codebook_restart=restarter is not None,
         grad_scaler=accelerator.scaler is not None, discriminator=gan.discriminator_record)
@@ -266,8 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     for batch in run.batches(loader, train_images):
         images = unit_range(batch["pixel_values"])
-        gan_active = gan.active
-        with gan.accumulate(model):
+        with gan.accumulate():
             output = model(images)
             reconstruction = output.reconstruction
             if args.reconstruction_loss == "l1":
@@ -279,13 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                     "quantization_loss": output.quantization_loss.detach().item(),
                     "commitment_loss": output.commitment_loss.detach().item(),
                     "codebook_loss": output.codebook_loss.detach().item()}
-            loss, gan_logs = gan.generator_loss(loss, reconstruction, images, active=gan_active, last_layer=lambda: (
-                accelerator.unwrap_model(model).decoder.conv_out.weight))
-            logs.update(gan_logs)
-            run.check_finite({**logs, "loss": loss})  # before the update
-            run.backward_and_step(loss, model, optimizer, scheduler)
-            if gan_active:
-                logs.update(gan.discriminator_step(images, reconstruction))
+            loss, logs = gan.backward_and_step(loss, logs, reconstruction, images)
         if not run.sync_step():
             continue
         if restarter is not None:  # gathered, so every rank restarts the same codes identically

@@ -2,21 +2,20 @@
 
 A script computes its own loss of one step (reconstruction, VQ or KL terms); [`AutoencoderGAN`] adds the
 perceptual term (LPIPS) and, from --discriminator_start, the hinge GAN term (times VQGAN's adaptive weight with
---adaptive_gan_weight), then updates the patch discriminator on the detached reconstructions (hinge loss + LeCAM):
+--adaptive_gan_weight), updates the autoencoder, then the patch discriminator on the detached reconstructions (hinge
+loss + LeCAM), both in ONE `accelerator.accumulate` context:
 
-    gan = AutoencoderGAN(run, args, num_channels, image_size)
+    gan = AutoencoderGAN(run, args, num_channels, image_size, last_layer=lambda vqgan: vqgan.decoder.conv_out.weight)
     model, optimizer, loader, scheduler = gan.prepare(model, optimizer, loader, scheduler, states=(restarter,),
                                                       config_record=record, model_cls=...)
     for batch in run.batches(loader):
-        gan_active = gan.active
-        with gan.accumulate(model):
+        with gan.accumulate():
+            output = model(batch["pixel_values"])
             loss, logs = ...  # the script's own terms
-            loss, gan_logs = gan.generator_loss(loss, reconstruction, target, last_layer, gan_active)
-            logs.update(gan_logs)
-            run.check_finite({**logs, "loss": loss})
-            run.backward_and_step(loss, model, optimizer, scheduler)
-            if gan_active:
-                logs.update(gan.discriminator_step(target, reconstruction))
+            loss, logs = gan.backward_and_step(loss, logs, output.reconstruction, batch["pixel_values"])
+        if not run.sync_step():
+            continue
+        run.end_step(model, lambda: {**logs, "loss": loss.detach().item()}, scheduler)
 
 LPIPS and the discriminator take images in [-1, 1]; a script whose images are in [0, 1] (MaskGIT-VQGAN) builds the
 [`AutoencoderGAN`] with `unit_range=True` and they are mapped with [`signed_range`] where needed.
@@ -105,14 +104,18 @@ class AutoencoderGAN:
         args: the parsed arguments (GAN flags, `adam_beta1`, `adam_beta2`, `adam_weight_decay`).
         num_channels: image channels.
         image_size: image side in pixels.
+        last_layer: the weight of the decoder's layer that writes the pixels, from the (unwrapped) trained network:
+            where VQGAN's adaptive weight compares the gradients (used with --adaptive_gan_weight only).
         unit_range: the script's images are in [0, 1] (else [-1, 1]): mapped with [`signed_range`] for LPIPS and the
             discriminator.
     """
 
     def __init__(self, run: TrainingRun, args: argparse.Namespace, num_channels: int, image_size: int,
-                 unit_range: bool = False):
+                 last_layer: Callable[[torch.nn.Module], torch.Tensor], unit_range: bool = False):
         self.run = run
         self.args = args
+        self.last_layer = last_layer
+        self.model = self.optimizer = self.scheduler = None  # the autoencoder's, once prepared
         self.to_signed_range: Callable[[torch.Tensor], torch.Tensor] = signed_range if unit_range else _unchanged
         device = run.accelerator.device
         self.lpips = None
@@ -146,6 +149,7 @@ class AutoencoderGAN:
                                     states=[state for state in (self.lecam, *states) if state is not None], **options)
         if gan:
             self.discriminator, self.d_optimizer = prepared[4:]
+        self.model, self.optimizer, _, self.scheduler = prepared[:4]
         return prepared[:4]
 
     @property
@@ -153,25 +157,38 @@ class AutoencoderGAN:
         """Whether the step being trained has the GAN terms (--gan_weight > 0, from --discriminator_start)."""
         return self.discriminator is not None and self.run.global_step >= self.args.discriminator_start
 
-    def accumulate(self, model):
+    def accumulate(self):
         """ONE `accelerator.accumulate` context for the autoencoder and the discriminator: two contexts per micro-batch
         would advance accelerate's accumulation counter twice (the autoencoder would then only step at epoch ends)
         and could leave discriminator gradients pending across a checkpoint (not saved, so a resume would not be
         exact)."""
-        networks = (model,) if self.discriminator is None else (model, self.discriminator)
+        networks = (self.model,) if self.discriminator is None else (self.model, self.discriminator)
         return self.run.accelerator.accumulate(*networks)
 
-    def generator_loss(self, loss: torch.Tensor, reconstruction: torch.Tensor, target: torch.Tensor,
-                       last_layer: Callable[[], torch.Tensor], active: bool
+    def backward_and_step(self, loss: torch.Tensor, logs: dict[str, float], reconstruction: torch.Tensor,
+                          target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The rest of the step (inside `accumulate()`) after the script's own `loss` and its `logs`: the perceptual
+        and GAN terms ([`generator_loss`]), the check that every term is finite, the autoencoder's update
+        (`TrainingRun.backward_and_step`) and, with the GAN on, the discriminator's ([`discriminator_step`]).
+        Returns the total loss and the logs with the entries of the terms."""
+        active = self.active
+        loss, gan_logs = self.generator_loss(loss, reconstruction, target, active)
+        logs = {**logs, **gan_logs}
+        self.run.check_finite({**logs, "loss": loss})  # before the update
+        self.run.backward_and_step(loss, self.model, self.optimizer, self.scheduler)
+        if active:
+            logs.update(self.discriminator_step(target, reconstruction))
+        return loss, logs
+
+    def generator_loss(self, loss: torch.Tensor, reconstruction: torch.Tensor, target: torch.Tensor, active: bool
                        ) -> tuple[torch.Tensor, dict[str, float]]:
         """`loss` plus --perceptual_weight x LPIPS(reconstruction, target) and, when `active`, the weighted hinge GAN
         term of `reconstruction`, with their log entries (`perceptual_loss`, `adaptive_gan_weight`,
         `generator_adversarial_loss`).
 
         `reconstruction` and `target` are `(B, C, H, W)` images in the script's range. The GAN gradient reaches the
-        reconstruction only (the discriminator's parameters are detached). `last_layer()` gives the weight of the
-        decoder's layer that writes the pixels, where VQGAN's adaptive weight compares the gradients of `loss` (all
-        terms so far) and of the GAN term; it is called with --adaptive_gan_weight only."""
+        reconstruction only (the discriminator's parameters are detached); VQGAN's adaptive weight compares the
+        gradients of `loss` (all terms so far) and of the GAN term at the weight `last_layer` gives."""
         args, accelerator, logs = self.args, self.run.accelerator, {}
         if self.lpips is not None:
             with accelerator.autocast():  # LPIPS takes RGB in [-1, 1]: grayscale is replicated
@@ -186,7 +203,8 @@ class AutoencoderGAN:
                                                                       (self.to_signed_range(reconstruction),)))
             weight = args.gan_weight
             if args.adaptive_gan_weight:
-                weight = weight * losses.adaptive_adversarial_weight(loss, adversarial, last_layer(),
+                last_layer = self.last_layer(accelerator.unwrap_model(self.model))
+                weight = weight * losses.adaptive_adversarial_weight(loss, adversarial, last_layer,
                                                                      max_weight=args.adaptive_gan_weight_max)
                 logs["adaptive_gan_weight"] = weight.item()
             loss = loss + weight * adversarial
@@ -194,10 +212,10 @@ class AutoencoderGAN:
         return loss, logs
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        """One discriminator update (inside the step's `accumulate` context, after the autoencoder's update): hinge
-        loss (+ --lecam_weight x LeCAM) on the detached `(B, C, H, W)` `real` images and reconstructions `fake` (in the
-        script's range, so no gradient reaches the autoencoder), checked finite, backward, clipping at
-        --max_grad_norm, step. Returns the log entry `discriminator_loss`."""
+        """One discriminator update (inside `accumulate()`, after the autoencoder's update): the hinge loss
+        (+ --lecam_weight x LeCAM) of `(B, C, H, W)` `real` images and reconstructions `fake` in the script's range,
+        both detached (no gradient reaches the autoencoder), checked finite, then backward, clipping at
+        --max_grad_norm and step. Returns the log entry `discriminator_loss`."""
         real_logits = self.discriminator(self.to_signed_range(real.detach()))
         fake_logits = self.discriminator(self.to_signed_range(fake.detach()))
         loss = losses.hinge_discriminator_loss(real_logits, fake_logits)
