@@ -73,7 +73,11 @@ def build(name: str):
                                                 channel_mult=[1, 2, 2], num_res_blocks=1, z_channels=8,
                                                 codebook_size=16, norm_num_groups=4))
         unit = halves((images + 1) / 2)
-        return model, lambda m, i: m(unit(i)).reconstruction_loss + m(unit(i)).quantization_loss
+        def vqgan_loss(m, i):
+            output = m(unit(i))
+            return output.reconstruction_loss + output.quantization_loss
+
+        return model, vqgan_loss
     if name == "vae":
         from diffusers import AutoencoderKL
 

@@ -141,3 +141,86 @@ def test_the_readmes_fsdp_memory_figures_are_the_presets_sizes():
         memory = f"{gigabytes:.1f} GB" if gigabytes < 10 else f"{gigabytes:.0f} GB"
         assert f"{name} ({stated}" in readme and f"{stated}{' parameters' if name.endswith('16') else ''}) {memory}" \
             in readme, (name, stated, memory)
+
+
+# --- issue 28's flags, applied once in the scaffold for every script --------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "generator", "far", "vqgan", "vae"])
+def test_gradient_checkpointing_recomputes_blocks_with_identical_loss_and_gradients(name):
+    import copy
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fsdp_worker
+
+    model, loss_of = fsdp_worker.build(name)
+    reference = copy.deepcopy(model)
+    scaffold.enable_gradient_checkpointing(fsdp_worker.trained(model))
+    block = next(m for m in model.modules() if type(m) in fsdp_worker.no_split_classes(model))
+    # a layer inside the block: its hooks run inside the checkpointed forward, so again when it is recomputed
+    inner = next(m for m in block.modules() if m is not block and list(m.parameters(recurse=False)))
+    calls = []
+    inner.register_forward_hook(lambda *args: calls.append(1))
+    model.train()
+    reference.train()
+    loss, expected = loss_of(model, 0), loss_of(reference, 0)
+    assert len(calls) == 1
+    loss.backward()
+    expected.backward()
+    assert len(calls) == 2  # the block ran again in the backward pass
+    assert float(loss) == float(expected)
+    for (key, parameter), other in zip(model.named_parameters(), reference.parameters()):
+        assert (parameter.grad is None) == (other.grad is None), key
+        if parameter.grad is not None:
+            torch.testing.assert_close(parameter.grad, other.grad, rtol=0, atol=0, msg=key)
+
+
+def test_a_model_without_checkpointing_support_is_a_clear_error():
+    with pytest.raises(ValueError, match="--gradient_checkpointing: Linear does not support"):
+        scaffold.enable_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_report_to_names_a_missing_or_unknown_tracker(tmp_path, monkeypatch):
+    from accelerate.utils import imports
+
+    monkeypatch.setattr(imports, "is_wandb_available", lambda: False)
+    with pytest.raises(ValueError, match="--report_to wandb: not installed, so the run would not be logged; pip "
+                                         "install wandb, or pass --report_to none"):
+        TrainingRun(run_args(tmp_path, "--report_to", "wandb"), "test", outputs=())
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="--report_to tensorbord: unknown tracker"):
+        scaffold.check_trackers("tensorboard,tensorbord")
+    assert scaffold.check_trackers("none") is None
+    assert scaffold.check_trackers("tensorboard") == ["tensorboard"]
+
+
+def test_allow_tf32_sets_the_cuda_flags_and_says_it_does_nothing_on_a_cpu(tmp_path, caplog):
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    try:
+        with caplog.at_level("WARNING"):
+            TrainingRun(run_args(tmp_path, "--allow_tf32"), "test", outputs=())
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before
+    assert "--allow_tf32 has no effect on a CPU" in caplog.text
+
+
+def test_validation_images_go_to_every_tracker_that_takes_images(tmp_path):
+    from PIL import Image
+
+    logged = []
+
+    class Tracker:
+        name = "wandb"
+
+        def log_images(self, values, step):
+            logged.append((values, step))
+
+    class Accelerator:
+        trackers = [Tracker()]
+
+    image = Image.new("RGB", (4, 4))
+    path = scaffold.save_image(Accelerator(), image, tmp_path, "samples", 12)
+    assert path == tmp_path / "samples" / "samples-0000012.png" and path.exists()
+    assert logged == [({"samples": [image]}, 12)]

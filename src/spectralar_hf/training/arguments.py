@@ -126,6 +126,10 @@ def add_optimization_arguments(parser: argparse.ArgumentParser, defaults: Optimi
     optim.add_argument("--use_ema", action="store_true")
     optim.add_argument("--ema_decay", type=open_unit_float, default=defaults.ema_decay)
     optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--gradient_checkpointing", action="store_true",
+                       help="recompute each block's activations in the backward pass (less memory, same gradients)")
+    optim.add_argument("--allow_tf32", action="store_true",
+                       help="TF32 matmuls and convolutions on Ampere+ GPUs (faster float32; no effect on a CPU)")
     optim.add_argument("--seed", type=non_negative_int, default=0)
     return optim
 

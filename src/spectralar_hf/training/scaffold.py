@@ -67,6 +67,64 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
 
 
+# --report_to names -> the package each tracker needs (accelerate skips a missing one with a warning only).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "aim": "aim",
+                    "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
+
+
+def check_trackers(report_to: str) -> list[str] | None:
+    """The trackers of `--report_to` ("none", "all", or comma-separated names) for `Accelerator(log_with=...)`;
+    an unknown name or a tracker whose package is not installed is a `ValueError` naming the fix (accelerate would
+    train on without logging after a warning). "all": the installed ones."""
+    from accelerate.utils import imports
+
+    def installed(name: str) -> bool:
+        return getattr(imports, f"is_{name}_available")()
+
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    if names in ([], ["none"]):
+        return None
+    if names == ["all"]:
+        return [name for name in TRACKER_PACKAGES if installed(name)]
+    unknown = [name for name in names if name not in TRACKER_PACKAGES]
+    if unknown:
+        raise ValueError(f"--report_to {','.join(unknown)}: unknown tracker; use none, all or any of "
+                         f"{', '.join(TRACKER_PACKAGES)}.")
+    missing = [name for name in names if not installed(name)]
+    if missing:
+        packages = " ".join(TRACKER_PACKAGES[name] for name in missing)
+        raise ValueError(f"--report_to {','.join(missing)}: not installed, so the run would not be logged; "
+                         f"pip install {packages}, or pass --report_to none.")
+    return names
+
+
+def enable_gradient_checkpointing(network: torch.nn.Module) -> None:
+    """Recompute the activations of `network`'s blocks in the backward pass (transformers' and diffusers' own
+    switches; non-reentrant checkpoints, so gradients are the same as without)."""
+    if getattr(network, "supports_gradient_checkpointing", False):  # transformers PreTrainedModel
+        if hasattr(network, "activation_checkpointing_enable"):  # its name in recent transformers 5 releases
+            network.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif getattr(network, "_supports_gradient_checkpointing", False):  # diffusers ModelMixin
+        network.enable_gradient_checkpointing()
+    else:
+        raise ValueError(f"--gradient_checkpointing: {type(network).__name__} does not support gradient "
+                         f"checkpointing; train without the flag.")
+
+
+def allow_tf32() -> None:
+    """TF32 for float32 matmuls and convolutions on CUDA (Ampere and later): torch's `fp32_precision = "tf32"`
+    settings (the older `allow_tf32` flags where torch predates them; the two APIs must not be mixed)."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def is_sharded(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
@@ -207,10 +265,11 @@ class TrainingRun:
         # before anything is written: an earlier run in output_dir is resumed, deleted (--overwrite_output_dir) or kept
         self.plan = plan_run(self.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, outputs,
                              args.logging_dir)
+        trackers = check_trackers(args.report_to)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision=args.mixed_precision,
-            log_with=None if args.report_to == "none" else args.report_to,
+            log_with=trackers,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
                                                 logging_dir=str(self.output_dir / args.logging_dir)),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -219,6 +278,10 @@ class TrainingRun:
             raise ValueError(DEEPSPEED_REFUSAL)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         check_mixed_precision(self.accelerator)  # fp16 on CPU would train in float32 and record fp16
+        if getattr(args, "allow_tf32", False):
+            if self.accelerator.device.type != "cuda":
+                logger.warning("--allow_tf32 has no effect on a CPU (TF32 is a CUDA matmul mode)")
+            allow_tf32()
         set_seed(args.seed, device_specific=True)
         self.ema: EMAModel | None = None
         self.config_record: dict | None = None
@@ -263,6 +326,8 @@ class TrainingRun:
         wrapper), which the EMA and `full_model` rebuild. Returns the prepared `model, optimizer, loader, scheduler`
         followed by the prepared `extra_models`."""
         accelerator = self.accelerator
+        if getattr(self.args, "gradient_checkpointing", False):
+            enable_gradient_checkpointing((ema_module or (lambda network: network))(model))
         prepared = accelerator.prepare(model, optimizer, loader, scheduler)
         extra = accelerator.prepare(*extra_models) if extra_models else ()
         extra = extra if isinstance(extra, tuple) else (extra,)

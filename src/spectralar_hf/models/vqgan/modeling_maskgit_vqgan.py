@@ -189,6 +189,7 @@ class MaskGITVQGANPreTrainedModel(PreTrainedModel):
     base_model_prefix = "maskgit_vqgan"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    supports_gradient_checkpointing = True
     _no_split_modules = ["VQGANResnetBlock"]
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
@@ -52,8 +53,10 @@ class SamePadConv2d(nn.Conv2d):
         return super().forward(hidden_states)
 
 
-class VQGANResnetBlock(nn.Module):
+class VQGANResnetBlock(GradientCheckpointingLayer):
     """`norm -> SiLU -> conv3x3 -> norm -> SiLU -> dropout -> conv3x3` plus a residual (bias-free convolutions).
+    With gradient checkpointing on (`gradient_checkpointing_enable()` of the model that holds it) its activations are
+    recomputed in the backward pass.
 
     With `in_channels == out_channels` the residual is the input. Otherwise, as in the released MaskGIT-VQGAN, the
     residual is `nin_shortcut` (a 1x1 `out -> out` convolution) applied to the branch output, so the block returns
