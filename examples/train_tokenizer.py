@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
@@ -62,8 +60,7 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import exit_after_distributed_run, model_fingerprint, run_config
-from spectralar_hf.training.finite import close_progress_bars
+from spectralar_hf.training.checkpointing import model_fingerprint, run_config
 from spectralar_hf.training.data import (
     AugmentedImages,
     ImageTransform,
@@ -75,7 +72,7 @@ from spectralar_hf.training.data import (
     load_training_source,
 )
 from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments
-from spectralar_hf.training.scaffold import TrainingRun
+from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.training.vq import CodebookRestarter
 from spectralar_hf.visualization import prefix_strip
 
@@ -343,18 +340,8 @@ def log_reconstructions(accelerator, tokenizer: SpectralTokenizer, images: torch
                                           torch.tensor(prefixes, device=images.device)).reconstruction))
         labels += [f"target {index}", f"decoded {index}"]
     strip = prefix_strip(rows, row_labels=labels, column_labels=[f"k={k} w={omega[k - 1]}" for k in prefixes])
-    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-    strip.save(output_dir / "samples" / f"reconstructions-{step:07d}.png")
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("reconstructions", np.asarray(strip), step, dataformats="HWC")
+    save_image(accelerator, strip, output_dir, "reconstructions", step)
 
 
 if __name__ == "__main__":
-    try:
-        exit_after_distributed_run()  # a rank of a multi-process run ends in end_run: no teardown to hang
-        main()
-    except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
-        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
-        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, __file__)

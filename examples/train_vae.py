@@ -57,7 +57,6 @@ import argparse
 import copy
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +75,10 @@ from spectralar_hf.training.arguments import (
     check_config_keys,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import exit_after_distributed_run, run_config
+from spectralar_hf.training.checkpointing import run_config
 from spectralar_hf.training.data import AugmentedImages, ImageTransform, find_column, load_training_source
-from spectralar_hf.training.finite import close_progress_bars
 from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments
-from spectralar_hf.training.scaffold import TrainingRun
+from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.vae_presets import VAE_PRESETS
 from spectralar_hf.visualization import prefix_strip
 
@@ -387,18 +385,8 @@ def log_reconstructions(accelerator, vae: AutoencoderKL, images: torch.Tensor, o
     latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
     reconstructions = vae.decode(latents).sample.float().cpu()
     grid = prefix_strip([list(images), list(reconstructions)], row_labels=["input", "reconstruction"], min_cell=64)
-    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-    grid.save(output_dir / "samples" / f"reconstructions-{step:07d}.png")
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("reconstructions", np.asarray(grid), step, dataformats="HWC")
+    save_image(accelerator, grid, output_dir, "reconstructions", step)
 
 
 if __name__ == "__main__":
-    try:
-        exit_after_distributed_run()  # a rank of a multi-process run ends in end_run: no teardown to hang
-        main()
-    except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
-        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
-        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, __file__)

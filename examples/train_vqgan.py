@@ -54,11 +54,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
@@ -73,7 +71,7 @@ from spectralar_hf.training.arguments import (
     parse_config_overrides,
     resolve_model_dir,
 )
-from spectralar_hf.training.checkpointing import exit_after_distributed_run, run_config, write_json_atomic
+from spectralar_hf.training.checkpointing import run_config, write_json_atomic
 from spectralar_hf.training.data import (
     AugmentedImages,
     ImageTransform,
@@ -81,9 +79,8 @@ from spectralar_hf.training.data import (
     find_column,
     load_training_source,
 )
-from spectralar_hf.training.finite import close_progress_bars
 from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments, signed_range
-from spectralar_hf.training.scaffold import TrainingRun
+from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.training.vq import CodebookRestarter
 from spectralar_hf.visualization import prefix_strip
 
@@ -323,18 +320,8 @@ def log_reconstructions(accelerator, vqgan: MaskGITVQGAN, images: torch.Tensor, 
     reconstructions = vqgan.decode_codes(codes).reconstruction.float().cpu()
     strip = prefix_strip([list(signed_range(images)), list(signed_range(reconstructions))],
                          row_labels=["input", "reconstruction"], min_cell=64)
-    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-    strip.save(output_dir / "samples" / f"reconstructions-{step:07d}.png")
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("reconstructions", np.asarray(strip), step, dataformats="HWC")
+    save_image(accelerator, strip, output_dir, "reconstructions", step)
 
 
 if __name__ == "__main__":
-    try:
-        exit_after_distributed_run()  # a rank of a multi-process run ends in end_run: no teardown to hang
-        main()
-    except (ValueError, OSError, ImportError) as error:  # bad input, a missing file or package: one line, exit 2
-        close_progress_bars()  # a diverged run stops mid-bar: the error gets a line of its own
-        print(f"{Path(__file__).name}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, __file__)
