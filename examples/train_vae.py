@@ -257,6 +257,8 @@ class VAEWithLoss(torch.nn.Module):
     the latent (LDM's), shape `(B,)`. It is the network `TrainingRun` keeps the EMA of (its parameters are the VAE's)
     and rebuilds from `config` under FSDP: `vae` may be a VAE's config, for a new VAE."""
 
+    _supports_gradient_checkpointing = True  # --gradient_checkpointing: TrainingRun calls the diffusers switch below
+
     def __init__(self, vae: AutoencoderKL | dict[str, Any], sample_posterior: bool = True):
         super().__init__()
         self.vae = vae if isinstance(vae, AutoencoderKL) else AutoencoderKL.from_config(vae)
@@ -266,6 +268,10 @@ class VAEWithLoss(torch.nn.Module):
         posterior = self.vae.encode(pixel_values).latent_dist
         latents = posterior.sample() if self.sample_posterior else posterior.mode()
         return self.vae.decode(latents).sample, posterior.kl()
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the activations of the VAE's blocks in the backward pass (diffusers' own switch)."""
+        self.vae.enable_gradient_checkpointing()
 
     @property
     def config(self) -> VAEConfig:
