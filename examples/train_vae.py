@@ -251,39 +251,23 @@ def load_images(args: argparse.Namespace):
 
 
 class VAEWithLoss(torch.nn.Module):
-    """encode -> sample (or mean) -> decode in ONE forward, so that DDP sees one forward per step.
+    """encode -> sample (or mean) -> decode in ONE forward, so that DDP / FSDP see one forward per step (the VAE's
+    `encode` / `decode` are methods, which a wrapper's hooks would not see).
 
     Returns `(reconstruction, kl)`: the decoded images and the per-image KL of the posterior to N(0, I) summed over
-    the latent (LDM's), shape `(B,)`. It is the network `TrainingRun` keeps the EMA of (its parameters are the VAE's)
-    and rebuilds from `config` under FSDP: `vae` may be a VAE's config, for a new VAE."""
+    the latent (LDM's), shape `(B,)`. `_no_split_modules` are the VAE's blocks, which FSDP wraps one by one."""
 
-    _supports_gradient_checkpointing = True  # --gradient_checkpointing: TrainingRun calls the diffusers switch below
+    _no_split_modules = AutoencoderKL._no_split_modules
 
-    def __init__(self, vae: AutoencoderKL | dict[str, Any], sample_posterior: bool = True):
+    def __init__(self, vae: AutoencoderKL, sample_posterior: bool = True):
         super().__init__()
-        self.vae = vae if isinstance(vae, AutoencoderKL) else AutoencoderKL.from_config(vae)
+        self.vae = vae
         self.sample_posterior = sample_posterior
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         posterior = self.vae.encode(pixel_values).latent_dist
         latents = posterior.sample() if self.sample_posterior else posterior.mode()
         return self.vae.decode(latents).sample, posterior.kl()
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute the activations of the VAE's blocks in the backward pass (diffusers' own switch)."""
-        self.vae.enable_gradient_checkpointing()
-
-    @property
-    def config(self) -> VAEConfig:
-        """The VAE's config, with the `to_dict()` that `TrainingRun` calls for the EMA's `model_config`."""
-        return VAEConfig(self.vae.config)
-
-
-class VAEConfig(dict):
-    """A diffusers config as a dict with `to_dict()`, like a transformers config (diffusers' FrozenDict has none)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self)
 
 
 def scaling_sample_indices(num_images: int, count: int, seed: int) -> list[int]:
@@ -339,9 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     architecture = {key: value for key, value in dict(vae.config).items() if key != "scaling_factor"}
     config = run_config("train_vae.py", architecture, use_ema=args.use_ema, grad_scaler=accelerator.scaler is not None,
                         discriminator=gan.discriminator_record)
-    # the EMA and the full model are the wrapper's: its parameters are the VAE's
+    # the EMA, gradient checkpointing and the full model are the VAE's, inside the wrapper
     model, optimizer, loader, scheduler = gan.prepare(model, optimizer, loader, scheduler, config_record=config,
-                                                      model_cls=VAEWithLoss)
+                                                      model_cls=AutoencoderKL,
+                                                      ema_module=lambda network: accelerator.unwrap_model(network).vae)
 
     pixels_per_image = channels * size * size
     model.train()
@@ -361,14 +346,13 @@ def main(argv: list[str] | None = None) -> None:
             continue
         run.end_step(model, lambda: {**logs, "loss": loss.detach().item()}, scheduler)
         if run.validation_due:
-            with run.full_model(model) as wrapper:  # every rank (sharded weights are gathered)
-                if wrapper is not None:
-                    log_reconstructions(accelerator, wrapper.vae, validation_images, run.output_dir, run.global_step)
+            with run.full_model(model) as full_vae:  # every rank (sharded weights are gathered)
+                if full_vae is not None:
+                    log_reconstructions(accelerator, full_vae, validation_images, run.output_dir, run.global_step)
 
     output_dir = run.output_dir
-    with run.full_model(model, final=True) as wrapper:
-        if wrapper is not None:
-            final = wrapper.vae
+    with run.full_model(model, final=True) as final:
+        if final is not None:
             if args.scaling_factor is None:
                 indices = scaling_sample_indices(len(source), args.scaling_samples, args.seed)
                 stats = latent_statistics(final, plain_images, indices, args.train_batch_size)

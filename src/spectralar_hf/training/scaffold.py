@@ -322,8 +322,9 @@ class TrainingRun:
         """`accelerator.prepare` the training objects (and `extra_models`, e.g. a discriminator and its optimizer),
         build the EMA (with --use_ema) from the prepared parameters, register `states`, the EMA and the data
         position for checkpoints (in that order), resume from the planned checkpoint and start the run. `model_cls` is
-        the class of the trained network (`ema_module(model)`, default `model` itself: e.g. the VAE inside a loss
-        wrapper), which the EMA and `full_model` rebuild. Returns the prepared `model, optimizer, loader, scheduler`
+        the class of the trained network, which the EMA and `full_model` rebuild: `ema_module(model)` (default
+        `model` itself; e.g. `lambda m: unwrap(m).vae`, the VAE inside its loss wrapper; it is called with the model
+        before and after `accelerator.prepare`, so it should unwrap). Returns the prepared `model, optimizer, loader, scheduler`
         followed by the prepared `extra_models`."""
         accelerator = self.accelerator
         if getattr(self.args, "gradient_checkpointing", False):
@@ -343,9 +344,10 @@ class TrainingRun:
         if self.args.use_ema:
             # After prepare: under FSDP the EMA shadows the sharded parameters (a model built before would not match).
             module = self._ema_module(prepared[0])
-            config = accelerator.unwrap_model(module).config
+            config = accelerator.unwrap_model(module).config  # transformers config or diffusers FrozenDict
             self.ema = EMAModel(module.parameters(), decay=self.args.ema_decay, use_ema_warmup=True,
-                                power=EMA_WARMUP_POWER, model_cls=model_cls, model_config=config.to_dict())
+                                power=EMA_WARMUP_POWER, model_cls=model_cls,
+                                model_config=config.to_dict() if hasattr(config, "to_dict") else dict(config))
             self.ema.to(accelerator.device)
             accelerator.register_for_checkpointing(GatheredEMAState(self.ema) if is_sharded(accelerator) else self.ema)
         accelerator.register_for_checkpointing(self.data)
