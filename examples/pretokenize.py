@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from PIL import Image
 
 from spectralar_hf import SpectralTokenizer
 from spectralar_hf.argtypes import positive_int
-from spectralar_hf.training.arguments import resolve_model_dir
+from spectralar_hf.training.arguments import add_image_source_arguments, check_image_source, resolve_model_dir
 from spectralar_hf.training.checkpointing import model_fingerprint, write_json_atomic
 from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
 
@@ -42,29 +41,18 @@ from spectralar_hf.training.data import ImageTransform, find_column, load_traini
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="a SpectralTokenizer directory (or a pipeline directory)")
-    parser.add_argument("--dataset_name", default=None)
-    parser.add_argument("--dataset_config_name", default=None)
-    parser.add_argument("--train_data_dir", default=None)
-    parser.add_argument("--idx_data_dir", default=None)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--image_column", default=None)
-    parser.add_argument("--label_column", default=None)
+    data = add_image_source_arguments(parser)
+    data.add_argument("--label_column", default=None)
     parser.add_argument("--max_samples", type=positive_int, default=None)
     parser.add_argument("--flip", action="store_true", help="also encode each image's horizontal mirror")
     parser.add_argument("--batch_size", type=positive_int, default=256)
     parser.add_argument("--num_shards", type=positive_int, default=None,
                         help="default: about 10,000 images per shard")
-    parser.add_argument("--cache_dir", default=None)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="delete the shards and data of an earlier run made with other settings and redo them")
     args = parser.parse_args(argv)
-    if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:
-        parser.error("give exactly one data source: --dataset_name, --train_data_dir or --idx_data_dir")
-    for flag in ("train_data_dir", "idx_data_dir"):
-        folder = getattr(args, flag)
-        if folder is not None and not os.path.isdir(folder):
-            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    check_image_source(parser, args)
     if not Path(args.tokenizer).exists():
         parser.error(f"--tokenizer {args.tokenizer!r} does not exist")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():

@@ -74,6 +74,8 @@ from spectralar_hf.argtypes import (
     positive_int,
 )
 from spectralar_hf.training.arguments import (
+    add_image_source_arguments,
+    check_image_source,
     OptimizationDefaults,
     add_optimization_arguments,
     add_run_arguments,
@@ -106,16 +108,9 @@ def diffusion_steps_argument(value: str) -> str | int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", default=None, help="a `datasets` id with image and label columns")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--train_data_dir", default=None, help='an image folder (`datasets` "imagefolder")')
-    data.add_argument("--idx_data_dir", default=None, help="MNIST-format IDX files (Fashion-MNIST)")
-    data.add_argument("--image_column", default=None)
+    data = add_image_source_arguments(parser)
     data.add_argument("--label_column", default=None)
-    data.add_argument("--split", default="train")
     data.add_argument("--max_train_samples", type=positive_int, default=None, help="use only the first N images")
-    data.add_argument("--cache_dir", default=None, help="`datasets` cache directory")
     data.add_argument("--flip", action="store_true", help="also cache each image's horizontal mirror")
     data.add_argument("--latents_dir", default=None, help="the latent cache (default: OUTPUT_DIR/latents)")
     data.add_argument("--latent_distribution", default="mean", choices=["mean", "sample"],
@@ -176,12 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="inner steps of the grids (default: the saved sampling default)")
     args = parser.parse_args(argv)
 
-    if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:
-        parser.error("give exactly one data source: --dataset_name, --train_data_dir or --idx_data_dir")
-    for flag in ("train_data_dir", "idx_data_dir"):
-        folder = getattr(args, flag)
-        if folder is not None and not os.path.isdir(folder):
-            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    check_image_source(parser, args)
     if not os.path.isdir(args.vae):
         parser.error(f"--vae {args.vae!r} does not exist or is not a directory; train one with "
                      f"examples/train_vae.py or download a diffusers AutoencoderKL")

@@ -42,7 +42,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +53,8 @@ from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.spectral import lowpass
 from spectralar_hf.argtypes import non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
+    add_image_source_arguments,
+    check_image_source,
     OptimizationDefaults,
     add_optimization_arguments,
     add_run_arguments,
@@ -81,20 +82,13 @@ logger = get_logger(__name__)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", type=str, default=None)
-    data.add_argument("--dataset_config_name", type=str, default=None)
-    data.add_argument("--train_data_dir", type=str, default=None)
-    data.add_argument("--idx_data_dir", type=str, default=None)
+    data = add_image_source_arguments(parser)
     data.add_argument("--sample_photos", action="store_true", help="random crops of scikit-image's photos")
     data.add_argument("--exclude_photos", nargs="*", default=["astronaut"],
                       help="photos kept out of --sample_photos (default: astronaut, the README demo photo)")
     data.add_argument("--photo_crop_scale", type=positive_float, nargs=2, default=(0.1, 0.6),
                       help="MIN MAX area fractions of the crops, 0 < MIN <= MAX <= 1")
-    data.add_argument("--image_column", type=str, default=None)
-    data.add_argument("--split", type=str, default="train")
     data.add_argument("--max_train_samples", type=positive_int, default=None, help="use only the first N images")
-    data.add_argument("--cache_dir", type=str, default=None)
     data.add_argument("--random_crop", action="store_true")
     data.add_argument("--random_flip", action="store_true")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
@@ -122,15 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_run_arguments(parser, "save a reconstruction strip every N steps")
     args = parser.parse_args(argv)
 
-    sources = [args.dataset_name is not None, args.train_data_dir is not None, args.idx_data_dir is not None,
-               args.sample_photos]
-    if sum(sources) != 1:
-        parser.error("give exactly one data source: --dataset_name, --train_data_dir, --idx_data_dir or "
-                     "--sample_photos")
-    for flag in ("train_data_dir", "idx_data_dir"):
-        folder = getattr(args, flag)
-        if folder is not None and not os.path.isdir(folder):
-            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    check_image_source(parser, args, {"--sample_photos": args.sample_photos})
     if not 0 < args.photo_crop_scale[0] <= args.photo_crop_scale[1] <= 1:
         parser.error(f"--photo_crop_scale takes MIN MAX with 0 < MIN <= MAX <= 1, got {list(args.photo_crop_scale)}")
     if args.proxy_teacher is not None:

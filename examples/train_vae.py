@@ -69,6 +69,8 @@ from diffusers import AutoencoderKL
 
 from spectralar_hf.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
+    add_image_source_arguments,
+    check_image_source,
     OptimizationDefaults,
     add_optimization_arguments,
     add_run_arguments,
@@ -87,15 +89,8 @@ logger = get_logger(__name__)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", type=str, default=None, help="a `datasets` id with an image column")
-    data.add_argument("--dataset_config_name", type=str, default=None)
-    data.add_argument("--train_data_dir", type=str, default=None, help='an image folder (`datasets` "imagefolder")')
-    data.add_argument("--idx_data_dir", type=str, default=None, help="MNIST-format IDX files (Fashion-MNIST)")
-    data.add_argument("--image_column", type=str, default=None)
-    data.add_argument("--split", type=str, default="train")
+    data = add_image_source_arguments(parser)
     data.add_argument("--max_train_samples", type=positive_int, default=None, help="use only the first N images")
-    data.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache directory")
     data.add_argument("--random_crop", action="store_true", help="random instead of centre crops")
     data.add_argument("--random_flip", action="store_true", help="random horizontal flips")
     data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
@@ -133,12 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--validation_images", type=positive_int, default=8, help="images in the reconstruction grids")
     args = parser.parse_args(argv)
 
-    if sum(x is not None for x in (args.dataset_name, args.train_data_dir, args.idx_data_dir)) != 1:
-        parser.error("give exactly one data source: --dataset_name, --train_data_dir or --idx_data_dir")
-    for flag in ("train_data_dir", "idx_data_dir"):
-        folder = getattr(args, flag)
-        if folder is not None and not os.path.isdir(folder):
-            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    check_image_source(parser, args)
     check_gan_arguments(parser, args)
     if args.scaling_samples < 2:
         parser.error("--scaling_samples must be >= 2 (a standard deviation needs two values)")

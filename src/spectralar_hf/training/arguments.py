@@ -6,6 +6,7 @@ every training script shares."""
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import difflib
 import inspect
@@ -156,3 +157,36 @@ def add_run_arguments(parser: argparse.ArgumentParser, validation_help: str, ove
     run.add_argument("--hub_model_id", type=str, default=None)
     run.add_argument("--hub_token", type=str, default=None)
     return run
+
+
+# The image sources every script that reads images takes: exactly one of them.
+IMAGE_SOURCES = ("dataset_name", "train_data_dir", "idx_data_dir")
+
+
+def add_image_source_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The "data" group's image-source flags (a `datasets` id, an image folder or IDX files, the column, split and
+    cache); returns the group so a script adds its own data flags."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", type=str, default=None, help="a `datasets` id with an image column")
+    data.add_argument("--dataset_config_name", type=str, default=None)
+    data.add_argument("--train_data_dir", type=str, default=None, help='an image folder (`datasets` "imagefolder")')
+    data.add_argument("--idx_data_dir", type=str, default=None, help="MNIST-format IDX files (Fashion-MNIST)")
+    data.add_argument("--image_column", type=str, default=None)
+    data.add_argument("--split", type=str, default="train")
+    data.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache directory")
+    return data
+
+
+def check_image_source(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       other_sources: dict[str, bool] | None = None) -> None:
+    """Exactly one image source is given (of `IMAGE_SOURCES` and a script's `other_sources`, flag -> given) and a
+    given folder exists; otherwise `parser.error` names the flags."""
+    given = {f"--{name}": getattr(args, name) is not None for name in IMAGE_SOURCES}
+    given.update(other_sources or {})
+    if sum(given.values()) != 1:
+        flags = list(given)
+        parser.error(f"give exactly one data source: {', '.join(flags[:-1])} or {flags[-1]}")
+    for flag in ("train_data_dir", "idx_data_dir"):
+        folder = getattr(args, flag)
+        if folder is not None and not os.path.isdir(folder):
+            parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
