@@ -74,11 +74,11 @@ from spectralar_hf.argtypes import (
     positive_int,
 )
 from spectralar_hf.training.arguments import (
-    add_image_source_arguments,
-    check_image_source,
     OptimizationDefaults,
+    add_image_source_arguments,
     add_optimization_arguments,
     add_run_arguments,
+    check_image_source,
     parse_config_overrides,
     resolve_model_dir,
 )

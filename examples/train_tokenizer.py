@@ -53,11 +53,11 @@ from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.spectral import lowpass
 from spectralar_hf.argtypes import non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
-    add_image_source_arguments,
-    check_image_source,
     OptimizationDefaults,
+    add_image_source_arguments,
     add_optimization_arguments,
     add_run_arguments,
+    check_image_source,
     parse_config_overrides,
     resolve_model_dir,
 )

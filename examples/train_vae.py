@@ -69,12 +69,12 @@ from diffusers import AutoencoderKL
 
 from spectralar_hf.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
-    add_image_source_arguments,
-    check_image_source,
     OptimizationDefaults,
+    add_image_source_arguments,
     add_optimization_arguments,
     add_run_arguments,
     check_config_keys,
+    check_image_source,
     resolve_model_dir,
 )
 from spectralar_hf.training.checkpointing import run_config

@@ -64,11 +64,11 @@ from spectralar_hf import MASKGIT_VQGAN_PRESETS, MaskGITVQGAN, MaskGITVQGANConfi
 from spectralar_hf.argtypes import non_negative_int, positive_int
 from spectralar_hf.models.tokenizer.configuration_spectral_tokenizer import PIXEL_DECODER_FIELDS
 from spectralar_hf.training.arguments import (
-    add_image_source_arguments,
-    check_image_source,
     OptimizationDefaults,
+    add_image_source_arguments,
     add_optimization_arguments,
     add_run_arguments,
+    check_image_source,
     parse_config_overrides,
     resolve_model_dir,
 )
