@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from PIL import Image
+from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralTokenizer
-from spectralar_hf.argtypes import positive_int
+from spectralar_hf.argtypes import non_negative_int, positive_int
 from spectralar_hf.training.arguments import add_image_source_arguments, check_image_source, resolve_model_dir
 from spectralar_hf.training.checkpointing import model_fingerprint, write_json_atomic
 from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_samples", type=positive_int, default=None)
     parser.add_argument("--flip", action="store_true", help="also encode each image's horizontal mirror")
     parser.add_argument("--batch_size", type=positive_int, default=256)
+    parser.add_argument("--dataloader_num_workers", type=non_negative_int, default=0,
+                        help="processes that decode and resize the images while the tokenizer encodes")
     parser.add_argument("--num_shards", type=positive_int, default=None,
                         help="default: about 10,000 images per shard")
     parser.add_argument("--output_dir", required=True)
@@ -69,6 +72,21 @@ def tokenizer_dir(path: str) -> Path:
 
 def load_tokenizer(path: str) -> SpectralTokenizer:
     return SpectralTokenizer.from_pretrained(tokenizer_dir(path)).eval()
+
+
+class PixelBatches:
+    """The collate function of pretokenize's loader (it runs in the worker processes): a list of dataset rows ->
+    `(pixels (B, C, S, S) in [-1, 1], labels)`, each image resized and centre-cropped by `transform`."""
+
+    def __init__(self, transform: ImageTransform, image_column: str, label_column: str):
+        self.transform, self.image_column, self.label_column = transform, image_column, label_column
+
+    def __call__(self, rows: list[dict]) -> tuple[torch.Tensor, list[int]]:
+        images = [row[self.image_column] for row in rows]
+        pixels = torch.stack([self.transform(image if isinstance(image, Image.Image)
+                                             else Image.fromarray(np.asarray(image, dtype=np.uint8)))
+                              for image in images])
+        return pixels, [int(row[self.label_column]) for row in rows]
 
 
 def shard_settings(args: argparse.Namespace, tokenizer_folder: Path, num_images: int, num_shards: int,
@@ -151,17 +169,16 @@ def main(argv: list[str] | None = None) -> None:
         write_json_atomic(output / SETTINGS, settings)
     accelerator.wait_for_everyone()
 
+    decode = PixelBatches(transform, image_column, label_column)
+
     @torch.no_grad()
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        pixels = torch.stack([transform(Image.fromarray(np.asarray(img, dtype=np.uint8)) if not isinstance(
-            img, Image.Image) else img) for img in batch[image_column]]).to(accelerator.device, tokenizer.dtype)
-        variants = [(pixels, False)] + ([(pixels.flip(-1), True)] if args.flip else [])
-        codes, flipped, labels = [], [], []
-        for images, is_flipped in variants:
-            codes += tokenizer.encode(images).codes.cpu().tolist()
-            flipped += [is_flipped] * len(images)
-            labels += [int(label) for label in batch[label_column]]
-        return {"codes": codes, "label": labels, "flipped": flipped}
+    def encode(pixels: torch.Tensor, labels: list[int], rows: dict[str, list]) -> None:
+        """Append the codes of `pixels` (and, with --flip, of their mirrors after them) to `rows`."""
+        pixels = pixels.to(accelerator.device, tokenizer.dtype)
+        for images, is_flipped in [(pixels, False)] + ([(pixels.flip(-1), True)] if args.flip else []):
+            rows["codes"] += tokenizer.encode(images).codes.cpu().tolist()
+            rows["flipped"] += [is_flipped] * len(images)
+            rows["label"] += labels
 
     features = datasets.Features({
         "codes": datasets.Sequence(datasets.Value("int32"), length=config.num_latent_tokens),
@@ -173,8 +190,14 @@ def main(argv: list[str] | None = None) -> None:
         if final.exists():
             continue  # finished in an earlier run
         shard = source.shard(num_shards, index, contiguous=True)
-        encoded = shard.map(encode, batched=True, batch_size=args.batch_size, remove_columns=shard.column_names,
-                            features=features, desc=f"shard {index + 1}/{num_shards}", load_from_cache_file=False)
+        # images are decoded and resized by --dataloader_num_workers worker processes, encoded here
+        loader = torch.utils.data.DataLoader(shard.with_format(None), batch_size=args.batch_size,
+                                             num_workers=args.dataloader_num_workers, collate_fn=decode)
+        rows = {"codes": [], "label": [], "flipped": []}
+        for pixels, labels in tqdm(loader, desc=f"shard {index + 1}/{num_shards}",
+                                   disable=not accelerator.is_local_main_process):
+            encode(pixels, labels, rows)
+        encoded = datasets.Dataset.from_dict(rows, features=features)
         partial = shards_dir / f".shard-{index:05d}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         encoded.save_to_disk(str(partial))

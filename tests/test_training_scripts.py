@@ -190,6 +190,22 @@ def test_pretokenize_output_shape_labels_and_resume(codes_dir, trained_tokenizer
     assert again["codes"] == data["codes"] and again["label"] == data["label"]
 
 
+def test_pretokenize_with_worker_processes_gives_the_same_codes(codes_dir, trained_tokenizer, image_folder,
+                                                                 tmp_path):
+    """--dataloader_num_workers 2: images decoded and resized in two worker processes, encoded in the main one; the
+    dataset (codes, labels, mirror flags, order) equals the one of the run without workers."""
+    output = tmp_path / "codes-workers"
+    run(PRETOKENIZE_SCRIPT, "--tokenizer", trained_tokenizer / "tokenizer", "--train_data_dir", image_folder,
+        "--flip", "--num_shards", 3, "--batch_size", 5, "--dataloader_num_workers", 2, "--output_dir", output)
+    expected = datasets.load_from_disk(str(codes_dir / "data"))
+    data = datasets.load_from_disk(str(output / "data"))
+    assert data.features == expected.features
+    for column in ("codes", "label", "flipped"):
+        assert data[column] == expected[column], column
+    # the batch order within a shard: each batch's images, then their mirrors
+    assert data["flipped"][:10] == [False] * 5 + [True] * 5
+
+
 def generator_args(codes: Path, output: Path, *extra) -> list:
     return ["--tokenized_dataset", codes, "--preset", "tiny", "--output_dir", output, "--train_batch_size", 8,
             "--report_to", "none", "--logging_steps", 1, "--validation_steps", 1000, "--lr_warmup_steps", 2, *extra]
