@@ -282,7 +282,8 @@ def write_likelihood_report(args: argparse.Namespace, pipeline: Path, codes: Pat
     import torch
 
     from spectralar_hf import SpectralARPipeline
-    from spectralar_hf.evaluation.likelihood import code_negative_log_likelihood, unigram_cross_entropy
+    from spectralar_hf.evaluation.likelihood import (DEFAULT_BATCH_SIZE, code_negative_log_likelihood,
+                                                     unigram_cross_entropy)
     from spectralar_hf.evaluation.report import load_evaluation_images
 
     pipe = SpectralARPipeline.from_pretrained(pipeline)
@@ -293,7 +294,8 @@ def write_likelihood_report(args: argparse.Namespace, pipeline: Path, codes: Pat
     if labels is None:
         raise ValueError("the test split has no labels: the class-conditional NLL needs them")
     with torch.no_grad():
-        test_codes = torch.cat([pipe.tokenizer.encode(images[i : i + 256]).codes for i in range(0, len(images), 256)])
+        test_codes = torch.cat([pipe.tokenizer.encode(images[i : i + DEFAULT_BATCH_SIZE]).codes
+                                for i in range(0, len(images), DEFAULT_BATCH_SIZE)])
     train_codes = torch.tensor(datasets.load_from_disk(str(codes / "data"))["codes"])
     likelihood = code_negative_log_likelihood(pipe.transformer, test_codes, labels)
     unigram = unigram_cross_entropy(train_codes, test_codes, config.codebook_size)

@@ -1,6 +1,7 @@
 """FSDP: every model wraps per block with torch's `fully_shard` (FSDP2) on 2 gloo CPU ranks; one training step's
-updated weights equal the unsharded step's, the EMA follows the same weights and its checkpoint state round-trips
-through a weights-only load, and the scaffold's full-state save path round-trips (tests/fsdp_worker.py does the work on each rank)."""
+updated weights equal the unsharded step's, the EMA follows the same weights and its checkpoint state
+round-trips through a weights-only load, and the scaffold's full-state save path round-trips (tests/fsdp_worker.py
+does the work on each rank)."""
 
 import json
 import socket

@@ -2,6 +2,7 @@
 sharded paths are in tests/test_fsdp.py."""
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_deepspeed_is_refused_in_one_line_before_anything_is_written(tmp_path, m
     (tmp_path / "codes").mkdir()
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "train_generator.py"), "--tokenized_dataset",
                              str(tmp_path / "codes"), "--output_dir", str(tmp_path / "g")], capture_output=True,
-                            text=True, env={**dict(__import__("os").environ), "ACCELERATE_USE_DEEPSPEED": "true"})
+                            text=True, env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"})
     assert result.returncode == 2
     assert result.stderr.strip() == f"train_generator.py: error: {DEEPSPEED_REFUSAL}"
 

@@ -324,8 +324,8 @@ class TrainingRun:
         position for checkpoints (in that order), resume from the planned checkpoint and start the run. `model_cls` is
         the class of the trained network, which the EMA and `full_model` rebuild: `ema_module(model)` (default
         `model` itself; e.g. `lambda m: unwrap(m).vae`, the VAE inside its loss wrapper; it is called with the model
-        before and after `accelerator.prepare`, so it should unwrap). Returns the prepared `model, optimizer, loader, scheduler`
-        followed by the prepared `extra_models`."""
+        before and after `accelerator.prepare`, so it should unwrap). Returns the prepared `model, optimizer, loader,
+        scheduler` followed by the prepared `extra_models`."""
         accelerator = self.accelerator
         if getattr(self.args, "gradient_checkpointing", False):
             enable_gradient_checkpointing((ema_module or (lambda network: network))(model))
@@ -440,7 +440,7 @@ class TrainingRun:
             accelerator.wait_for_everyone()
             check_finite_state(accelerator, self.global_step)  # a diverged model is not saved
         if is_sharded(accelerator):
-            state = full_state_dict(module)
+            state = full_state_dict(module, root=model)  # a submodule's keys come from the wrapped root (FSDP1)
             averaged = full_ema_parameters(ema) if ema is not None else None
             network = None
             if self.is_main_process:
