@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "scipy>=1.13",
     "pillow>=10.4",
     "tqdm>=4.66",
+    # brace patterns of --train_data_files shards ("shards/{000000..001281}.tar"), as webdataset writes them
+    "braceexpand>=0.1.7",
 ]
 
 EXTRAS = {

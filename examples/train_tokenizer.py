@@ -16,9 +16,13 @@ TiTok's two-stage recipe (a tokenizer built with a `pixel_decoder`, i.e. a MaskG
 Data (exactly one):
   --dataset_name NAME        any `datasets` id with an image column (needs the Hub or a local cache)
   --train_data_dir DIR       an image folder (`datasets` "imagefolder")
+  --train_data_files FILES   tar shards (webdataset, e.g. "shards/{000000..001281}.tar"), parquet or arrow files
   --idx_data_dir DIR         MNIST-format IDX files, e.g. Fashion-MNIST from Debian's dataset-fashion-mnist
   --sample_photos            endless random crops of the real photos that ship with scikit-image (offline; a
                              resumed run restarts this stream, so it is not bit-identical to an uninterrupted one)
+--streaming reads the first three without downloading them first: each process reads its share, shuffled in a
+seeded buffer (--shuffle_buffer_size), decoded in --dataloader_num_workers workers; a resumed run continues with the
+exact batch (see spectralar_hf/training/streaming.py).
 
 Examples:
   # offline, CPU: the demo tokenizer on Fashion-MNIST at 32x32
@@ -63,14 +67,12 @@ from spectralar_hf.training.arguments import (
 )
 from spectralar_hf.training.checkpointing import model_fingerprint, run_config
 from spectralar_hf.training.data import (
-    AugmentedImages,
-    ImageTransform,
-    PhotoCropDataset,
     SKIMAGE_PHOTOS,
+    PhotoCropDataset,
+    TrainingImages,
     collate_pixel_values,
-    find_column,
     load_sample_photos,
-    load_training_source,
+    load_training_images,
 )
 from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments
 from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
@@ -153,30 +155,22 @@ def build_model(args: argparse.Namespace) -> SpectralTokenizer:
     return SpectralTokenizer(config)
 
 
-def build_dataset(args: argparse.Namespace, config: SpectralTokenizerConfig, rank: int):
-    """A map-style `AugmentedImages` yielding `pixel_values`, or an endless `PhotoCropDataset`.
-
-    The random crop / flip of image `i` in epoch `e` are seeded with `(seed, e, i)` (see `AugmentedImages`): they
-    need no generator state in the checkpoints, so a resumed run sees the same augmented images."""
-    if args.sample_photos:
-        names = [name for name in SKIMAGE_PHOTOS if name not in set(args.exclude_photos)]
-        return PhotoCropDataset(load_sample_photos(names), config.image_size, tuple(args.photo_crop_scale),
-                                seed=args.seed, rank=rank, num_channels=config.num_channels)
-    dataset = load_training_source(args)
-    image_column = find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
-    transform = ImageTransform(config.image_size, config.num_channels, args.random_crop, args.random_flip)
-    return AugmentedImages(dataset, image_column, transform, args.seed)
-
-
-def validation_batch(dataset, args: argparse.Namespace, config: SpectralTokenizerConfig) -> torch.Tensor:
-    """Four fixed images for the periodic strips (drawn without touching the training data order)."""
-    if isinstance(dataset, PhotoCropDataset):
-        stream = iter(PhotoCropDataset(dataset.photos, config.image_size, dataset.scale, seed=args.seed + 1,
-                                       num_channels=config.num_channels))
-        return torch.stack([next(stream)["pixel_values"] for _ in range(4)])
-    plain = AugmentedImages(dataset.dataset, dataset.image_column, ImageTransform(config.image_size,
-                                                                                  config.num_channels), args.seed)
-    return torch.stack([plain[i]["pixel_values"] for i in range(min(4, len(plain)))])
+def build_images(args: argparse.Namespace, config: SpectralTokenizerConfig, accelerator) -> TrainingImages:
+    """The training images (`load_training_images`: map-style, or --streaming), or with --sample_photos an endless
+    `PhotoCropDataset` in a DataLoader. Map-style crops / flips of image `i` in epoch `e` are seeded with
+    `(seed, e, i)` (see `AugmentedImages`), so a resumed run sees the same augmented images."""
+    if not args.sample_photos:
+        return load_training_images(args, accelerator, config.image_size, config.num_channels, head=4)
+    names = [name for name in SKIMAGE_PHOTOS if name not in set(args.exclude_photos)]
+    photos = load_sample_photos(names)
+    crops = PhotoCropDataset(photos, config.image_size, tuple(args.photo_crop_scale), seed=args.seed,
+                             rank=accelerator.process_index, num_channels=config.num_channels)
+    loader = torch.utils.data.DataLoader(crops, batch_size=args.train_batch_size, collate_fn=collate_pixel_values,
+                                         num_workers=args.dataloader_num_workers)
+    # four fixed crops for the periodic strips, drawn without touching the training stream
+    stream = iter(PhotoCropDataset(photos, config.image_size, crops.scale, seed=args.seed + 1,
+                                   num_channels=config.num_channels))
+    return TrainingImages(loader, (), [next(stream) for _ in range(4)])
 
 
 def load_proxy_teacher(args: argparse.Namespace, model: SpectralTokenizer, device: torch.device):
@@ -239,17 +233,9 @@ def main(argv: list[str] | None = None) -> None:
         teacher, teacher_fingerprint = load_proxy_teacher(args, model, accelerator.device)
         model.pixel_decoder.requires_grad_(False)
         model.pixel_quantize.requires_grad_(False)
-    dataset = build_dataset(args, config, accelerator.process_index)
-    finite = not isinstance(dataset, torch.utils.data.IterableDataset)
-    if finite and len(dataset) < args.train_batch_size:
-        raise ValueError(f"The dataset has {len(dataset)} images, fewer than one batch of {args.train_batch_size}; "
-                         f"lower --train_batch_size or add data.")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=finite, drop_last=finite,
-        collate_fn=collate_pixel_values, num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed) if finite else None,
-    )
-    validation_images = validation_batch(dataset, args, config)
+    images = build_images(args, config, accelerator)
+    loader = images.loader
+    validation_images = torch.stack([images.plain[i]["pixel_values"] for i in range(min(4, len(images.plain)))])
 
     optimizer, scheduler = run.optimizer_and_scheduler(model)
     restart = not (args.no_codebook_restart or args.train_decoder_only)
@@ -264,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       config_record=config_record, model_cls=SpectralTokenizer)
 
     model.train()
-    for batch in run.batches(loader, dataset) if finite else stream_batches(run, loader):
+    for batch in stream_batches(run, loader) if args.sample_photos else run.batches(loader, *images.epoch_datasets):
         with gan.accumulate():
             # stage 1 needs the proxy logits only: the frozen pixel decoder is skipped
             output = model(batch["pixel_values"], decode_pixels=teacher is None)

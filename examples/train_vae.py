@@ -34,10 +34,14 @@ all values of the posterior means is measured (LDM's rule, which gave Stable Dif
 Latents times `scaling_factor` then have unit variance, which the diffusion head of FAR assumes. The measured mean,
 std and factor are also written to OUTPUT_DIR/latent_stats.json. --scaling_factor F keeps a given value instead.
 
-Data (exactly one): --dataset_name (any `datasets` id with an image column), --train_data_dir (an image folder) or
+Data (exactly one): --dataset_name (any `datasets` id with an image column), --train_data_dir (an image folder),
+--train_data_files (tar shards for webdataset, e.g. "shards/{000000..001281}.tar", parquet or arrow files) or
 --idx_data_dir (MNIST-format IDX files, e.g. Fashion-MNIST from Debian's dataset-fashion-mnist). Images are resized
-(shorter side) and cropped to the VAE's sample_size. --random_crop / --random_flip draw from a generator seeded by
-(seed, epoch, image index), so a resumed run sees the same augmented images as an uninterrupted one.
+(shorter side) and cropped to the VAE's sample_size; --random_crop / --random_flip are seeded by (seed, epoch, image
+index), so a resumed run sees the same images as an uninterrupted one. --streaming reads the first three without
+downloading them first: each process reads its share, shuffled in a seeded buffer (--shuffle_buffer_size), decoded
+in --dataloader_num_workers workers, and a resumed run continues with the exact batch; the fixed validation and
+evaluation images are then the first ones of the stream.
 
 Examples:
   # offline, CPU: a Fashion-MNIST VAE (8 x 8 x 4 latents) for examples/train_far.py
@@ -78,7 +82,7 @@ from spectralar_hf.training.arguments import (
     resolve_model_dir,
 )
 from spectralar_hf.training.checkpointing import run_config
-from spectralar_hf.training.data import AugmentedImages, ImageTransform, find_column, load_training_source
+from spectralar_hf.training.data import load_training_images
 from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments
 from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.vae_presets import VAE_PRESETS
@@ -234,12 +238,6 @@ def sample_size(vae: AutoencoderKL) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def load_images(args: argparse.Namespace):
-    """The training images as a `datasets.Dataset` and the name of its image column."""
-    dataset = load_training_source(args)
-    return dataset, find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
-
-
 class VAEWithLoss(torch.nn.Module):
     """encode -> sample (or mean) -> decode in ONE forward, so that DDP / FSDP see one forward per step (the VAE's
     `encode` / `decode` are methods, which a wrapper's hooks would not see).
@@ -293,19 +291,11 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed, device_specific=True)  # the state TrainingRun set, whatever building the VAE drew
 
     size, channels = sample_size(vae), vae.config.in_channels
-    source, image_column = load_images(args)
-    if len(source) < args.train_batch_size:
-        raise ValueError(f"The dataset has {len(source)} images, fewer than one batch of {args.train_batch_size}; "
-                         f"lower --train_batch_size or add data.")
-    train_images = AugmentedImages(source, image_column, ImageTransform(size, channels, args.random_crop,
-                                                                        args.random_flip), args.seed)
-    plain_images = AugmentedImages(source, image_column, ImageTransform(size, channels), args.seed)  # centre crops
-    loader = torch.utils.data.DataLoader(
-        train_images, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
-    )
+    images = load_training_images(args, accelerator, size, channels,
+                                  head=max(args.validation_images, args.scaling_samples))
+    loader, plain_images = images.loader, images.plain  # plain: centre crops
     validation_images = torch.stack([plain_images[i]["pixel_values"]
-                                     for i in range(min(args.validation_images, len(source)))])
+                                     for i in range(min(args.validation_images, len(plain_images)))])
 
     model = VAEWithLoss(vae, sample_posterior=not args.deterministic_posterior)
     optimizer, scheduler = run.optimizer_and_scheduler(model)
@@ -320,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
 
     pixels_per_image = channels * size * size
     model.train()
-    for batch in run.batches(loader, train_images):
+    for batch in run.batches(loader, *images.epoch_datasets):
         pixels = batch["pixel_values"]
         with gan.accumulate():
             reconstruction, kl = model(pixels)
@@ -344,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     with run.full_model(model, final=True) as final:
         if final is not None:
             if args.scaling_factor is None:
-                indices = scaling_sample_indices(len(source), args.scaling_samples, args.seed)
+                indices = scaling_sample_indices(len(plain_images), args.scaling_samples, args.seed)
                 stats = latent_statistics(final, plain_images, indices, args.train_batch_size)
             else:
                 stats = {"scaling_factor": args.scaling_factor, "given": True}

@@ -18,10 +18,14 @@ Model (one of):
                                             grayscale, an 8 x 8 grid of 512 codes), small, tiny
   --pretrained_model_name_or_path DIR       fine-tune a saved MaskGITVQGAN (e.g. conversion/convert_maskgit_vqgan.py)
 
-Data (exactly one): --dataset_name (any `datasets` id with an image column), --train_data_dir (an image folder) or
+Data (exactly one): --dataset_name (any `datasets` id with an image column), --train_data_dir (an image folder),
+--train_data_files (tar shards for webdataset, e.g. "shards/{000000..001281}.tar", parquet or arrow files) or
 --idx_data_dir (MNIST-format IDX files, e.g. Fashion-MNIST from Debian's dataset-fashion-mnist). Images are resized
 (shorter side) and cropped to the VQGAN's image_size; --random_crop / --random_flip are seeded by (seed, epoch, image
-index), so a resumed run sees the same images as an uninterrupted one.
+index), so a resumed run sees the same images as an uninterrupted one. --streaming reads the first three without
+downloading them first: each process reads its share, shuffled in a seeded buffer (--shuffle_buffer_size), decoded
+in --dataloader_num_workers workers, and a resumed run continues with the exact batch; the fixed validation and
+evaluation images are then the first ones of the stream.
 
 After training, the final (EMA) weights encode a fixed evaluation set (the first --eval_samples images, centre-cropped)
 and OUTPUT_DIR/vqgan_stats.json records the codebook usage (distinct codes used, perplexity), the PSNR of the clamped
@@ -54,7 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from accelerate.logging import get_logger
@@ -73,13 +77,7 @@ from spectralar_hf.training.arguments import (
     resolve_model_dir,
 )
 from spectralar_hf.training.checkpointing import run_config, write_json_atomic
-from spectralar_hf.training.data import (
-    AugmentedImages,
-    ImageTransform,
-    collate_pixel_values,
-    find_column,
-    load_training_source,
-)
+from spectralar_hf.training.data import load_training_images
 from spectralar_hf.training.gan import AutoencoderGAN, add_gan_arguments, check_gan_arguments, signed_range
 from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.training.vq import CodebookRestarter
@@ -167,12 +165,6 @@ def build_model(args: argparse.Namespace) -> MaskGITVQGAN:
     return MaskGITVQGAN(model_config(args))
 
 
-def load_images(args: argparse.Namespace):
-    """The training images as a `datasets.Dataset` and the name of its image column."""
-    dataset = load_training_source(args)
-    return dataset, find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
-
-
 def unit_range(pixel_values: torch.Tensor) -> torch.Tensor:
     """`ImageTransform`'s [-1, 1] images -> the VQGAN's [0, 1]."""
     return ((pixel_values + 1) / 2).clamp(0.0, 1.0)
@@ -187,7 +179,8 @@ def pixel_decoder_fields(config: MaskGITVQGANConfig) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: MaskGITVQGAN, images: AugmentedImages, count: int, batch_size: int) -> dict[str, Any]:
+def evaluate(model: MaskGITVQGAN, images: Sequence[dict[str, torch.Tensor]], count: int, batch_size: int
+             ) -> dict[str, Any]:
     """Codebook usage and reconstruction quality of `model` on the first `count` images of `images`."""
     was_training = model.training
     model.eval()
@@ -224,21 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     config = model.config
     set_seed(args.seed, device_specific=True)  # the state TrainingRun set, whatever building the model drew
 
-    source, image_column = load_images(args)
-    if len(source) < args.train_batch_size:
-        raise ValueError(f"The dataset has {len(source)} images, fewer than one batch of {args.train_batch_size}; "
-                         f"lower --train_batch_size or add data.")
     size, channels = config.image_size, config.num_channels
-    train_images = AugmentedImages(source, image_column, ImageTransform(size, channels, args.random_crop,
-                                                                        args.random_flip), args.seed)
-    plain_images = AugmentedImages(source, image_column, ImageTransform(size, channels), args.seed)  # centre crops
-    loader = torch.utils.data.DataLoader(
-        train_images, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collate_pixel_values, num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    images = load_training_images(args, accelerator, size, channels, head=max(args.eval_samples,
+                                                                            args.validation_images))
+    loader, plain_images = images.loader, images.plain  # plain: centre crops
     validation_images = unit_range(torch.stack([plain_images[i]["pixel_values"]
-                                                for i in range(min(args.validation_images, len(source)))]))
+                                                for i in range(min(args.validation_images, len(plain_images)))]))
 
     optimizer, scheduler = run.optimizer_and_scheduler(model)
     restarter = None if args.no_codebook_restart else CodebookRestarter(config.codebook_size, seed=args.seed)
@@ -251,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       config_record=config_record, model_cls=MaskGITVQGAN)
 
     model.train()
-    for batch in run.batches(loader, train_images):
+    for batch in run.batches(loader, *images.epoch_datasets):
         images = unit_range(batch["pixel_values"])
         with gan.accumulate():
             output = model(images)
@@ -285,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         if final is not None:
             final.save_pretrained(output_dir / MODEL_FOLDER, save_function=accelerator.save)
             log_reconstructions(accelerator, final, validation_images, output_dir, run.global_step)
-            stats = evaluate(final, plain_images, min(args.eval_samples, len(source)), args.train_batch_size)
+            stats = evaluate(final, plain_images, min(args.eval_samples, len(plain_images)), args.train_batch_size)
             write_json_atomic(output_dir / STATS_FILE, stats)
             accelerator.log({f"eval_{key}": value for key, value in stats.items() if key != "pixel_decoder"},
                             step=run.global_step)

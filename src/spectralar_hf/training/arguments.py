@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from ..argtypes import positive_int
 from ..utils import describe_folder, pipeline_class_name, read_json
 
 
@@ -160,27 +161,36 @@ def add_run_arguments(parser: argparse.ArgumentParser, validation_help: str, ove
 
 
 # The image sources every script that reads images takes: exactly one of them.
-IMAGE_SOURCES = ("dataset_name", "train_data_dir", "idx_data_dir")
+IMAGE_SOURCES = ("dataset_name", "train_data_dir", "train_data_files", "idx_data_dir")
 
 
 def add_image_source_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The "data" group's image-source flags (a `datasets` id, an image folder or IDX files, the column, split and
-    cache); returns the group so a script adds its own data flags."""
+    """The "data" group's image-source flags (a `datasets` id, an image folder, tar / parquet shards or IDX files;
+    the column, split and cache; streaming with its shuffle buffer); returns the group so a script adds its own data
+    flags."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", type=str, default=None, help="a `datasets` id with an image column")
     data.add_argument("--dataset_config_name", type=str, default=None)
     data.add_argument("--train_data_dir", type=str, default=None, help='an image folder (`datasets` "imagefolder")')
+    data.add_argument("--train_data_files", type=str, nargs="+", default=None,
+                      help='data files: tar shards (webdataset: "shards/{000000..001281}.tar"), parquet or arrow; '
+                           "brace ranges and globs are expanded")
     data.add_argument("--idx_data_dir", type=str, default=None, help="MNIST-format IDX files (Fashion-MNIST)")
     data.add_argument("--image_column", type=str, default=None)
     data.add_argument("--split", type=str, default="train")
     data.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache directory")
+    data.add_argument("--streaming", action="store_true",
+                      help="stream --dataset_name / --train_data_files / --train_data_dir instead of downloading and "
+                           "preparing it first: split per process, shuffled in a seeded buffer, resumed exactly")
+    data.add_argument("--shuffle_buffer_size", type=positive_int, default=10_000,
+                      help="--streaming: examples in the shuffle buffer (with shuffled shard order)")
     return data
 
 
 def check_image_source(parser: argparse.ArgumentParser, args: argparse.Namespace,
                        other_sources: dict[str, bool] | None = None) -> None:
-    """Exactly one image source is given (of `IMAGE_SOURCES` and a script's `other_sources`, flag -> given) and a
-    given folder exists; otherwise `parser.error` names the flags."""
+    """Exactly one image source is given (of `IMAGE_SOURCES` and a script's `other_sources`, flag -> given), a given
+    folder exists and --streaming has a source it can stream; otherwise `parser.error` names the flags."""
     given = {f"--{name}": getattr(args, name) is not None for name in IMAGE_SOURCES}
     given.update(other_sources or {})
     if sum(given.values()) != 1:
@@ -190,3 +200,6 @@ def check_image_source(parser: argparse.ArgumentParser, args: argparse.Namespace
         folder = getattr(args, flag)
         if folder is not None and not os.path.isdir(folder):
             parser.error(f"--{flag} {folder!r} does not exist or is not a directory")
+    if args.streaming and not any(getattr(args, name) is not None for name in IMAGE_SOURCES[:3]):
+        parser.error("--streaming streams --dataset_name, --train_data_files or --train_data_dir; the other sources "
+                     "are read into memory: drop --streaming")

@@ -122,16 +122,39 @@ class DataProgress:
     accelerate also takes an optimizer step at the end of every epoch (`sync_with_dataloader`), so an epoch of `n`
     batches gives `ceil(n / accumulation)` steps. A resumed run computes its epoch and the batches to skip from this
     counter instead.
+
+    A streamed run (`streaming.StreamLoader`, attached as `stream`) saves every rank's stream position instead:
+    `gather_stream` collects them (all ranks call it before a checkpoint) and each rank resumes from its own.
     """
 
     def __init__(self) -> None:
         self.micro_step = 0
+        self.stream = None  # a StreamLoader (set by TrainingRun.prepare)
+        self.rank, self.world_size = 0, 1
+        self._stream_positions: list[list[int]] | None = None
+
+    def gather_stream(self, accelerator) -> None:
+        """Collect every rank's stream position (a collective: every rank calls it)."""
+        local = torch.tensor([self.stream.position.to_list()], dtype=torch.long, device=accelerator.device)
+        self._stream_positions = accelerator.gather(local).tolist()
 
     def state_dict(self) -> dict:
-        return {"micro_step": self.micro_step}
+        state = {"micro_step": self.micro_step}
+        if self.stream is not None:
+            # before the first gather (a checkpoint is always gathered first): this rank's position in every slot
+            positions = self._stream_positions or [self.stream.position.to_list()] * self.world_size
+            state["stream"] = {"fingerprint": self.stream.fingerprint, "positions": positions}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("stream")
+        if (saved is None) != (self.stream is None):
+            raise ValueError("The checkpoint was saved " + ("with" if saved is not None else "without") +
+                             " --streaming; resume with the same data flags or start a new run.")
         self.micro_step = int(state["micro_step"])
+        if saved is not None:
+            self.stream.check_resumable(saved["fingerprint"])
+            self.stream.position.load_list(saved["positions"][self.rank])
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

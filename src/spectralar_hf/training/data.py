@@ -8,11 +8,16 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+
+# Column names that hold images / class ids (webdataset shards name columns by file extension: "jpg", "cls", ...).
+IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "jpeg", "png", "webp")
+LABEL_COLUMNS = ("label", "labels", "class", "cls")
 
 # Real photos that ship inside scikit-image (no download needed). "astronaut" is kept out of training sets by
 # default so that the README's demo reconstructs a photo the tokenizer never saw.
@@ -171,7 +176,8 @@ def load_idx_dataset(directory: str | Path = FASHION_MNIST_DIR, split: str = "tr
 
 
 class ImageTransform:
-    """PIL image -> `(C, S, S)` float tensor in [-1, 1]: resize the shorter side, crop (random or centre), flip.
+    """PIL image (or array, or undecoded `datasets.Image` dict) -> `(C, S, S)` float tensor in [-1, 1]: resize the
+    shorter side, crop (random or centre), flip.
 
     Args:
         resolution: output side `S`.
@@ -187,7 +193,11 @@ class ImageTransform:
         self.random_crop, self.random_flip = random_crop, random_flip
         self.rng = generator if generator is not None else np.random.default_rng()
 
-    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+    def __call__(self, image: Image.Image | np.ndarray | dict) -> torch.Tensor:
+        if isinstance(image, dict):  # an undecoded `datasets.Image` value: {"bytes": ..., "path": ...}
+            import datasets
+
+            image = datasets.Image().decode_example(image)
         if not isinstance(image, Image.Image):
             image = Image.fromarray(np.asarray(image, dtype=np.uint8))
         image = image.convert("L" if self.num_channels == 1 else "RGB")
@@ -239,16 +249,22 @@ def load_image_dataset(
     train_data_dir: str | None = None,
     split: str = "train",
     cache_dir: str | None = None,
+    data_files: str | list[str] | None = None,
 ):
-    """Load an image dataset with `datasets`: a Hub id (`dataset_name`) or a local `imagefolder` (`train_data_dir`).
+    """Load an image dataset with `datasets`: a Hub id (`dataset_name`), a local `imagefolder` (`train_data_dir`) or
+    data files (`data_files`: tar shards for the webdataset builder, parquet or arrow files; brace patterns such as
+    `shards/{000000..000099}.tar` expanded), all read into `split`.
 
-    Returns the `datasets.Dataset` of `split`. Raises `ValueError` when neither or both sources are given, when the
+    Returns the `datasets.Dataset` of `split`. Raises `ValueError` unless exactly one source is given, when the
     folder does not exist, or when the split is empty.
     """
     import datasets
 
-    if (dataset_name is None) == (train_data_dir is None):
-        raise ValueError("Give exactly one data source: --dataset_name (a datasets id) or --train_data_dir (a folder).")
+    from .streaming import data_files_builder, expand_data_files
+
+    if sum(source is not None for source in (dataset_name, train_data_dir, data_files)) != 1:
+        raise ValueError("Give exactly one data source: --dataset_name (a datasets id), --train_data_dir (a folder) "
+                         "or --train_data_files (tar / parquet shards).")
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a directory; point it at an image folder.")
@@ -257,6 +273,9 @@ def load_image_dataset(
         except FileNotFoundError as error:  # datasets' EmptyDatasetError
             raise ValueError(f"--train_data_dir {train_data_dir!r} contains no images ({error}); put image files "
                              f"(optionally in one sub-folder per class) there.") from None
+    elif data_files is not None:
+        files = expand_data_files(data_files)
+        dataset = datasets.load_dataset(data_files_builder(files), data_files={split: files}, cache_dir=cache_dir)
     else:
         dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
     if split not in dataset:
@@ -269,13 +288,13 @@ def load_image_dataset(
 
 def load_training_source(args: Any, max_samples_flag: str = "max_train_samples"):
     """The dataset named by a script's data flags: `--idx_data_dir` (MNIST-format IDX files) or `--dataset_name` /
-    `--train_data_dir` (see `load_image_dataset`), with `--split` and `--cache_dir`, cut to the first
+    `--train_data_dir` / `--train_data_files` (see `load_image_dataset`), with `--split` and `--cache_dir`, cut to the first
     `--{max_samples_flag}` images. Raises `ValueError` when nothing is left."""
     if args.idx_data_dir is not None:
         dataset = load_idx_dataset(args.idx_data_dir, args.split)
     else:
         dataset = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
-                                     args.cache_dir)
+                                     args.cache_dir, getattr(args, "train_data_files", None))
     limit = getattr(args, max_samples_flag)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
@@ -326,3 +345,47 @@ def with_transform(dataset, transform: Callable[[Image.Image], torch.Tensor], im
         return out
 
     return dataset.with_transform(apply)
+
+
+@dataclass
+class TrainingImages:
+    """The images an autoencoder training script trains and validates on (`load_training_images`).
+
+    Attributes:
+        loader: a seeded, shuffled DataLoader of `{"pixel_values": (B, C, S, S)}` in [-1, 1] over `AugmentedImages`,
+            or a `streaming.StreamLoader` (--streaming).
+        epoch_datasets: what `TrainingRun.batches` calls `set_epoch` on.
+        plain: centre-cropped images without augmentation, `plain[i]["pixel_values"]`: the whole dataset, or the
+            stream's first examples (fixed validation and evaluation images).
+    """
+
+    loader: Any
+    epoch_datasets: tuple
+    plain: Sequence[dict[str, torch.Tensor]]
+
+
+def load_training_images(args: Any, accelerator, image_size: int, num_channels: int, *, head: int
+                         ) -> TrainingImages:
+    """The training images of a script's data flags, augmented with --random_crop / --random_flip: a map-style
+    dataset, or with --streaming this process's share of the stream, whose first `head` images are `plain`."""
+    augmented = ImageTransform(image_size, num_channels, args.random_crop, args.random_flip)
+    centred = ImageTransform(image_size, num_channels)
+    if getattr(args, "streaming", False):
+        from .streaming import StreamExample, StreamHead, StreamLoader, load_streamed_source, stream_fingerprint
+
+        processes = accelerator.num_processes
+        source, column = load_streamed_source(args, rank=accelerator.process_index, world_size=processes)
+        loader = StreamLoader(source, StreamExample(augmented, column), args.train_batch_size, seed=args.seed,
+                              rank=accelerator.process_index, num_workers=args.dataloader_num_workers,
+                              fingerprint=stream_fingerprint(args, processes))
+        return TrainingImages(loader, (), StreamHead(args, StreamExample(centred, column), head))
+    source = load_training_source(args)
+    column = find_column(source, args.image_column, IMAGE_COLUMNS, "image")
+    if len(source) < args.train_batch_size:
+        raise ValueError(f"The dataset has {len(source)} images, fewer than one batch of {args.train_batch_size}; "
+                         f"lower --train_batch_size or add data.")
+    train = AugmentedImages(source, column, augmented, args.seed)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=args.train_batch_size, shuffle=True, drop_last=True, collate_fn=collate_pixel_values,
+        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed))
+    return TrainingImages(loader, (train,), AugmentedImages(source, column, centred, args.seed))

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, send_to_device, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from .checkpointing import DataProgress, append_jsonl, end_run, plan_run, resume, save_checkpoint, start_run
 from .finite import check_finite_loss, check_finite_state, check_mixed_precision
 from .optim import decay_parameter_groups
+from .streaming import StreamLoader
 
 logger = get_logger(__name__)
 
@@ -350,6 +351,9 @@ class TrainingRun:
                                 model_config=config.to_dict() if hasattr(config, "to_dict") else dict(config))
             self.ema.to(accelerator.device)
             accelerator.register_for_checkpointing(GatheredEMAState(self.ema) if is_sharded(accelerator) else self.ema)
+        if isinstance(prepared[2], StreamLoader):  # its position is saved per rank (accelerate leaves it alone)
+            self.data.stream = prepared[2]
+            self.data.rank, self.data.world_size = accelerator.process_index, accelerator.num_processes
         accelerator.register_for_checkpointing(self.data)
         self.config_record = config_record
         # the checkpoint is checked before run_info.json is (re)written
@@ -367,6 +371,9 @@ class TrainingRun:
         args = self.args
         self.progress = tqdm(range(args.max_train_steps), initial=self.global_step, desc=self.progress_name,
                              disable=not self.accelerator.is_local_main_process)
+        if isinstance(loader, StreamLoader):
+            yield from self._stream_batches(loader)
+            return
         while self.global_step < args.max_train_steps:
             # not global_step * accumulation: accelerate also steps at every epoch end (see DataProgress)
             epoch, skip = divmod(self.data.micro_step, len(loader))
@@ -377,6 +384,33 @@ class TrainingRun:
                 yield batch
                 if self.global_step >= args.max_train_steps:
                     return
+
+    def _stream_batches(self, stream: StreamLoader) -> Iterator[Any]:
+        """`batches` of a `StreamLoader`: on the device, its position recorded as each batch is handed out, and every
+        epoch ended on all ranks as soon as one rank's stream ends (so that all take the same steps)."""
+        accelerator = self.accelerator
+        while self.global_step < self.args.max_train_steps:
+            epoch = iter(stream)
+            while True:
+                item = next(epoch, None)
+                if accelerator.num_processes > 1:
+                    have = torch.tensor([item is not None], dtype=torch.long, device=accelerator.device)
+                    if int(accelerator.gather(have).min()) == 0:
+                        break
+                elif item is None:
+                    break
+                batch, marker = item
+                stream.consume(marker)
+                yield send_to_device(batch, accelerator.device)
+                if self.global_step >= self.args.max_train_steps:
+                    epoch.close()
+                    return
+            epoch.close()
+            if stream.position.batches == 0:
+                raise ValueError(f"Epoch {stream.position.epoch} of the stream gave no full batch of "
+                                 f"{stream.batch_size} images on every process; lower --train_batch_size, use fewer "
+                                 f"processes or add data.")
+            stream.position.next_epoch()
 
     def check_finite(self, terms: Mapping[str, Any]) -> None:
         """Stop every rank at a non-finite loss term, before the update (`finite.check_finite_loss`)."""
@@ -419,6 +453,8 @@ class TrainingRun:
             if self.is_main_process:
                 append_jsonl(self.output_dir / "train_log.jsonl", {"step": step, **record})
         if step % args.checkpointing_steps == 0:
+            if self.data.stream is not None:
+                self.data.gather_stream(self.accelerator)  # every rank's position goes into the checkpoint
             save_checkpoint(self.accelerator, self.output_dir, step, args.checkpoints_total_limit, self.config_record)
 
     @property
