@@ -12,6 +12,16 @@ is recorded in `OUTPUT_DIR/pretokenize_settings.json`: a later run resumes only 
 output directory made otherwise (redo it with --overwrite_output_dir, or choose another --output_dir).
 `pretokenize.json` records the tokenizer's absolute path, which examples/train_generator.py loads by default.
 
+Data: --dataset_name, --train_data_dir (an image folder), --train_data_files (tar shards for webdataset, e.g.
+"shards/{000000..001281}.tar", parquet or arrow files) or --idx_data_dir. With --streaming (not with --idx_data_dir)
+nothing is downloaded or prepared first: each process reads its share of the unshuffled stream, decodes it in
+--dataloader_num_workers worker processes and writes its codes in chunks of --stream_chunk_rows images to
+`OUTPUT_DIR/shards/rank-XXXXX/chunk-XXXXX`, each saved through a temporary directory and a rename together with the
+stream position after it; an interrupted run continues after the last finished chunk of each process (the same codes,
+nothing repeated or lost). The settings then also record the number of processes, --batch_size and
+--dataloader_num_workers, which fix the order of the stream. The merged `data` holds every process's chunks in rank
+order.
+
 Example (the demo data):
   python examples/pretokenize.py --tokenizer runs/fmnist-tokenizer/tokenizer \
       --idx_data_dir /usr/share/datasets/fashion-mnist --flip --output_dir runs/fmnist-codes
@@ -26,17 +36,22 @@ import sys
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
 from accelerate import Accelerator
-from PIL import Image
 from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralTokenizer
 from spectralar_hf.argtypes import non_negative_int, positive_int
 from spectralar_hf.training.arguments import add_image_source_arguments, check_image_source, resolve_model_dir
 from spectralar_hf.training.checkpointing import model_fingerprint, write_json_atomic
-from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
+from spectralar_hf.training.data import (
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    ImageTransform,
+    find_column,
+    load_training_source,
+)
+from spectralar_hf.training.streaming import StreamExample, StreamLoader, find_stream_column, load_streamed_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,12 +65,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataloader_num_workers", type=non_negative_int, default=0,
                         help="processes that decode and resize the images while the tokenizer encodes")
     parser.add_argument("--num_shards", type=positive_int, default=None,
-                        help="default: about 10,000 images per shard")
+                        help="default: about 10,000 images per shard (not with --streaming)")
+    parser.add_argument("--stream_chunk_rows", type=positive_int, default=10_000,
+                        help="--streaming: images per chunk of codes each process saves (an interrupted run resumes "
+                             "after the last finished chunk)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="delete the shards and data of an earlier run made with other settings and redo them")
     args = parser.parse_args(argv)
     check_image_source(parser, args)
+    if args.streaming and args.num_shards is not None:
+        parser.error("--num_shards divides a dataset of known length; with --streaming each process writes its share "
+                     "of the stream in chunks of --stream_chunk_rows images: drop --num_shards")
     if not Path(args.tokenizer).exists():
         parser.error(f"--tokenizer {args.tokenizer!r} does not exist")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -82,24 +103,32 @@ class PixelBatches:
         self.transform, self.image_column, self.label_column = transform, image_column, label_column
 
     def __call__(self, rows: list[dict]) -> tuple[torch.Tensor, list[int]]:
-        images = [row[self.image_column] for row in rows]
-        pixels = torch.stack([self.transform(image if isinstance(image, Image.Image)
-                                             else Image.fromarray(np.asarray(image, dtype=np.uint8)))
-                              for image in images])
+        # ImageTransform takes PIL images, arrays (IDX) and undecoded {"bytes", "path"} dicts
+        pixels = torch.stack([self.transform(row[self.image_column]) for row in rows])
         return pixels, [int(row[self.label_column]) for row in rows]
 
 
-def shard_settings(args: argparse.Namespace, tokenizer_folder: Path, num_images: int, num_shards: int,
-                   image_column: str, label_column: str) -> dict:
-    """What the shards depend on; a later run into the same folder resumes only when these are equal."""
+def shard_settings(args: argparse.Namespace, tokenizer_folder: Path, num_images: int | None, num_shards: int | None,
+                   image_column: str, label_column: str, world_size: int = 1) -> dict:
+    """What the shards depend on; a later run into the same folder resumes only when these are equal. With
+    --streaming the number of images is not known beforehand (`None`, as the shard count) and the order of each
+    process's stream depends on the number of processes, --batch_size and --dataloader_num_workers (recorded).
+    --train_data_files and --streaming are recorded only when given, so older output folders still resume."""
     def folder(value):
         return None if value is None else str(Path(value).resolve())
 
-    return {"tokenizer_sha256": model_fingerprint(tokenizer_folder), "tokenizer": str(tokenizer_folder.resolve()),
-            "dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name,
-            "train_data_dir": folder(args.train_data_dir), "idx_data_dir": folder(args.idx_data_dir),
-            "split": args.split, "max_samples": args.max_samples, "num_images": num_images,
-            "image_column": image_column, "label_column": label_column, "flip": args.flip, "num_shards": num_shards}
+    settings = {"tokenizer_sha256": model_fingerprint(tokenizer_folder), "tokenizer": str(tokenizer_folder.resolve()),
+                "dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name,
+                "train_data_dir": folder(args.train_data_dir), "idx_data_dir": folder(args.idx_data_dir),
+                "split": args.split, "max_samples": args.max_samples, "num_images": num_images,
+                "image_column": image_column, "label_column": label_column, "flip": args.flip,
+                "num_shards": num_shards}
+    if args.train_data_files is not None:
+        settings["train_data_files"] = [folder(pattern) for pattern in args.train_data_files]
+    if args.streaming:
+        settings["streaming"] = {"world_size": world_size, "batch_size": args.batch_size,
+                                 "dataloader_num_workers": args.dataloader_num_workers}
+    return settings
 
 
 SETTINGS = "pretokenize_settings.json"
@@ -130,13 +159,78 @@ def check_output(output: Path, settings: dict, overwrite: bool) -> list[Path]:
     if not isinstance(recorded, dict):
         reason = f"holds shards without a readable {SETTINGS} (an older or interrupted run)"
     else:
-        changed = [key for key in compared(settings) if recorded.get(key) != settings[key]]
-        named = ", ".join(f"{key} {recorded.get(key)!r} -> {settings[key]!r}" if key != "tokenizer_sha256" else
+        keys = list(compared(settings)) + [key for key in compared(recorded) if key not in settings]
+        changed = [key for key in keys if recorded.get(key) != settings.get(key)]
+        named = ", ".join(f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}" if key != "tokenizer_sha256" else
                           f"the tokenizer's weights or config (the codes were made by {recorded.get('tokenizer')})"
                           for key in changed)
         reason = f"holds codes made with other settings ({named})"
     raise ValueError(f"--output_dir {str(output)!r} {reason}; redo them with --overwrite_output_dir, or choose "
                      f"another --output_dir.")
+
+
+POSITION = "stream_position.json"  # in each chunk of a streamed run: the stream position after it
+DONE = "done.json"  # in a process's folder of a streamed run: its stream ended, all its chunks are written
+
+
+def save_chunk(folder: Path, index: int, rows: dict[str, list], features: datasets.Features, state: dict) -> None:
+    """Save one chunk of a streamed run's codes with the stream position after it (`state`), atomically: through a
+    temporary directory and a rename."""
+    partial = folder / f".chunk-{index:05d}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(partial))
+    write_json_atomic(partial / POSITION, state)
+    partial.rename(folder / f"chunk-{index:05d}")
+
+
+def finished_chunks(folder: Path) -> list[Path]:
+    """A process's finished chunks, in order (temporary directories of an interrupted save are not)."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_dir() and path.name.startswith("chunk-"))
+
+
+def encode_stream(args: argparse.Namespace, accelerator, source, make_example: StreamExample, encode,
+                  features: datasets.Features, folder: Path) -> None:
+    """Encode this process's share of the stream into chunks in `folder`, after the last finished chunk of an
+    earlier run (its stream position is loaded: the examples before it are read, not decoded)."""
+    if (folder / DONE).is_file():
+        return  # finished in an earlier run
+    folder.mkdir(parents=True, exist_ok=True)
+    loader = StreamLoader(source, make_example, args.batch_size, seed=0, rank=accelerator.process_index,
+                          num_workers=args.dataloader_num_workers, fingerprint={}, drop_last=False)
+    chunks = finished_chunks(folder)
+    images = 0
+    if chunks:
+        state = json.loads((chunks[-1] / POSITION).read_text())
+        loader.position.load_list(state["position"])
+        images = int(state["images"])
+        print(f"process {accelerator.process_index}: resuming after {len(chunks)} chunks ({images} images)",
+              file=sys.stderr)
+    index = len(chunks)
+
+    def new_rows() -> dict[str, list]:
+        return {"codes": [], "label": [], "flipped": []}
+
+    rows, pending = new_rows(), 0
+    progress = tqdm(desc=f"stream (process {accelerator.process_index})", unit=" images", initial=images,
+                    disable=not accelerator.is_local_main_process)
+    for batch, marker in loader:
+        labels = batch["labels"].tolist()
+        encode(batch["pixel_values"], labels, rows)
+        loader.consume(marker)
+        pending += len(labels)
+        progress.update(len(labels))
+        if pending >= args.stream_chunk_rows:
+            images += pending
+            save_chunk(folder, index, rows, features, {"position": loader.position.to_list(), "images": images})
+            index, rows, pending = index + 1, new_rows(), 0
+    progress.close()
+    if pending:
+        images += pending
+        save_chunk(folder, index, rows, features, {"position": loader.position.to_list(), "images": images})
+        index += 1
+    write_json_atomic(folder / DONE, {"images": images, "chunks": index})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,16 +240,25 @@ def main(argv: list[str] | None = None) -> None:
     folder = tokenizer_dir(args.tokenizer)
     tokenizer = SpectralTokenizer.from_pretrained(folder).eval().to(accelerator.device)
     config = tokenizer.config
-    source = load_training_source(args, "max_samples")
-    image_column = find_column(source, args.image_column, ("image", "img", "pixel_values"), "image")
-    label_column = find_column(source, args.label_column, ("label", "labels", "class"), "label")
-    label_feature = source.features[label_column]
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    if args.streaming:
+        # this process's share of the unshuffled stream, images not decoded (the workers decode them)
+        source, image_column = load_streamed_source(args, "max_samples", rank=rank, world_size=world_size,
+                                                    shuffle=False)
+        label_column = find_stream_column(source, args.label_column, LABEL_COLUMNS, "label")
+        num_images = num_shards = None
+    else:
+        source = load_training_source(args, "max_samples")
+        image_column = find_column(source, args.image_column, IMAGE_COLUMNS, "image")
+        label_column = find_column(source, args.label_column, LABEL_COLUMNS, "label")
+        num_images = len(source)
+        num_shards = args.num_shards or max(1, len(source) // 10_000)
+        if num_shards > len(source):
+            raise ValueError(f"--num_shards {num_shards} is more than the {len(source)} images; lower it.")
+    label_feature = (source.features or {}).get(label_column)
     names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
     transform = ImageTransform(config.image_size, config.num_channels)  # deterministic: resize + centre crop
-    num_shards = args.num_shards or max(1, len(source) // 10_000)
-    if num_shards > len(source):
-        raise ValueError(f"--num_shards {num_shards} is more than the {len(source)} images; lower it.")
-    settings = shard_settings(args, folder, len(source), num_shards, image_column, label_column)
+    settings = shard_settings(args, folder, num_images, num_shards, image_column, label_column, world_size)
     stale = check_output(output, settings, args.overwrite_output_dir)  # on every process, before any change
     accelerator.wait_for_everyone()
     shards_dir = output / "shards"
@@ -168,8 +271,6 @@ def main(argv: list[str] | None = None) -> None:
         shards_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output / SETTINGS, settings)
     accelerator.wait_for_everyone()
-
-    decode = PixelBatches(transform, image_column, label_column)
 
     @torch.no_grad()
     def encode(pixels: torch.Tensor, labels: list[int], rows: dict[str, list]) -> None:
@@ -185,37 +286,49 @@ def main(argv: list[str] | None = None) -> None:
         "label": datasets.ClassLabel(names=names) if names else datasets.Value("int64"),
         "flipped": datasets.Value("bool"),
     })
-    for index in range(accelerator.process_index, num_shards, accelerator.num_processes):
-        final = shards_dir / f"shard-{index:05d}"
-        if final.exists():
-            continue  # finished in an earlier run
-        shard = source.shard(num_shards, index, contiguous=True)
-        # images are decoded and resized by --dataloader_num_workers worker processes, encoded here
-        loader = torch.utils.data.DataLoader(shard.with_format(None), batch_size=args.batch_size,
-                                             num_workers=args.dataloader_num_workers, collate_fn=decode)
-        rows = {"codes": [], "label": [], "flipped": []}
-        for pixels, labels in tqdm(loader, desc=f"shard {index + 1}/{num_shards}",
-                                   disable=not accelerator.is_local_main_process):
-            encode(pixels, labels, rows)
-        encoded = datasets.Dataset.from_dict(rows, features=features)
-        partial = shards_dir / f".shard-{index:05d}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        encoded.save_to_disk(str(partial))
-        partial.rename(final)
+    if args.streaming:
+        encode_stream(args, accelerator, source, StreamExample(transform, image_column, label_column), encode,
+                      features, shards_dir / f"rank-{rank:05d}")
+    else:
+        decode = PixelBatches(transform, image_column, label_column)
+        for index in range(rank, num_shards, world_size):
+            final = shards_dir / f"shard-{index:05d}"
+            if final.exists():
+                continue  # finished in an earlier run
+            shard = source.shard(num_shards, index, contiguous=True)
+            # images are decoded and resized by --dataloader_num_workers worker processes, encoded here
+            loader = torch.utils.data.DataLoader(shard.with_format(None), batch_size=args.batch_size,
+                                                 num_workers=args.dataloader_num_workers, collate_fn=decode)
+            rows = {"codes": [], "label": [], "flipped": []}
+            for pixels, labels in tqdm(loader, desc=f"shard {index + 1}/{num_shards}",
+                                       disable=not accelerator.is_local_main_process):
+                encode(pixels, labels, rows)
+            encoded = datasets.Dataset.from_dict(rows, features=features)
+            partial = shards_dir / f".shard-{index:05d}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            encoded.save_to_disk(str(partial))
+            partial.rename(final)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        merged = datasets.concatenate_datasets(
-            [datasets.load_from_disk(str(shards_dir / f"shard-{i:05d}")) for i in range(num_shards)])
+        if args.streaming:  # every process's chunks, in rank order
+            folders = [shards_dir / f"rank-{r:05d}" for r in range(world_size)]
+            parts = [chunk for path in folders for chunk in finished_chunks(path)]
+            num_images = sum(json.loads((path / DONE).read_text())["images"] for path in folders)
+            if not parts:
+                raise ValueError("The stream gave no images; check the data source, --split and --max_samples.")
+        else:
+            parts = [shards_dir / f"shard-{i:05d}" for i in range(num_shards)]
+        merged = datasets.concatenate_datasets([datasets.load_from_disk(str(path)) for path in parts])
         partial = output / ".data.partial"
         shutil.rmtree(partial, ignore_errors=True)
         merged.save_to_disk(str(partial))
         shutil.rmtree(output / "data", ignore_errors=True)
         partial.rename(output / "data")
-        info = {"tokenizer": str(folder.resolve()), "num_rows": len(merged), "num_images": len(source),
+        info = {"tokenizer": str(folder.resolve()), "num_rows": len(merged), "num_images": num_images,
                 "flip": args.flip, "num_latent_tokens": config.num_latent_tokens,
                 "codebook_size": config.codebook_size, "label_names": names}
         write_json_atomic(output / "pretokenize.json", info)
-        print(f"wrote {len(merged)} code sequences ({len(source)} images{' + flips' if args.flip else ''}) to "
+        print(f"wrote {len(merged)} code sequences ({num_images} images{' + flips' if args.flip else ''}) to "
               f"{output / 'data'}")
 
 
