@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Train FAR (next-frequency prediction with continuous tokens, FAR §4-5) on the latents of a diffusers VAE.
 
-1. Latent cache. The images are encoded ONCE by the VAE (`datasets.map`, batched; with --flip also each image's
-   mirror) and saved to OUTPUT_DIR/latents (or --latents_dir): each process encodes a contiguous share into a
-   temporary directory, the main process merges the shares and renames the result into place, so an interrupted run
-   never leaves a cache that looks complete. A later run (a resume, or more steps) reuses the cache when its
-   recorded settings (VAE, data, --flip, --latent_distribution) match, and refuses a cache made otherwise.
+1. Latent cache. The images are encoded ONCE by the VAE (batches of --encode_batch_size, decoded and resized in
+   --dataloader_num_workers worker processes; with --flip also each image's mirror) and saved to OUTPUT_DIR/latents
+   (or --latents_dir): each process encodes a contiguous share into a temporary directory, the main process
+   merges the shares and renames the result into place, so an interrupted run never leaves a cache that looks
+   complete. A later run (a resume, or more steps) reuses the cache when its recorded settings (VAE, data, --flip,
+   --latent_distribution) match, and refuses a cache made otherwise.
    Stored: the posterior mean times the VAE's scaling_factor (minus its shift_factor, as FARPipeline.encode), and
    with --latent_distribution sample also the posterior std times scaling_factor, from which every training step
    draws a fresh latent (MAR's cached-moments training).
@@ -25,8 +26,17 @@ Captions come from a dataset column (--caption_column, stored in the latent cach
 encoder and its tokenizer.
 
 Data (exactly one): --dataset_name (any `datasets` id with image and label columns), --train_data_dir (an image
-folder, one sub-folder per class) or --idx_data_dir (MNIST-format IDX files). Images are resized (shorter side) and
+folder, one sub-folder per class), --train_data_files (tar shards for webdataset, e.g. "shards/{000000..001281}.tar",
+parquet or arrow files) or --idx_data_dir (MNIST-format IDX files). Images are resized (shorter side) and
 centre-cropped to the VAE's sample_size.
+
+Streaming (--streaming; not with --idx_data_dir or --latents_dir): no latent cache, as a stream is not stored. Each
+process reads its share of the stream (shuffled in a seeded buffer of --shuffle_buffer_size), its images are decoded
+in --dataloader_num_workers worker processes and every batch is encoded by the frozen VAE as it trains, exactly as
+the cache would have encoded it (posterior mean times scaling_factor minus the shift; --latent_distribution sample
+draws from the posterior every step). --flip becomes a random horizontal flip per image. A resumed run continues
+the stream at the exact batch. The classes come from the label column's ClassLabel feature; without one, from
+--config_overrides' num_classes, else the label column of the whole stream is read once to find the largest label.
 
 Examples:
   # offline, CPU: FAR on Fashion-MNIST latents of a VAE from examples/train_vae.py (--preset fmnist-f4: 8x8x4)
@@ -63,7 +73,8 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from transformers import AutoModel, AutoTokenizer
 from diffusers import AutoencoderKL
-from PIL import Image
+from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
 
 from spectralar_hf import FARConfig, FARPipeline, FARTransformer, build_noise_scheduler
 from spectralar_hf.pipelines.pipeline_far import check_components, encode_prompt, vae_scale_factor
@@ -83,7 +94,20 @@ from spectralar_hf.training.arguments import (
     resolve_model_dir,
 )
 from spectralar_hf.training.checkpointing import run_config
-from spectralar_hf.training.data import ImageTransform, find_column, load_training_source
+from spectralar_hf.training.data import (
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    ImageTransform,
+    find_column,
+    load_training_source,
+)
+from spectralar_hf.training.streaming import (
+    StreamExample,
+    StreamLoader,
+    find_stream_column,
+    load_streamed_source,
+    stream_fingerprint,
+)
 from spectralar_hf.training.scaffold import TrainingRun, run_script, save_image
 from spectralar_hf.visualization import prefix_strip
 
@@ -111,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = add_image_source_arguments(parser)
     data.add_argument("--label_column", default=None)
     data.add_argument("--max_train_samples", type=positive_int, default=None, help="use only the first N images")
-    data.add_argument("--flip", action="store_true", help="also cache each image's horizontal mirror")
+    data.add_argument("--flip", action="store_true",
+                      help="also cache each image's horizontal mirror (--streaming: a random flip per image)")
     data.add_argument("--latents_dir", default=None, help="the latent cache (default: OUTPUT_DIR/latents)")
     data.add_argument("--latent_distribution", default="mean", choices=["mean", "sample"],
                       help="train on the posterior mean, or on a fresh posterior sample every step (caches the std)")
@@ -172,6 +197,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     check_image_source(parser, args)
+    if args.streaming and args.latents_dir is not None:
+        parser.error("--latents_dir: --streaming caches no latents (each batch is encoded by the VAE as it trains); "
+                     "drop --latents_dir, or --streaming to train on a latent cache")
     if not os.path.isdir(args.vae):
         parser.error(f"--vae {args.vae!r} does not exist or is not a directory; train one with "
                      f"examples/train_vae.py or download a diffusers AutoencoderKL")
@@ -248,9 +276,44 @@ def vae_geometry(vae: AutoencoderKL) -> tuple[int, int, int]:
 def load_source(args: argparse.Namespace) -> tuple[datasets.Dataset, str, str]:
     """The labelled image dataset and its image and label column names."""
     dataset = load_training_source(args)
-    image_column = find_column(dataset, args.image_column, ("image", "img", "pixel_values"), "image")
-    label_column = find_column(dataset, args.label_column, ("label", "labels", "class"), "label")
+    image_column = find_column(dataset, args.image_column, IMAGE_COLUMNS, "image")
+    label_column = find_column(dataset, args.label_column, LABEL_COLUMNS, "label")
     return dataset, image_column, label_column
+
+
+def load_stream(args: argparse.Namespace, accelerator):
+    """--streaming: this process's share of the shuffled stream (images not decoded), its image and label column
+    names and the class names (`stream_class_names`)."""
+    source, image_column = load_streamed_source(args, rank=accelerator.process_index,
+                                                world_size=accelerator.num_processes)
+    label_column = find_stream_column(source, args.label_column, LABEL_COLUMNS, "label")
+    return source, image_column, label_column, stream_class_names(args, source, label_column)
+
+
+def stream_class_names(args: argparse.Namespace, source, label_column: str) -> dict[int, str]:
+    """The classes of a stream: `{id: name}` from a `ClassLabel` label column; else `{i: "i"}` for --config_overrides'
+    num_classes; else (as `class_names`) up to the largest label, read once from the whole unshuffled stream (the
+    label column only); a text-only model from --caption_column needs none."""
+    feature = (source.features or {}).get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return dict(enumerate(feature.names))
+    if args.text_encoder is not None and args.caption_column is not None:
+        return {}
+    count = (args.config_overrides or {}).get("num_classes")
+    if count is None:
+        logger.warning(f"The stream's label column {label_column!r} has no class names: reading it once through the "
+                       f"whole stream to find the number of classes (set --config_overrides '{{\"num_classes\": N}}' "
+                       f"to skip this)", main_process_only=True)
+        whole, _ = load_streamed_source(args, shuffle=False)
+        largest = -1
+        for example in whole.select_columns([label_column]):
+            label = int(example[label_column])
+            if label < 0:
+                raise ValueError(f"The label column {label_column!r} has negative labels; expected class ids "
+                                 f"0..C-1.")
+            largest = max(largest, label)
+        count = largest + 1
+    return {i: str(i) for i in range(count)}
 
 
 def load_text_encoder(path: str):
@@ -287,7 +350,36 @@ def cache_settings(args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, 
     }
     if args.caption_column is not None:  # only then are captions cached (caches made without it stay valid)
         settings["caption_column"] = args.caption_column
+    if args.train_data_files is not None:  # recorded only when given (caches made before it stay valid)
+        settings["data"]["train_data_files"] = [str(Path(pattern).resolve()) for pattern in args.train_data_files]
     return settings
+
+
+@torch.no_grad()
+def posterior_moments(vae: AutoencoderKL, pixels: torch.Tensor, scaling: float, shift: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior of `pixels` in the transformer's latent space, float32: `(mean - shift) * scaling` (as
+    FARPipeline.encode) and `std * scaling`. The latent cache stores these; --streaming computes them per batch."""
+    posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return (posterior.mean.float() - shift) * scaling, posterior.std.float() * scaling
+
+
+def vae_shift(vae: AutoencoderKL) -> float:
+    return getattr(vae.config, "shift_factor", None) or 0.0
+
+
+class CacheBatches:
+    """The collate function of the caching loader (it runs in the --dataloader_num_workers worker processes): dataset
+    rows -> `(pixels (B, C, S, S) in [-1, 1], labels, captions or None)`, each image resized and centre-cropped."""
+
+    def __init__(self, transform: ImageTransform, image_column: str, label_column: str, caption_column: str | None):
+        self.transform, self.image_column = transform, image_column
+        self.label_column, self.caption_column = label_column, caption_column
+
+    def __call__(self, rows: list[dict]) -> tuple[torch.Tensor, list[int], list[str] | None]:
+        pixels = torch.stack([self.transform(row[self.image_column]) for row in rows])
+        captions = None if self.caption_column is None else [str(row[self.caption_column]) for row in rows]
+        return pixels, [int(row[self.label_column]) for row in rows], captions
 
 
 def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL, vae_dir: Path, latents_dir: Path,
@@ -311,30 +403,26 @@ def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL
     label_feature = source.features[label_column]
     names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
     transform = ImageTransform(size, vae.config.in_channels)  # deterministic: resize + centre crop
-    scaling = vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    scaling, shift = vae.config.scaling_factor, vae_shift(vae)
     store_std = args.latent_distribution == "sample"
     vae = vae.to(accelerator.device)
 
-    @torch.no_grad()
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        pixels = torch.stack([transform(image if isinstance(image, Image.Image)
-                                        else Image.fromarray(np.asarray(image, dtype=np.uint8)))
-                              for image in batch[image_column]]).to(accelerator.device, vae.dtype)
+    def encode(pixels: torch.Tensor, labels: list[int], captions: list[str] | None) -> dict[str, list]:
+        """The cache rows of a batch: its images, then (with --flip) their mirrors."""
         out: dict[str, list] = {"latents": [], "label": [], "flipped": []}
         if store_std:
             out["latents_std"] = []
         if args.caption_column is not None:
             out["caption"] = []
         for images, flipped in [(pixels, False)] + ([(pixels.flip(-1), True)] if args.flip else []):
-            posterior = vae.encode(images).latent_dist
-            out["latents"] += list(((posterior.mean.float() - shift) * scaling).cpu().numpy())
+            mean, std = posterior_moments(vae, images, scaling, shift)
+            out["latents"] += list(mean.cpu().numpy())
             if store_std:
-                out["latents_std"] += list((posterior.std.float() * scaling).cpu().numpy())
-            out["label"] += [int(label) for label in batch[label_column]]
+                out["latents_std"] += list(std.cpu().numpy())
+            out["label"] += labels
             out["flipped"] += [flipped] * len(images)
             if args.caption_column is not None:
-                out["caption"] += [str(caption) for caption in batch[args.caption_column]]
+                out["caption"] += captions
         return out
 
     shape = (channels, side, side)
@@ -352,12 +440,18 @@ def build_latent_cache(accelerator, args: argparse.Namespace, vae: AutoencoderKL
     accelerator.wait_for_everyone()
     index, count = accelerator.process_index, accelerator.num_processes
     share = source.shard(count, index, contiguous=True)
-    fingerprint = hashlib.sha256(json.dumps([settings, index, count], sort_keys=True).encode()).hexdigest()[:32]
-    encoded = share.map(encode, batched=True, batch_size=args.encode_batch_size, remove_columns=share.column_names,
-                        features=datasets.Features(features), load_from_cache_file=False,
-                        cache_file_name=str(partial / f"map-{index:05d}.arrow"), new_fingerprint=fingerprint,
-                        desc=f"encoding latents ({index + 1}/{count})")
-    encoded.save_to_disk(str(partial / f"share-{index:05d}"))
+    # images decoded and resized by --dataloader_num_workers worker processes, encoded here, written batch by batch
+    loader = torch.utils.data.DataLoader(share.with_format(None), batch_size=args.encode_batch_size,
+                                         num_workers=args.dataloader_num_workers,
+                                         collate_fn=CacheBatches(transform, image_column, label_column,
+                                                                 args.caption_column))
+    arrow_file = partial / f"encoded-{index:05d}.arrow"
+    with ArrowWriter(features=datasets.Features(features), path=str(arrow_file)) as writer:
+        for pixels, labels, captions in tqdm(loader, desc=f"encoding latents ({index + 1}/{count})",
+                                             disable=not accelerator.is_local_main_process):
+            writer.write_batch(encode(pixels, labels, captions))
+        writer.finalize()
+    datasets.Dataset.from_file(str(arrow_file)).save_to_disk(str(partial / f"share-{index:05d}"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         merged = datasets.concatenate_datasets(
@@ -462,13 +556,16 @@ def main(argv: list[str] | None = None) -> None:
     latents_dir = Path(args.latents_dir) if args.latents_dir else run.output_dir / "latents"
     # Everything that can be wrong with the arguments is checked before the (possibly long) latent caching.
     vae, vae_dir = load_vae(args.vae)
-    source, image_column, label_column = load_source(args)
-    names = class_names(source, label_column)
+    if args.streaming:  # this process's share of the stream; no latent cache
+        source, image_column, label_column, names = load_stream(args, accelerator)
+    else:
+        source, image_column, label_column = load_source(args)
+        names = class_names(source, label_column)
     text_encoder = tokenizer = None
     if args.text_encoder is not None:
         text_encoder, tokenizer = load_text_encoder(args.text_encoder)
         if args.caption_column is not None:
-            find_column(source, args.caption_column, (), "caption")
+            (find_stream_column if args.streaming else find_column)(source, args.caption_column, (), "caption")
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
     hidden_size = None if text_encoder is None else getattr(text_encoder.config.get_text_config(), "hidden_size", None)
     if text_encoder is not None and hidden_size is None:
@@ -485,21 +582,34 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--validation_classes {wrong}: the data has {len(names)} classes (0..{len(names) - 1}).")
     captions = None if args.caption_template is None else {
         index: args.caption_template.format(label=name) for index, name in names.items()}
-    rows = len(source) * (2 if args.flip else 1)
-    if rows < args.train_batch_size:
-        raise ValueError(f"The dataset gives {rows} latents, fewer than one batch of {args.train_batch_size}; "
-                         f"lower --train_batch_size or add data.")
+    prompts = None if text_encoder is None else validation_prompts(args, names, caption_head(args, source))
+    if not args.streaming:
+        rows = len(source) * (2 if args.flip else 1)
+        if rows < args.train_batch_size:
+            raise ValueError(f"The dataset gives {rows} latents, fewer than one batch of {args.train_batch_size}; "
+                             f"lower --train_batch_size or add data.")
     # seeded again (as by TrainingRun): the training's random draws do not depend on what loading and the
     # initialisation drew
     set_seed(args.seed, device_specific=True)
 
-    latents = build_latent_cache(accelerator, args, vae, vae_dir, latents_dir, source, image_column, label_column)
-    columns = ["latents", "label"] + (["latents_std"] if args.latent_distribution == "sample" else [])
-    loader = torch.utils.data.DataLoader(
-        latents.with_format("torch", columns=columns + (["caption"] if args.caption_column else []),
-                            output_all_columns=False), batch_size=args.train_batch_size, shuffle=True,
-        drop_last=True, num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),
-    )
+    scaling, shift = vae.config.scaling_factor, vae_shift(vae)
+    if args.streaming:
+        # decoded (resized, centre-cropped, --flip: flipped at random) in the workers, encoded by the VAE per batch
+        size = vae_geometry(vae)[0]
+        example = StreamExample(ImageTransform(size, vae.config.in_channels, random_flip=args.flip), image_column,
+                                label_column, (args.caption_column,) if args.caption_column else ())
+        loader = StreamLoader(source, example, args.train_batch_size, seed=args.seed, rank=accelerator.process_index,
+                              num_workers=args.dataloader_num_workers,
+                              fingerprint=stream_fingerprint(args, accelerator.num_processes))
+    else:
+        latents = build_latent_cache(accelerator, args, vae, vae_dir, latents_dir, source, image_column, label_column)
+        columns = ["latents", "label"] + (["latents_std"] if args.latent_distribution == "sample" else [])
+        loader = torch.utils.data.DataLoader(
+            latents.with_format("torch", columns=columns + (["caption"] if args.caption_column else []),
+                                output_all_columns=False), batch_size=args.train_batch_size, shuffle=True,
+            drop_last=True, num_workers=args.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     optimizer, scheduler = run.optimizer_and_scheduler(model, no_decay_prefixes=("diffusion_head.",))
     config_record = run_config("train_far.py", architecture, use_ema=args.use_ema,
                                grad_scaler=accelerator.scaler is not None)
@@ -511,12 +621,17 @@ def main(argv: list[str] | None = None) -> None:
 
     model.train()
     for batch in run.batches(loader):
-        x = batch["latents"].float()
+        if args.streaming:  # the latents the cache would hold, of this batch's images
+            x, x_std = posterior_moments(vae, batch["pixel_values"], scaling, shift)
+            labels, caption_key = batch["labels"], args.caption_column
+        else:
+            x, x_std = batch["latents"].float(), batch.get("latents_std")
+            labels, caption_key = batch["label"], "caption"
         if args.latent_distribution == "sample":
-            x = x + batch["latents_std"].float() * torch.randn_like(x)
-        condition = {"class_labels": batch["label"].long()}
+            x = x + x_std.float() * torch.randn_like(x)
+        condition = {"class_labels": labels.long()}
         if text_encoder is not None:  # frozen: encoded once per batch, no gradients
-            texts = list(batch["caption"]) if captions is None else [captions[int(i)] for i in batch["label"]]
+            texts = list(batch[caption_key]) if captions is None else [captions[int(i)] for i in labels]
             states, mask = encode_prompt(text_encoder, tokenizer, texts, args.max_sequence_length)
             condition = {"encoder_hidden_states": states, "encoder_attention_mask": mask}
         with accelerator.accumulate(model):
@@ -532,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
             with run.full_model(model) as transformer:  # every rank (sharded weights are gathered)
                 if transformer is not None:
                     log_samples(accelerator, transformer, vae, noise_scheduler, args, run.output_dir,
-                                run.global_step, text_encoder, tokenizer, source)
+                                run.global_step, text_encoder, tokenizer, prompts)
 
     with run.full_model(model, final=True) as final:
         if final is not None:
@@ -540,7 +655,7 @@ def main(argv: list[str] | None = None) -> None:
                                    tokenizer=tokenizer)
             pipeline.save_pretrained(run.output_dir / "pipeline")
             log_samples(accelerator, final, vae, noise_scheduler, args, run.output_dir, run.global_step,
-                        text_encoder, tokenizer, source)
+                        text_encoder, tokenizer, prompts)
             if args.push_to_hub:
                 hub_datasets = [args.dataset_name] if args.dataset_name else None
                 pipeline.push_to_hub(args.hub_model_id or run.output_dir.name, token=args.hub_token,
@@ -548,17 +663,31 @@ def main(argv: list[str] | None = None) -> None:
     run.end()
 
 
-def validation_prompts(args: argparse.Namespace, source: datasets.Dataset, label_column: str) -> list[str]:
+STREAM_CAPTION_HEAD = 1_000  # --streaming: the validation captions are looked for among the stream's first examples
+
+
+def caption_head(args: argparse.Namespace, source):
+    """The captions the default validation prompts are taken from (with --caption_column): the dataset's column, or
+    the first `STREAM_CAPTION_HEAD` captions of the unshuffled stream (the caption column only)."""
+    if args.caption_column is None:
+        return ()
+    if not args.streaming:
+        return source[args.caption_column]
+    head, _ = load_streamed_source(args, shuffle=False)
+    return (example[args.caption_column]
+            for _, example in zip(range(STREAM_CAPTION_HEAD), head.select_columns([args.caption_column])))
+
+
+def validation_prompts(args: argparse.Namespace, names: dict[int, str], captions) -> list[str]:
     """The prompts of the text-to-image grids: --validation_prompts, else the template filled with the validation
-    classes' names, else the first (up to 10) distinct captions of the data."""
+    classes' names, else the first (up to 10) distinct `captions` of the data."""
     if args.validation_prompts:
         return list(args.validation_prompts)
     if args.caption_template is not None:
-        names = class_names(source, label_column)
         classes = args.validation_classes or list(range(min(len(names), 10)))
         return [args.caption_template.format(label=names.get(c, str(c))) for c in classes]
     prompts: list[str] = []
-    for caption in source[args.caption_column]:
+    for caption in captions:
         if str(caption) not in prompts:
             prompts.append(str(caption))
         if len(prompts) == 10:
@@ -568,9 +697,10 @@ def validation_prompts(args: argparse.Namespace, source: datasets.Dataset, label
 
 @torch.no_grad()
 def log_samples(accelerator, transformer: FARTransformer, vae, noise_scheduler, args, output_dir: Path, step: int,
-                text_encoder=None, tokenizer=None, source: datasets.Dataset | None = None) -> None:
-    """A labelled grid of class-conditional (or, with a text encoder, text-conditional) samples (fixed seed) through
-    FARPipeline, from `transformer` (the full model with the EMA weights, in eval mode)."""
+                text_encoder=None, tokenizer=None, prompts: list[str] | None = None) -> None:
+    """A labelled grid of class-conditional (or, with a text encoder, text-conditional: one row per prompt of
+    `validation_prompts`) samples (fixed seed) through FARPipeline, from `transformer` (the full model with the EMA
+    weights, in eval mode)."""
     pipeline = FARPipeline(vae=vae, transformer=transformer, scheduler=noise_scheduler, text_encoder=text_encoder,
                            tokenizer=tokenizer)
     pipeline.set_progress_bar_config(disable=True)
@@ -579,8 +709,7 @@ def log_samples(accelerator, transformer: FARTransformer, vae, noise_scheduler, 
     settings = dict(num_inference_steps=args.validation_num_inference_steps,
                     diffusion_steps=args.validation_diffusion_steps, generator=torch.Generator().manual_seed(args.seed))
     if text_encoder is not None:
-        label_column = find_column(source, args.label_column, ("label", "labels", "class"), "label")
-        rows = validation_prompts(args, source, label_column)
+        rows = prompts
         images = pipeline(prompt=[p for p in rows for _ in range(per_class)],
                           max_sequence_length=args.max_sequence_length, **settings).images
         row_labels = [p if len(p) <= 40 else p[:37] + "..." for p in rows]
