@@ -51,7 +51,7 @@ from spectralar_hf.training.data import (
     find_column,
     load_training_source,
 )
-from spectralar_hf.training.streaming import StreamExample, StreamLoader, find_stream_column, load_streamed_source
+from spectralar_hf.training.streaming import StreamExample, StreamLoader, load_streamed_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         # this process's share of the unshuffled stream, images not decoded (the workers decode them)
         source, image_column = load_streamed_source(args, "max_samples", rank=rank, world_size=world_size,
                                                     shuffle=False)
-        label_column = find_stream_column(source, args.label_column, LABEL_COLUMNS, "label")
+        label_column = find_column(source, args.label_column, LABEL_COLUMNS, "label")
         num_images = num_shards = None
     else:
         source = load_training_source(args, "max_samples")

@@ -104,7 +104,6 @@ from spectralar_hf.training.data import (
 from spectralar_hf.training.streaming import (
     StreamExample,
     StreamLoader,
-    find_stream_column,
     load_streamed_source,
     stream_fingerprint,
 )
@@ -286,7 +285,7 @@ def load_stream(args: argparse.Namespace, accelerator):
     names and the class names (`stream_class_names`)."""
     source, image_column = load_streamed_source(args, rank=accelerator.process_index,
                                                 world_size=accelerator.num_processes)
-    label_column = find_stream_column(source, args.label_column, LABEL_COLUMNS, "label")
+    label_column = find_column(source, args.label_column, LABEL_COLUMNS, "label")
     return source, image_column, label_column, stream_class_names(args, source, label_column)
 
 
@@ -565,7 +564,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.text_encoder is not None:
         text_encoder, tokenizer = load_text_encoder(args.text_encoder)
         if args.caption_column is not None:
-            (find_stream_column if args.streaming else find_column)(source, args.caption_column, (), "caption")
+            find_column(source, args.caption_column, (), "caption")
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
     hidden_size = None if text_encoder is None else getattr(text_encoder.config.get_text_config(), "hidden_size", None)
     if text_encoder is not None and hidden_size is None:

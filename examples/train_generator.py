@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="small", help="a SpectralARConfig preset (sizes)")
-    model.add_argument("--config_overrides", default=None, help='JSON of config fields, e.g. \'{"tokens_per_step": 4}\'')
+    model.add_argument("--config_overrides", default=None,
+                       help='JSON of config fields, e.g. \'{"tokens_per_step": 4}\'')
     model.add_argument("--pretrained_model_name_or_path", default=None, help="fine-tune this generator")
 
     sampling = parser.add_argument_group("sampling defaults saved in generation_config.json")

@@ -18,12 +18,11 @@ from spectralar_hf.training.arguments import (
     add_optimization_arguments,
     add_run_arguments,
 )
-from spectralar_hf.training.data import LABEL_COLUMNS, ImageTransform
+from spectralar_hf.training.data import LABEL_COLUMNS, ImageTransform, find_column
 from spectralar_hf.training.scaffold import TrainingRun
 from spectralar_hf.training.streaming import (
     StreamExample,
     StreamLoader,
-    find_stream_column,
     load_streamed_source,
     stream_fingerprint,
 )
@@ -43,7 +42,7 @@ def main(out: str, argv: list[str]) -> None:
     accelerator = run.accelerator
     rank, world = accelerator.process_index, accelerator.num_processes
     source, image_column = load_streamed_source(args, rank=rank, world_size=world)
-    label_column = find_stream_column(source, args.label_column, LABEL_COLUMNS, "label")
+    label_column = find_column(source, args.label_column, LABEL_COLUMNS, "label")
     loader = StreamLoader(source, StreamExample(ImageTransform(8, 3, random_flip=True), image_column, label_column),
                           args.train_batch_size, seed=args.seed, rank=rank, num_workers=args.dataloader_num_workers,
                           fingerprint=stream_fingerprint(args, world))

@@ -20,13 +20,12 @@ from PIL import Image
 
 from spectralar_hf.training.arguments import add_image_source_arguments, check_image_source
 from spectralar_hf.training.checkpointing import DataProgress
-from spectralar_hf.training.data import LABEL_COLUMNS, ImageTransform, load_training_source
+from spectralar_hf.training.data import LABEL_COLUMNS, ImageTransform, find_column, load_training_source
 from spectralar_hf.training.streaming import (
     StreamExample,
     StreamLoader,
     data_files_builder,
     expand_data_files,
-    find_stream_column,
     load_streamed_source,
     stream_fingerprint,
 )
@@ -83,7 +82,7 @@ def data_args(pattern: str, **overrides) -> argparse.Namespace:
 
 def make_loader(args, rank=0, world=1, workers=0, example=None) -> StreamLoader:
     source, image_column = load_streamed_source(args, rank=rank, world_size=world)
-    label_column = find_stream_column(source, None, LABEL_COLUMNS, "label")
+    label_column = find_column(source, None, LABEL_COLUMNS, "label")
     example = example or StreamExample(ImageTransform(SIDE, 3, random_flip=True), image_column, label_column)
     return StreamLoader(source, example, BATCH, seed=args.seed, rank=rank, num_workers=workers,
                         fingerprint=stream_fingerprint(args, world))

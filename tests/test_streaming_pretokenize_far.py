@@ -5,8 +5,8 @@ pretokenize: streamed codes equal the map-style ones (as a set; the order of a s
 and 2 workers; a run interrupted after its first chunk continues exactly; changed stream flags are refused.
 train_far: --streaming trains on the VAE's on-the-fly encoding of the streamed images, which is the latent cache's
 math, with captions through the stream; --latents_dir with --streaming is refused; the cache is the same with 0 and 2
-workers and holds the VAE's posterior moments of each batch; a streamed run resumes exactly (xfail until the core's
-StreamLoader stops drawing from the global RNG, see its marker).
+workers and holds the VAE's posterior moments of each batch; a streamed run resumes exactly (the stream's DataLoader
+must not draw from the global RNG that a resume restores).
 
 The scripts run in-process (`main()`) on one thread; every image's label is its index, so rows can be matched.
 """
@@ -373,10 +373,6 @@ def test_far_streaming_with_a_caption_column(vae_dir, tmp_path, monkeypatch):
     assert (output / "pipeline" / "model_index.json").is_file() and not (output / "latents").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="StreamLoader.__iter__ builds its DataLoader without a generator, so every "
-                   "iteration start (an epoch, a resume) draws the DataLoader's base seed from the global torch RNG: "
-                   "the resumed run's random levels / noise / posterior samples are shifted by one draw. Passing "
-                   "generator=torch.Generator().manual_seed(seed) there makes this pass; then remove this marker.")
 def test_far_streaming_resumes_exactly(vae_dir, shards, tmp_path, monkeypatch):
     """Interrupted right after its checkpoint at step 3 (in the middle of the first epoch: 6 batches of 4), a
     streamed run resumed from it ends with the weights of the uninterrupted run: the stream continues at the exact

@@ -288,8 +288,8 @@ def load_image_dataset(
 
 def load_training_source(args: Any, max_samples_flag: str = "max_train_samples"):
     """The dataset named by a script's data flags: `--idx_data_dir` (MNIST-format IDX files) or `--dataset_name` /
-    `--train_data_dir` / `--train_data_files` (see `load_image_dataset`), with `--split` and `--cache_dir`, cut to the first
-    `--{max_samples_flag}` images. Raises `ValueError` when nothing is left."""
+    `--train_data_dir` / `--train_data_files` (see `load_image_dataset`), with `--split` and `--cache_dir`, cut to
+    the first `--{max_samples_flag}` images. Raises `ValueError` when nothing is left."""
     if args.idx_data_dir is not None:
         dataset = load_idx_dataset(args.idx_data_dir, args.split)
     else:
@@ -304,8 +304,13 @@ def load_training_source(args: Any, max_samples_flag: str = "max_train_samples")
 
 
 def find_column(dataset, preferred: str | None, candidates: tuple[str, ...], kind: str) -> str:
-    """Pick the column named `preferred`, else the first of `candidates` present; clear error otherwise."""
+    """Pick the column named `preferred`, else the first of `candidates` present; clear error otherwise (also for a
+    stream that does not declare its columns and no `preferred`)."""
     columns = dataset.column_names
+    if columns is None:  # a `datasets.IterableDataset` without declared features
+        if preferred is None:
+            raise ValueError(f"The stream does not declare its columns; pass --{kind}_column.")
+        return preferred
     if preferred is not None:
         if preferred not in columns:
             raise ValueError(f"--{kind}_column {preferred!r} is not a column of the dataset; columns: {columns}.")

@@ -50,7 +50,8 @@ def check_finite_loss(accelerator, step: int, terms: Mapping[str, Any]) -> None:
     named = ", ".join(f"{name} = {shown[i]:g}" if local[i] else f"{name} (on another process)"
                       for i, name in enumerate(names) if bad[i])
     raise ValueError(f"Training diverged at step {step}: the loss is not finite ({named}); the run stops before this "
-                     f"update, without saving the model or a checkpoint. To continue, {DIVERGED_FIX.format(step=step)}.")
+                     f"update, without saving the model or a checkpoint. To continue, "
+                     f"{DIVERGED_FIX.format(step=step)}.")
 
 
 def _floating_tensors(value: Any, prefix: str = "") -> Iterable[tuple[str, torch.Tensor]]:

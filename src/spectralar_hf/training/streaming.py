@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .data import IMAGE_COLUMNS, LABEL_COLUMNS  # noqa: F401 (LABEL_COLUMNS: for the scripts)
+from .data import IMAGE_COLUMNS, find_column
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ class StreamExample:
 class _WorkerBatches(torch.utils.data.IterableDataset):
     """Whole batches of one worker's share of the stream (`datasets` shards an IterableDataset by DataLoader worker),
     each tagged with the worker and the position of its last example, then an end marker. The first
-    `skip[worker]` examples are read but not decoded; an incomplete last batch is dropped with `drop_last`. The augmentation of each example is seeded with
-    `(seed, epoch, rank, worker, position)`, so it does not depend on what was skipped."""
+    `skip[worker]` examples are read but not decoded; an incomplete last batch is dropped with `drop_last`. The
+    augmentation of each example is seeded with `(seed, epoch, rank, worker, position)`, so it does not depend on
+    what was skipped."""
 
     def __init__(self, source, make_example: Callable, batch_size: int, seed: int, rank: int, epoch: int,
                  skip: list[int], drop_last: bool):
@@ -180,7 +181,9 @@ class StreamLoader:
         loader = torch.utils.data.DataLoader(
             _WorkerBatches(self.source, self.make_example, self.batch_size, self.seed, self.rank, position.epoch,
                            list(position.worker_examples), self.drop_last),
-            batch_size=None, num_workers=self.num_workers)
+            # its own generator: iterating must not draw from the global one, which a resumed run restored to the
+            # checkpoint's state (an extra draw there would change every later random number of the training)
+            batch_size=None, num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
         items = iter(loader)
         slots = position.slots
         queues: list[deque] = [deque() for _ in range(slots)]
@@ -237,7 +240,7 @@ def load_streamed_source(args: Any, max_samples_flag: str = "max_train_samples",
         source = datasets.load_dataset("imagefolder", data_dir=args.train_data_dir, **common)
     else:
         source = datasets.load_dataset(args.dataset_name, args.dataset_config_name, **common)
-    image_column = find_stream_column(source, args.image_column, IMAGE_COLUMNS, "image")
+    image_column = find_column(source, args.image_column, IMAGE_COLUMNS, "image")
     source = source.cast_column(image_column, datasets.Image(decode=False))
     limit = getattr(args, max_samples_flag, None)
     if limit is not None:
@@ -247,24 +250,6 @@ def load_streamed_source(args: Any, max_samples_flag: str = "max_train_samples",
     if world_size > 1:
         source = split_dataset_by_node(source, rank=rank, world_size=world_size)
     return source, image_column
-
-
-def find_stream_column(source, preferred: str | None, candidates: tuple[str, ...], kind: str) -> str:
-    """`preferred` or the first of `candidates` among a stream's columns; clear error otherwise (also when the stream
-    does not declare its columns)."""
-    columns = source.column_names
-    if columns is None:
-        if preferred is None:
-            raise ValueError(f"The stream does not declare its columns; pass --{kind}_column.")
-        return preferred
-    if preferred is not None:
-        if preferred not in columns:
-            raise ValueError(f"--{kind}_column {preferred!r} is not a column of the dataset; columns: {columns}.")
-        return preferred
-    for name in candidates:
-        if name in columns:
-            return name
-    raise ValueError(f"Cannot find the {kind} column among {columns}; pass --{kind}_column.")
 
 
 def stream_fingerprint(args: Any, world_size: int, max_samples_flag: str = "max_train_samples") -> dict[str, Any]:
