@@ -31,3 +31,21 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def worker_table(command: str, description: str, seconds_with: Callable[[int], float], images: int,
+                 output: str | None = None) -> str:
+    """Time `seconds_with(workers)` for 0 and 2 DataLoader workers over `images` images; the markdown result (the
+    command, this machine, `description`, a table of seconds and images/s), printed and written to `output`."""
+    rows = []
+    for workers in (0, 2):
+        seconds = seconds_with(workers)
+        rows.append([workers, f"{seconds:.1f}", f"{images / seconds:.2f}"])
+    table = "\n".join([f"`{command}` ({machine_line()}): {description}", "",
+                       markdown_table(["--dataloader_num_workers", "seconds", "images/s"], rows), ""])
+    print(table)
+    if output:
+        from pathlib import Path
+
+        Path(output).write_text(table)
+    return table

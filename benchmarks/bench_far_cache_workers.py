@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_line, markdown_table  # noqa: E402
+from _common import worker_table  # noqa: E402
 from bench_pretokenize_workers import JPEG_SIZE, write_jpegs  # noqa: E402
 
 from spectralar_hf.vae_presets import VAE_PRESETS  # noqa: E402
@@ -67,19 +67,12 @@ def main() -> None:
             return time.perf_counter() - start
 
         timed(0, min(args.batch_size, args.images), "warmup")
-        rows = []
-        for workers in (0, 2):
-            seconds = timed(workers, args.images, f"latents-{workers}")
-            rows.append([workers, f"{seconds:.1f}", f"{args.images / seconds:.2f}"])
-    table = "\n".join([f"`python benchmarks/bench_far_cache_workers.py --images {args.images} --batch_size "
-                       f"{args.batch_size}` ({machine_line()}): {args.images} JPEGs of {JPEG_SIZE[0]} x "
-                       f"{JPEG_SIZE[1]} -> 256 px, a random KL-16-shaped AutoencoderKL, encode batch "
-                       f"{args.batch_size}, wall time of `build_latent_cache`. {args.note}".rstrip(), "",
-                       markdown_table(["--dataloader_num_workers", "seconds", "images/s"], rows), ""])
-    print(table)
-    if args.output:
-        Path(args.output).write_text(table)
-
+        worker_table(f"python benchmarks/bench_far_cache_workers.py --images {args.images} --batch_size "
+                     f"{args.batch_size}",
+                     f"{args.images} JPEGs of {JPEG_SIZE[0]} x {JPEG_SIZE[1]} -> 256 px, a random KL-16-shaped "
+                     f"AutoencoderKL, encode batch {args.batch_size}, wall time of `build_latent_cache`. "
+                     f"{args.note}".rstrip(),
+                     lambda workers: timed(workers, args.images, f"latents-{workers}"), args.images, args.output)
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_line, markdown_table  # noqa: E402
+from _common import worker_table  # noqa: E402
 
 from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig  # noqa: E402
 
@@ -59,19 +59,11 @@ def main() -> None:
         write_jpegs(root / "images", args.images)
         SpectralTokenizer(SpectralTokenizerConfig.from_preset(args.preset)).save_pretrained(root / "tokenizer")
         timed_run(root / "tokenizer", root / "images", root / "warmup", 0, args.batch_size)
-        rows = []
-        for workers in (0, 2):
-            seconds = timed_run(root / "tokenizer", root / "images", root / f"codes-{workers}", workers,
-                                args.batch_size)
-            rows.append([workers, f"{seconds:.1f}", f"{args.images / seconds:.2f}"])
-    table = "\n".join([f"`python benchmarks/bench_pretokenize_workers.py --images {args.images} --preset "
-                       f"{args.preset}` ({machine_line()}): {args.images} JPEGs of {JPEG_SIZE[0]} x {JPEG_SIZE[1]} "
-                       f"-> 256 px, batch {args.batch_size}, wall time of the script", "",
-                       markdown_table(["--dataloader_num_workers", "seconds", "images/s"], rows), ""])
-    print(table)
-    if args.output:
-        Path(args.output).write_text(table)
-
+        worker_table(f"python benchmarks/bench_pretokenize_workers.py --images {args.images} --preset {args.preset}",
+                     f"{args.images} JPEGs of {JPEG_SIZE[0]} x {JPEG_SIZE[1]} -> 256 px, batch {args.batch_size}, "
+                     f"wall time of the script",
+                     lambda workers: timed_run(root / "tokenizer", root / "images", root / f"codes-{workers}",
+                                               workers, args.batch_size), args.images, args.output)
 
 if __name__ == "__main__":
     main()
