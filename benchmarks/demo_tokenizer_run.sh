@@ -8,13 +8,15 @@
 #      nested targets (+ VQ); the teacher's decoder frozen inside the tokenizer
 #   2. stage 2: encoder and codebook frozen; ViT decoder + pixel decoder with L2 + LPIPS-Alex 0.5 + a hinge GAN under
 #      VQGAN's adaptive weight (+ LeCAM), as the shipped demo's decoder fine-tune
+#   3. pretokenize.py --flip with the final tokenizer (120,000 code sequences)
+#   4. the generator (preset small) in segments, each leaving a pipeline for the gFID curve
 #
 # Learning rates are constant after warm-up, so that training in segments is the same run as one uninterrupted run
 # (resumes are exact). Every command resumes from its latest checkpoint: rerun this script to continue a stopped run.
 #
 # Needs: apt-get install dataset-fashion-mnist; RUNS/lpips_alex.safetensors (examples/demo_fashion_mnist.sh, step 0).
 # Usage: bash benchmarks/demo_tokenizer_run.sh RUNS     (env: STAGE1_STEPS, STAGE1_SEGMENT, STAGE2_STEPS,
-#        STAGE2_SEGMENT, TEACHER_STEPS)
+#        STAGE2_SEGMENT, GENERATOR_STEPS, GENERATOR_SEGMENT, TEACHER_STEPS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: demo_tokenizer_run.sh RUNS}
@@ -23,9 +25,11 @@ STAGE1_STEPS=${STAGE1_STEPS:-24000}
 STAGE1_SEGMENT=${STAGE1_SEGMENT:-4000}
 STAGE2_STEPS=${STAGE2_STEPS:-6000}
 STAGE2_SEGMENT=${STAGE2_SEGMENT:-1000}
+GENERATOR_STEPS=${GENERATOR_STEPS:-12000}
+GENERATOR_SEGMENT=${GENERATOR_SEGMENT:-3000}
 DATA=/usr/share/datasets/fashion-mnist
 LPIPS="$RUNS/lpips_alex.safetensors"
-for stage in STAGE1 STAGE2; do
+for stage in STAGE1 STAGE2 GENERATOR; do
     steps=${stage}_STEPS segment=${stage}_SEGMENT
     if (( ${!steps} % ${!segment} )); then
         echo "demo_tokenizer_run.sh: error: ${steps}=${!steps} is not a multiple of ${segment}=${!segment}" >&2; exit 2
@@ -41,16 +45,16 @@ resume_flag() {  # resume_flag OUTPUT_DIR: --resume_from_checkpoint latest when 
     if ls -d "$1"/checkpoint-* >/dev/null 2>&1; then echo "--resume_from_checkpoint latest"; fi
 }
 
-segments() {  # segments NAME SEGMENT LAST_STEP TRAIN_ARGS...: train to each segment end and keep the tokenizer
-    local name=$1 segment=$2 last=$3 step; shift 3
+segments() {  # segments NAME SEGMENT LAST_STEP SCRIPT PRODUCT TRAIN_ARGS...: train to each segment end, keep PRODUCT
+    local name=$1 segment=$2 last=$3 script=$4 product=$5 step; shift 5
     local out="$RUNS/$name"
     for ((step = segment; step <= last; step += segment)); do
-        [ -f "$out/tokenizer-$step/config.json" ] && continue
+        [ -d "$out/$product-$step" ] && continue  # copied whole, then renamed: present means complete
         # shellcheck disable=SC2046
-        python examples/train_tokenizer.py "$@" "${COMMON[@]}" --max_train_steps "$step" \
+        python "examples/$script" "$@" --max_train_steps "$step" \
             --checkpointing_steps $((segment / 2)) $(resume_flag "$out") --output_dir "$out"
-        cp -r "$out/tokenizer" "$out/tokenizer-$step.tmp" && mv "$out/tokenizer-$step.tmp" "$out/tokenizer-$step"
-        echo "$(date -u +%FT%TZ) $name: tokenizer-$step saved"
+        cp -r "$out/$product" "$out/$product-$step.tmp" && mv "$out/$product-$step.tmp" "$out/$product-$step"
+        echo "$(date -u +%FT%TZ) $name: $product-$step saved"
     done
 }
 
@@ -64,10 +68,20 @@ if [ ! -f "$RUNS/teacher/vqgan/config.json" ]; then
         $(resume_flag "$RUNS/teacher") --output_dir "$RUNS/teacher"
 fi
 # 1. stage 1
-segments stage1 "$STAGE1_SEGMENT" "$STAGE1_STEPS" --preset fmnist-32 --config_overrides "{$SIZES, $PIXEL}" \
-    --learning_rate 1e-3 --proxy_teacher "$RUNS/teacher/vqgan"
+segments stage1 "$STAGE1_SEGMENT" "$STAGE1_STEPS" train_tokenizer.py tokenizer "${COMMON[@]}" --preset fmnist-32 \
+    --config_overrides "{$SIZES, $PIXEL}" --learning_rate 1e-3 --proxy_teacher "$RUNS/teacher/vqgan"
 # 2. stage 2
-segments stage2 "$STAGE2_SEGMENT" "$STAGE2_STEPS" --pretrained_model_name_or_path "$RUNS/stage1/tokenizer-$STAGE1_STEPS" \
-    --train_decoder_only --learning_rate 1e-4 --perceptual_weight 0.5 --lpips_weights "$LPIPS" --gan_weight 0.5 \
+segments stage2 "$STAGE2_SEGMENT" "$STAGE2_STEPS" train_tokenizer.py tokenizer "${COMMON[@]}" \
+    --pretrained_model_name_or_path "$RUNS/stage1/tokenizer-$STAGE1_STEPS" --train_decoder_only --learning_rate 1e-4 --perceptual_weight 0.5 --lpips_weights "$LPIPS" --gan_weight 0.5 \
     --adaptive_gan_weight --discriminator_start 0 --discriminator_channels 64 --lecam_weight 0.001
-echo "$(date -u +%FT%TZ) done: $RUNS/stage2/tokenizer-$STAGE2_STEPS"
+echo "$(date -u +%FT%TZ) tokenizer done: $RUNS/stage2/tokenizer-$STAGE2_STEPS"
+# 3. codes of the 60,000 training images and their mirrors (pretokenize resumes by shard)
+[ -f "$RUNS/codes/pretokenize.json" ] || python examples/pretokenize.py --idx_data_dir "$DATA" --flip \
+    --tokenizer "$RUNS/stage2/tokenizer-$STAGE2_STEPS" --output_dir "$RUNS/codes"
+# 4. generator (the demo's preset small), constant learning rate after warm-up so that segments are one run; each
+#    segment end keeps a pipeline (tokenizer + EMA generator) for the gFID curve
+segments generator "$GENERATOR_SEGMENT" "$GENERATOR_STEPS" train_generator.py pipeline \
+    --tokenized_dataset "$RUNS/codes" --preset small --train_batch_size 64 --learning_rate 1e-3 \
+    --lr_scheduler constant_with_warmup --lr_warmup_steps 200 --use_ema --guidance_scale 1.5 --report_to none \
+    --logging_steps 50 --validation_steps 1000000 --checkpoints_total_limit 1
+echo "$(date -u +%FT%TZ) done: $RUNS/generator/pipeline-$GENERATOR_STEPS"
