@@ -37,7 +37,8 @@ EXTRAS = {
 setup(
     name="spectralar_hf",
     version="0.1.0",
-    description="Spectral autoregressive image generation (SpectralAR, FAR) with transformers, diffusers and accelerate",
+    description=("Spectral autoregressive image generation (SpectralAR, FAR) with transformers, diffusers and "
+                 "accelerate"),
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

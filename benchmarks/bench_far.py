@@ -187,8 +187,8 @@ def main() -> None:
           f"{outer} outer steps\n")
     print(markdown_table(["batch", "guidance", "linear ms", "constant ms", "saved", "head linear ms",
                           "head constant ms", "head time saved"], inner_rows))
-    print(f"\n### 3. FARPipeline throughput (the pipeline's sampling defaults: {config.num_inference_steps} outer steps, "
-          f"inner steps {config.diffusion_steps!r}; VAE decode included)\n")
+    print(f"\n### 3. FARPipeline throughput (the pipeline's sampling defaults: {config.num_inference_steps} outer "
+          f"steps, inner steps {config.diffusion_steps!r}; VAE decode included)\n")
     print(markdown_table(["batch", "guidance", "pipeline ms", "images/s"], pipe_rows))
 
 

@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     mine = [index for index in range(accelerator.process_index, len(shards), accelerator.num_processes)
             if not paths[index].exists()]
     compile_config = True if args.compile else None
-    progress = tqdm(total=sum(len(shards[index]) for index in mine), unit="img", disable=not accelerator.is_main_process,
-                    desc=f"sampling (rank 0 of {accelerator.num_processes})")
+    progress = tqdm(total=sum(len(shards[index]) for index in mine), unit="img",
+                    disable=not accelerator.is_main_process, desc=f"sampling (rank 0 of {accelerator.num_processes})")
     for index in mine:
         began = time.time()
         images = sample_shard(pipe, accelerator, shards[index], labels, args.seed, args.batch_size, sampling,

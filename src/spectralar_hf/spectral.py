@@ -282,7 +282,8 @@ def omega_schedule(num_tokens: int, image_size: int, kind: str = "spectralar") -
     increments (Eq. 7).
     """
     if not isinstance(num_tokens, int) or not isinstance(image_size, int) or num_tokens < 1 or image_size < 1:
-        raise ValueError(f"omega_schedule needs positive ints, got num_tokens={num_tokens!r}, image_size={image_size!r}.")
+        raise ValueError(f"omega_schedule needs positive ints, got num_tokens={num_tokens!r}, "
+                         f"image_size={image_size!r}.")
     n, s = Fraction(num_tokens), Fraction(image_size)
     if kind == "uniform":
         # Exact integer ceil of i * S / N: never below the ideal level, less than one level above it.

@@ -54,5 +54,6 @@ def prefix_strip(
         if row_labels:
             draw.text((4, top + cell_h // 2 - 6), row_labels[r], fill="black", font=font)
         for c, image in enumerate(row):
-            canvas.paste(image.resize((cell_w, cell_h), Image.NEAREST), (label_w + padding + c * (cell_w + padding), top))
+            left = label_w + padding + c * (cell_w + padding)
+            canvas.paste(image.resize((cell_w, cell_h), Image.NEAREST), (left, top))
     return canvas

@@ -290,8 +290,8 @@ class FARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolder, Diff
         channels = self.vae.config.latent_channels
         if not isinstance(latents, torch.Tensor) or latents.dim() != 4 or latents.shape[1] != channels:
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-            raise ValueError(f"latents must be a (B, {channels}, h, w) tensor (the VAE's latent_channels = {channels}), "
-                             f"got {shape}.")
+            raise ValueError(f"latents must be a (B, {channels}, h, w) tensor (the VAE's latent_channels = "
+                             f"{channels}), got {shape}.")
         if not torch.is_floating_point(latents):
             raise ValueError(f"latents must be floating-point, got {latents.dtype}; use `latents.float()`.")
         if latents.shape[0] == 0:

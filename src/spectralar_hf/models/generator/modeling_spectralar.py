@@ -371,8 +371,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
         Args:
             input_ids: `(B, L)` codes in `[0, vocab_size)`. Without a cache the start block is prepended from
                 `class_labels`, so the model input is `[start, codes[:, : N - k]]` and the logits have
-                `min(L + k, N)` positions (`L = 0` scores the first step only). A sequence may instead begin with a start token
-                (`start_token_ids`, `tokens_per_step = 1` only), as `generate()` does.
+                `min(L + k, N)` positions (`L = 0` scores the first step only). A sequence may instead begin with a
+                start token (`start_token_ids`, `tokens_per_step = 1` only), as `generate()` does.
             class_labels: `(B,)` class ids; `num_classes` is the null (unconditional) class. Required for a new
                 sequence that does not begin with a start token; later cached calls reuse the sequence's labels.
                 In training mode labels are replaced by the null class with probability `class_dropout_prob`.

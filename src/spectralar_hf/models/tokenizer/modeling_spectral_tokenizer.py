@@ -455,14 +455,16 @@ class SpectralTokenizer(SpectralARHubMixin, SpectralTokenizerPreTrainedModel):
             if num_tokens.dim() == 0:
                 num_tokens = int(num_tokens)
             else:
-                if num_tokens.shape != (batch,) or torch.is_floating_point(num_tokens) or num_tokens.dtype == torch.bool:
+                wrong_type = torch.is_floating_point(num_tokens) or num_tokens.dtype == torch.bool
+                if num_tokens.shape != (batch,) or wrong_type:
                     raise ValueError(f"num_tokens must be an int or a (B,) integer tensor with B = {batch}, got "
                                      f"{num_tokens.dtype} of shape {tuple(num_tokens.shape)}.")
                 low, high = int(num_tokens.min()), int(num_tokens.max())
                 if low < 1 or high > available:
                     raise ValueError(_prefix_error(low, high, available, limit))
                 return num_tokens.to(device=device, dtype=torch.long)
-        if hasattr(num_tokens, "dtype") and not isinstance(num_tokens, torch.Tensor) and getattr(num_tokens, "ndim", 1) == 0:
+        numpy_scalar = not isinstance(num_tokens, torch.Tensor) and getattr(num_tokens, "ndim", 1) == 0
+        if hasattr(num_tokens, "dtype") and numpy_scalar:
             num_tokens = num_tokens.item()  # NumPy integer scalars
         if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
             raise ValueError(f"num_tokens must be an int or a (B,) integer tensor, got {type(num_tokens).__name__}.")
