@@ -300,6 +300,19 @@ def test_train_vqgan_streams_shards_and_resumes_to_the_same_weights(shards, tmp_
                         tmp_path / "split" / "vqgan" / "model.safetensors")
     stats = json.loads((tmp_path / "whole" / "vqgan_stats.json").read_text())
     assert stats["num_images"] == 6
+    # the evaluation set: the first 6 images of the unshuffled stream, centre-cropped (not the shuffled training order)
+    from test_training_scripts import load_script
+
+    from spectralar_hf import MaskGITVQGAN
+    from spectralar_hf.training.streaming import StreamHead
+
+    vqgan = MaskGITVQGAN.from_pretrained(tmp_path / "whole" / "vqgan")
+    config = vqgan.config
+    head = StreamHead(data_args(shards["tar"]), StreamExample(ImageTransform(config.image_size, config.num_channels),
+                                                              "png"), 6)
+    assert [int(example["__key__"]) for example in head.examples] == list(range(6))
+    expected = load_script(script).evaluate(vqgan, head, 6, BATCH)
+    assert stats["psnr"] == pytest.approx(expected["psnr"], rel=1e-5)
 
 
 @pytest.mark.parametrize("script, extra, product", [
