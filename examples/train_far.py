@@ -70,7 +70,6 @@ import datasets
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from transformers import AutoModel, AutoTokenizer
 from diffusers import AutoencoderKL
 from datasets.arrow_writer import ArrowWriter
@@ -589,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"lower --train_batch_size or add data.")
     # seeded again (as by TrainingRun): the training's random draws do not depend on what loading and the
     # initialisation drew
-    set_seed(args.seed, device_specific=True)
+    run.reseed()
 
     scaling, shift = vae.config.scaling_factor, vae_shift(vae)
     if args.streaming:

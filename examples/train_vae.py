@@ -68,7 +68,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 
 from spectralar_hf.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
@@ -288,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = run.accelerator
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
     vae = build_vae(args)  # config errors before anything is written
-    set_seed(args.seed, device_specific=True)  # the state TrainingRun set, whatever building the VAE drew
+    run.reseed()  # the state TrainingRun set, whatever building the VAE drew
 
     size, channels = sample_size(vae), vae.config.in_channels
     images = load_training_images(args, accelerator, size, channels,

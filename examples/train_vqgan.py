@@ -62,7 +62,6 @@ from typing import Any, Sequence
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 
 from spectralar_hf import MASKGIT_VQGAN_PRESETS, MaskGITVQGAN, MaskGITVQGANConfig
 from spectralar_hf.argtypes import non_negative_int, positive_int
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)  # the initial weights (the same on every process)
     model = build_model(args)
     config = model.config
-    set_seed(args.seed, device_specific=True)  # the state TrainingRun set, whatever building the model drew
+    run.reseed()  # the state TrainingRun set, whatever building the model drew
 
     size, channels = config.image_size, config.num_channels
     images = load_training_images(args, accelerator, size, channels, head=max(args.eval_samples,

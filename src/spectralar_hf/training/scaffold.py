@@ -283,7 +283,7 @@ class TrainingRun:
             if self.accelerator.device.type != "cuda":
                 logger.warning("--allow_tf32 has no effect on a CPU (TF32 is a CUDA matmul mode)")
             allow_tf32()
-        set_seed(args.seed, device_specific=True)
+        self.reseed()
         self.ema: EMAModel | None = None
         self.config_record: dict | None = None
         self.data = DataProgress()  # micro-batches consumed: where a resumed run continues in the data
@@ -293,6 +293,11 @@ class TrainingRun:
         self._ema_module: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
 
     # --- set-up ---------------------------------------------------------------------------------------------------
+
+    def reseed(self) -> None:
+        """Seed every generator with --seed (per process, as accelerate's `device_specific`): the run's random draws
+        then do not depend on what building the models or loading the data drew before."""
+        set_seed(self.args.seed, device_specific=True)
 
     @property
     def is_main_process(self) -> bool:
