@@ -148,9 +148,10 @@ class _WorkerBatches(torch.utils.data.IterableDataset):
 class StreamLoader:
     """The batches of one rank's stream, one epoch per iteration, from `position` on.
 
-    Not a `torch.utils.data.DataLoader` on purpose: `accelerate.prepare` leaves it alone (it would otherwise read
-    the whole stream on every rank and keep one batch in `num_processes`); `TrainingRun.batches` places the batches on
-    the device, ends epochs on all ranks together and records the position (`consume`) of every batch it trains on.
+    Not a `torch.utils.data.DataLoader` on purpose: `accelerate.prepare` leaves it alone. A prepared DataLoader over
+    an IterableDataset is by default read and decoded on the main process alone, which sends every rank its batches
+    (`dispatch_batches`), and this stream is already split per rank. `TrainingRun.batches` places the batches on the
+    device, ends epochs on all ranks together and records the position (`consume`) of every batch it trains on.
 
     Args:
         source: the rank's `datasets.IterableDataset` (`load_streamed_source`), images not decoded.
