@@ -74,14 +74,17 @@ segments stage1 "$STAGE1_SEGMENT" "$STAGE1_STEPS" train_tokenizer.py tokenizer "
 segments stage2 "$STAGE2_SEGMENT" "$STAGE2_STEPS" train_tokenizer.py tokenizer "${COMMON[@]}" \
     --pretrained_model_name_or_path "$RUNS/stage1/tokenizer-$STAGE1_STEPS" --train_decoder_only --learning_rate 1e-4 --perceptual_weight 0.5 --lpips_weights "$LPIPS" --gan_weight 0.5 \
     --adaptive_gan_weight --discriminator_start 0 --discriminator_channels 64 --lecam_weight 0.001
-echo "$(date -u +%FT%TZ) tokenizer done: $RUNS/stage2/tokenizer-$STAGE2_STEPS"
-# 3. codes of the 60,000 training images and their mirrors (pretokenize resumes by shard)
+echo "$(date -u +%FT%TZ) stage 2 done ($STAGE2_STEPS steps)"
+# 3. codes of the 60,000 training images and their mirrors (pretokenize resumes by shard). Stage 2 freezes the
+#    encoder and the codebook, so stage 1's tokenizer gives the same codes, and steps 3-4 can run on another core
+#    while stage 2 trains: `STAGE2_STEPS=0 bash benchmarks/demo_tokenizer_run.sh RUNS` there and
+#    `GENERATOR_STEPS=0 bash benchmarks/demo_tokenizer_run.sh RUNS` for stage 2 (never two runs of one step).
 [ -f "$RUNS/codes/pretokenize.json" ] || python examples/pretokenize.py --idx_data_dir "$DATA" --flip \
-    --tokenizer "$RUNS/stage2/tokenizer-$STAGE2_STEPS" --output_dir "$RUNS/codes"
+    --tokenizer "$RUNS/stage1/tokenizer-$STAGE1_STEPS" --output_dir "$RUNS/codes"
 # 4. generator (the demo's preset small), constant learning rate after warm-up so that segments are one run; each
 #    segment end keeps a pipeline (tokenizer + EMA generator) for the gFID curve
 segments generator "$GENERATOR_SEGMENT" "$GENERATOR_STEPS" train_generator.py pipeline \
     --tokenized_dataset "$RUNS/codes" --preset small --train_batch_size 64 --learning_rate 1e-3 \
     --lr_scheduler constant_with_warmup --lr_warmup_steps 200 --use_ema --guidance_scale 1.5 --report_to none \
     --logging_steps 50 --validation_steps 1000000 --checkpoints_total_limit 1
-echo "$(date -u +%FT%TZ) done: $RUNS/generator/pipeline-$GENERATOR_STEPS"
+echo "$(date -u +%FT%TZ) generator done ($GENERATOR_STEPS steps)"
