@@ -173,14 +173,15 @@ POSITION = "stream_position.json"  # in each chunk of a streamed run: the stream
 DONE = "done.json"  # in a process's folder of a streamed run: its stream ended, all its chunks are written
 
 
-def save_chunk(folder: Path, index: int, rows: dict[str, list], features: datasets.Features, state: dict) -> None:
-    """Save one chunk of a streamed run's codes with the stream position after it (`state`), atomically: through a
-    temporary directory and a rename."""
-    partial = folder / f".chunk-{index:05d}.partial"
+def save_rows(final: Path, rows: dict[str, list], features: datasets.Features, position: dict | None = None) -> None:
+    """Save a shard (or a streamed run's chunk, with the stream `position` after it) of codes atomically: through a
+    temporary directory renamed to `final`."""
+    partial = final.parent / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(partial))
-    write_json_atomic(partial / POSITION, state)
-    partial.rename(folder / f"chunk-{index:05d}")
+    if position is not None:
+        write_json_atomic(partial / POSITION, position)
+    partial.rename(final)
 
 
 def finished_chunks(folder: Path) -> list[Path]:
@@ -223,12 +224,14 @@ def encode_stream(args: argparse.Namespace, accelerator, source, make_example: S
         progress.update(len(labels))
         if pending >= args.stream_chunk_rows:
             images += pending
-            save_chunk(folder, index, rows, features, {"position": loader.position.to_list(), "images": images})
+            save_rows(folder / f"chunk-{index:05d}", rows, features,
+                      {"position": loader.position.to_list(), "images": images})
             index, rows, pending = index + 1, new_rows(), 0
     progress.close()
     if pending:
         images += pending
-        save_chunk(folder, index, rows, features, {"position": loader.position.to_list(), "images": images})
+        save_rows(folder / f"chunk-{index:05d}", rows, features,
+                  {"position": loader.position.to_list(), "images": images})
         index += 1
     write_json_atomic(folder / DONE, {"images": images, "chunks": index})
 
@@ -303,11 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             for pixels, labels in tqdm(loader, desc=f"shard {index + 1}/{num_shards}",
                                        disable=not accelerator.is_local_main_process):
                 encode(pixels, labels, rows)
-            encoded = datasets.Dataset.from_dict(rows, features=features)
-            partial = shards_dir / f".shard-{index:05d}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            encoded.save_to_disk(str(partial))
-            partial.rename(final)
+            save_rows(final, rows, features)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if args.streaming:  # every process's chunks, in rank order

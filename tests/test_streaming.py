@@ -20,12 +20,17 @@ from PIL import Image
 
 from spectralar_hf.training.arguments import add_image_source_arguments, check_image_source
 from spectralar_hf.training.checkpointing import DataProgress
-from spectralar_hf.training.data import LABEL_COLUMNS, ImageTransform, find_column, load_training_source
+from spectralar_hf.training.data import (
+    LABEL_COLUMNS,
+    ImageTransform,
+    data_files_builder,
+    expand_data_files,
+    find_column,
+    load_training_source,
+)
 from spectralar_hf.training.streaming import (
     StreamExample,
     StreamLoader,
-    data_files_builder,
-    expand_data_files,
     load_streamed_source,
     stream_fingerprint,
 )
@@ -196,7 +201,7 @@ def test_skipped_examples_are_read_but_not_decoded(shards):
 
 def test_a_position_saved_with_other_settings_is_refused(shards):
     args = data_args(shards["tar"])
-    saved = make_loader(args, workers=2).state_dict()["fingerprint"]
+    saved = make_loader(args, workers=2).fingerprint
     with pytest.raises(ValueError, match=r"other settings: num_workers 2 \(now 0\).*same data flags, "
                                          r"--dataloader_num_workers"):
         make_loader(args, workers=0).check_resumable(saved)

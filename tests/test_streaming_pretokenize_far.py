@@ -184,13 +184,13 @@ def test_streamed_pretokenize_resumes_exactly_after_an_interruption(streamed_cod
     args = pretokenize_args(tokenizer_dir, shards, tmp_path / "codes", "--streaming", "--stream_chunk_rows", 7,
                             "--dataloader_num_workers", 2)
     module = load_script(PRETOKENIZE_SCRIPT)
-    save_chunk = module.save_chunk
+    save_rows = module.save_rows
 
-    def save_then_stop(folder, index, *rest):
-        save_chunk(folder, index, *rest)
+    def save_then_stop(final, *rest):
+        save_rows(final, *rest)
         raise Interrupted("after the first chunk")
 
-    monkeypatch.setattr(module, "save_chunk", save_then_stop)
+    monkeypatch.setattr(module, "save_rows", save_then_stop)
     with pytest.raises(Interrupted):
         run(module, *args)
     folder = tmp_path / "codes" / "shards" / "rank-00000"

@@ -6,11 +6,11 @@ every training script shares."""
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
 import difflib
 import inspect
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,8 +107,14 @@ def add_optimization_arguments(parser: argparse.ArgumentParser, defaults: Optimi
     returns the group so a script can add its own."""
     from diffusers.optimization import SchedulerType
 
-    from ..argtypes import non_negative_float, non_negative_int, open_unit_float, positive_float, positive_int, \
-        unit_float
+    from ..argtypes import (
+        non_negative_float,
+        non_negative_int,
+        open_unit_float,
+        positive_float,
+        positive_int,
+        unit_float,
+    )
 
     optim = parser.add_argument_group(defaults.title)
     optim.add_argument("--train_batch_size", type=positive_int, default=defaults.train_batch_size, help="per device")

@@ -7,8 +7,8 @@ import gzip
 import os
 import struct
 import zlib
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -18,6 +18,9 @@ from PIL import Image
 # Column names that hold images / class ids (webdataset shards name columns by file extension: "jpg", "cls", ...).
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "jpeg", "png", "webp")
 LABEL_COLUMNS = ("label", "labels", "class", "cls")
+
+# `datasets` builders for --train_data_files, by file suffix (webdataset: one example per key in a tar shard)
+DATA_FILE_BUILDERS = {".tar": "webdataset", ".parquet": "parquet", ".arrow": "arrow"}
 
 # Real photos that ship inside scikit-image (no download needed). "astronaut" is kept out of training sets by
 # default so that the README's demo reconstructs a photo the tokenizer never saw.
@@ -243,6 +246,25 @@ class AugmentedImages(torch.utils.data.Dataset):
         return {"pixel_values": transform(self.dataset[int(index)][self.image_column])}
 
 
+def expand_data_files(patterns: str | list[str]) -> list[str]:
+    """Expand webdataset-style brace patterns (`shards/{000000..001281}.tar`, `{train,extra}-*.parquet`) into a list;
+    globs (`*`) are left for `datasets` to resolve."""
+    from braceexpand import braceexpand
+
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    return [path for pattern in patterns for path in braceexpand(pattern)]
+
+
+def data_files_builder(files: list[str]) -> str:
+    """The `datasets` builder that reads `files`, by their common suffix (`DATA_FILE_BUILDERS`)."""
+    suffixes = {Path(path).suffix.lower() for path in files}
+    unknown = sorted(suffixes - set(DATA_FILE_BUILDERS))
+    if unknown or len(suffixes) != 1:
+        raise ValueError(f"--train_data_files must all be one of {', '.join(DATA_FILE_BUILDERS)} "
+                         f"(tar shards for webdataset, parquet or arrow files); got suffixes {sorted(suffixes)}.")
+    return DATA_FILE_BUILDERS[suffixes.pop()]
+
+
 def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
@@ -250,38 +272,39 @@ def load_image_dataset(
     split: str = "train",
     cache_dir: str | None = None,
     data_files: str | list[str] | None = None,
+    streaming: bool = False,
 ):
     """Load an image dataset with `datasets`: a Hub id (`dataset_name`), a local `imagefolder` (`train_data_dir`) or
     data files (`data_files`: tar shards for the webdataset builder, parquet or arrow files; brace patterns such as
     `shards/{000000..000099}.tar` expanded), all read into `split`.
 
-    Returns the `datasets.Dataset` of `split`. Raises `ValueError` unless exactly one source is given, when the
-    folder does not exist, or when the split is empty.
+    Returns the `datasets.Dataset` of `split`, or with `streaming` its `datasets.IterableDataset` (nothing downloaded
+    or prepared first). Raises `ValueError` unless exactly one source is given, when the folder does not exist, or
+    when the split is missing or (not streamed) empty.
     """
     import datasets
-
-    from .streaming import data_files_builder, expand_data_files
 
     if sum(source is not None for source in (dataset_name, train_data_dir, data_files)) != 1:
         raise ValueError("Give exactly one data source: --dataset_name (a datasets id), --train_data_dir (a folder) "
                          "or --train_data_files (tar / parquet shards).")
+    common = dict(cache_dir=cache_dir, streaming=streaming)
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a directory; point it at an image folder.")
         try:
-            dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir)
+            dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, **common)
         except FileNotFoundError as error:  # datasets' EmptyDatasetError
             raise ValueError(f"--train_data_dir {train_data_dir!r} contains no images ({error}); put image files "
                              f"(optionally in one sub-folder per class) there.") from None
     elif data_files is not None:
         files = expand_data_files(data_files)
-        dataset = datasets.load_dataset(data_files_builder(files), data_files={split: files}, cache_dir=cache_dir)
+        dataset = datasets.load_dataset(data_files_builder(files), data_files={split: files}, **common)
     else:
-        dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        dataset = datasets.load_dataset(dataset_name, dataset_config_name, **common)
     if split not in dataset:
         raise ValueError(f"The dataset has no split {split!r}; available: {list(dataset)}.")
     dataset = dataset[split]
-    if len(dataset) == 0:
+    if not streaming and len(dataset) == 0:
         raise ValueError(f"The {split!r} split of the dataset is empty; check the data source.")
     return dataset
 

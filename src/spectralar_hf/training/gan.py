@@ -29,9 +29,16 @@ from typing import Callable, Iterable
 import torch
 from torch.func import functional_call
 
+from ..argtypes import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
 # `losses` is looked up at each call (its functions are not imported by name): tests replace them there.
 from . import losses
-from ..argtypes import finite_float, non_negative_float, non_negative_int, positive_float, positive_int
 from .losses import LeCAMRegularizer, PatchDiscriminator
 from .scaffold import TrainingRun
 

@@ -20,39 +20,16 @@ import copy
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from .data import IMAGE_COLUMNS, find_column
+from .data import IMAGE_COLUMNS, find_column, load_image_dataset
 
 logger = logging.getLogger(__name__)
 
-# `datasets` builders for --train_data_files, by file suffix (webdataset: one example per key in a tar shard)
-DATA_FILE_BUILDERS = {".tar": "webdataset", ".parquet": "parquet", ".arrow": "arrow"}
-
 _WORKER, _POSITION, _END = "_stream_worker", "_stream_position", "_stream_end"
-
-
-def expand_data_files(patterns: str | list[str]) -> list[str]:
-    """Expand webdataset-style brace patterns (`shards/{000000..001281}.tar`, `{train,extra}-*.parquet`) into a list;
-    globs (`*`) are left for `datasets` to resolve."""
-    from braceexpand import braceexpand
-
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    return [path for pattern in patterns for path in braceexpand(pattern)]
-
-
-def data_files_builder(files: list[str]) -> str:
-    """The `datasets` builder that reads `files`, by their common suffix (`DATA_FILE_BUILDERS`)."""
-    suffixes = {Path(path).suffix.lower() for path in files}
-    unknown = sorted(suffixes - set(DATA_FILE_BUILDERS))
-    if unknown or len(suffixes) != 1:
-        raise ValueError(f"--train_data_files must all be one of {', '.join(DATA_FILE_BUILDERS)} "
-                         f"(tar shards for webdataset, parquet or arrow files); got suffixes {sorted(suffixes)}.")
-    return DATA_FILE_BUILDERS[suffixes.pop()]
 
 
 @dataclass
@@ -206,9 +183,6 @@ class StreamLoader:
     def consume(self, marker: tuple[int, int]) -> None:
         self.position.consume(*marker)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "position": self.position.to_list()}
-
     def check_resumable(self, fingerprint: dict[str, Any]) -> None:
         """A checkpoint's stream `fingerprint` must be this stream's: otherwise its position means other batches."""
         differ = {key: (fingerprint.get(key), value) for key, value in self.fingerprint.items()
@@ -233,14 +207,8 @@ def load_streamed_source(args: Any, max_samples_flag: str = "max_train_samples",
     if args.idx_data_dir is not None:
         raise ValueError("--streaming reads a `datasets` source (--dataset_name, --train_data_files or "
                          "--train_data_dir); --idx_data_dir files are read into memory: drop --streaming.")
-    common = dict(split=args.split, streaming=True, cache_dir=args.cache_dir)
-    if args.train_data_files is not None:
-        files = expand_data_files(args.train_data_files)
-        source = datasets.load_dataset(data_files_builder(files), data_files={args.split: files}, **common)
-    elif args.train_data_dir is not None:
-        source = datasets.load_dataset("imagefolder", data_dir=args.train_data_dir, **common)
-    else:
-        source = datasets.load_dataset(args.dataset_name, args.dataset_config_name, **common)
+    source = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.split,
+                                args.cache_dir, args.train_data_files, streaming=True)
     image_column = find_column(source, args.image_column, IMAGE_COLUMNS, "image")
     source = source.cast_column(image_column, datasets.Image(decode=False))
     limit = getattr(args, max_samples_flag, None)
