@@ -2,8 +2,10 @@
 """Quality diagnostics of the SpectralAR demo, recorded in RESULTS.md:
 
 1. How sharp must an image be for FID? FID of N test images against their own DCT low-pass images at levels omega.
-2. The guidance sweep that chose the demo's saved default: FID of `samples_per_class x classes` samples against the
-   same test images, and the pixel k-NN class agreement of the samples (on `knn_images` train images).
+2. The sampling sweep that chose the demo's saved defaults: FID and precision / recall (k = 3) of
+   `samples_per_class x classes` samples against the same test images, and the pixel k-NN class agreement of the
+   samples (on `knn_images` train images). Each row is one JSON object of pipeline arguments (guidance_scale,
+   guidance_schedule, top_k, top_p, temperature, ...).
 
     python benchmarks/bench_demo_quality.py --pipeline checkpoints/spectralar-fashion-mnist \
         --idx_data_dir /usr/share/datasets/fashion-mnist --omegas 16 24 \
@@ -31,6 +33,7 @@ from spectralar_hf.evaluation import (  # noqa: E402
     feature_statistics,
     frechet_distance,
     knn_class_agreement,
+    precision_recall,
 )
 from spectralar_hf.evaluation.report import generate_images, load_evaluation_images  # noqa: E402
 from spectralar_hf.spectral import lowpass  # noqa: E402
@@ -56,7 +59,8 @@ def main() -> None:
     extractor = InceptionFeatureExtractor()
     test, _ = load_evaluation_images(size, channels, idx_data_dir=args.idx_data_dir, split="test",
                                      num_images=args.num_images, seed=0)
-    reference = feature_statistics(extract_features(test, extractor, progress=False))
+    reference_features = extract_features(test, extractor, progress=False)
+    reference = feature_statistics(reference_features)
 
     def fid(images):
         return frechet_distance(*feature_statistics(extract_features(images, extractor, progress=False)), *reference)
@@ -73,11 +77,16 @@ def main() -> None:
         for setting in settings:
             start = time.perf_counter()
             samples = generate_images(pipe, classes, batch_size=100, seed=0, **setting)
-            rows.append([json.dumps(setting), f"{fid(samples):.1f}",
+            features = extract_features(samples, extractor, progress=False)
+            scores = precision_recall(reference_features, features, k=3)
+            rows.append([json.dumps(setting),
+                         f"{frechet_distance(*feature_statistics(features), *reference):.1f}",
+                         f"{scores['precision']:.3f}", f"{scores['recall']:.3f}",
                          f"{knn_class_agreement(samples, classes, *knn_reference):.3f}",
                          f"{time.perf_counter() - start:.0f}"])
             print(rows[-1], flush=True)
-        print("\n" + markdown_table([f"sampling ({len(classes)} samples)", "FID", "k-NN class agreement", "s"],
+        print("\n" + markdown_table([f"sampling ({len(classes)} samples)", "FID", "precision", "recall (k = 3)",
+                                     "k-NN class agreement", "s"],
                                     rows))
 
 

