@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.spectral import lowpass
-from spectralar_hf.argtypes import non_negative_int, positive_float, positive_int
+from spectralar_hf.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
     OptimizationDefaults,
     add_image_source_arguments,
@@ -110,6 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     losses = parser.add_argument_group("losses (TiTok weights: perceptual 0.1, GAN 0.01 from 20k steps, LeCAM 0.001)")
     add_gan_arguments(losses, discriminator_channels=128)
+    losses.add_argument("--full_length_loss_weight", type=non_negative_float, default=None,
+                        help="ours, not the paper's: add W x MSE(all-N-token reconstruction, image) to every step "
+                             "besides the nested prefix term (sets config.full_length_loss_weight, saved with the "
+                             "tokenizer; also on --pretrained_model_name_or_path). Default: the tokenizer's own")
     losses.add_argument("--no_codebook_restart", action="store_true",
                         help="do not restart dead codes on recent encoder latents (see spectralar_hf.training.vq)")
 
@@ -129,12 +133,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          f"{', '.join(stage2)} belong to stage 2 (--train_decoder_only)")
         if args.train_decoder_only:
             parser.error("--proxy_teacher (stage 1) trains the encoder; --train_decoder_only is stage 2: give one")
+        if args.full_length_loss_weight:
+            parser.error("--full_length_loss_weight adds a pixel term, but --proxy_teacher (TiTok's stage 1) decodes "
+                         "no pixels: use it in stage 2 (--train_decoder_only) or without a teacher")
     if args.pretrained_model_name_or_path and args.config_overrides:
         parser.error("--config_overrides builds a new tokenizer; it cannot change --pretrained_model_name_or_path")
     try:
         args.config_overrides = parse_config_overrides(args.config_overrides, SpectralTokenizerConfig)
     except ValueError as error:
         parser.error(str(error))
+    if args.full_length_loss_weight is not None and "full_length_loss_weight" in args.config_overrides:
+        parser.error("full_length_loss_weight is given twice (--full_length_loss_weight and --config_overrides): "
+                     "keep one")
     if args.train_decoder_only and not args.pretrained_model_name_or_path:
         parser.error("--train_decoder_only fine-tunes a trained tokenizer: pass --pretrained_model_name_or_path")
     check_gan_arguments(parser, args)
@@ -147,12 +157,21 @@ def build_model(args: argparse.Namespace) -> SpectralTokenizer:
                                  "SpectralTokenizer", model_type="spectral_tokenizer",
                                  pipeline_class="SpectralARPipeline", subfolder="tokenizer",
                                  hint="pass a tokenizer saved by this script (its tokenizer/ folder)")
-        return SpectralTokenizer.from_pretrained(root)
-    try:
-        config = SpectralTokenizerConfig.from_preset(args.preset, **args.config_overrides)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"--preset {args.preset!r} / --config_overrides: {error}") from None
-    return SpectralTokenizer(config)
+        model = SpectralTokenizer.from_pretrained(root)
+    else:
+        try:
+            config = SpectralTokenizerConfig.from_preset(args.preset, **args.config_overrides)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--preset {args.preset!r} / --config_overrides: {error}") from None
+        model = SpectralTokenizer(config)
+    if args.full_length_loss_weight is not None:  # a loss setting: no weights change, the config validates it
+        try:
+            SpectralTokenizerConfig.from_dict({**model.config.to_dict(),
+                                               "full_length_loss_weight": args.full_length_loss_weight})
+        except ValueError as error:
+            raise ValueError(f"--full_length_loss_weight: {error}") from None
+        model.config.full_length_loss_weight = args.full_length_loss_weight
+    return model
 
 
 def build_images(args: argparse.Namespace, config: SpectralTokenizerConfig, accelerator) -> TrainingImages:
