@@ -4,9 +4,11 @@
 
 Evaluates every saved model of RUNS that has no result yet: the teacher (RUNS/teacher/vqgan, a MaskGIT-VQGAN: the
 ceiling of stage 1, whose pixels come through the teacher's frozen decoder) and each segment's tokenizer
-(RUNS/stage1/tokenizer-STEP, RUNS/stage2/tokenizer-STEP), on the same test images as `spectralar-hf evaluate
+(RUNS/STAGE/tokenizer-STEP for the stage folders below), on the same test images as `spectralar-hf evaluate
 tokenizer --split test --num-images N --fid` (seeded subset, [-1, 1], full-prefix reconstructions clamped), so the
-numbers are comparable with the rest of benchmarks/RESULTS.md. The reference Inception features are computed once and
+numbers are comparable with the rest of benchmarks/RESULTS.md. For tokenizers also the PSNR of prefixes k against
+their training targets, the low-pass images lowpass(x, omega_k) (`tokenizer_prefix_curve`): whether every prefix
+decodes to its low-pass image, not only the full sequence to the image. The reference Inception features are computed once and
 kept in RUNS/curve/; results accumulate in RUNS/curve/results.json (written atomically), so the script can run while
 training goes on and again after each segment. Prints (and with --output writes) the markdown table.
 
@@ -33,13 +35,15 @@ from tqdm.auto import tqdm
 
 from spectralar_hf import MaskGITVQGAN, SpectralARPipeline, SpectralTokenizer
 from spectralar_hf.evaluation import extract_features, feature_statistics, frechet_distance, get_default_extractor
-from spectralar_hf.evaluation.curves import format_markdown_table
+from spectralar_hf.evaluation.curves import format_markdown_table, tokenizer_prefix_curve
 from spectralar_hf.evaluation.reconstruction import psnr
 from spectralar_hf.evaluation.report import evaluate_pipeline, load_evaluation_images
 from spectralar_hf.training.checkpointing import write_json_atomic
 
 DATA = "/usr/share/datasets/fashion-mnist"
-STAGE_DIRS = ("stage1", "stage2")
+# stage folders in training order; stage2-gan is the recorded decoder stage with a GAN that did not ship (RESULTS)
+STAGE_DIRS = ("stage1", "stage2-gan", "stage2")
+PREFIXES = (1, 2, 4, 8, 16, 32)  # prefix lengths of the per-prefix PSNR columns
 KNN_IMAGES, KNN_SEED = 10_000, 2  # the k-NN classifier of `spectralar-hf evaluate pipeline --knn-split train`
 
 
@@ -50,27 +54,29 @@ def run_settings(folder: Path) -> dict:
 
 
 def models(runs: Path) -> list[tuple[str, Path, int]]:
-    """(name, folder, training images seen) of every saved model, in training order. Stage 2 continues stage 1, so
-    its images seen include all of stage 1's (the encoder and codebook it keeps were trained on them)."""
+    """(name, folder, training images seen) of every saved model, in training order. A later stage continues the
+    stage-1 tokenizer named in its arguments, so its images seen include those of stage 1 up to that tokenizer (the
+    encoder and codebook it keeps were trained on them)."""
     found = []
     teacher = runs / "teacher" / "vqgan"
     if (teacher / "config.json").is_file():
         args = run_settings(runs / "teacher")
         found.append(("teacher", teacher, args["max_train_steps"] * args["train_batch_size"]))
-    offset = 0
+    stage1_batch = None
     for stage in STAGE_DIRS:
         folder = runs / stage
-        if not folder.is_dir():
-            break
-        batch = run_settings(folder)["train_batch_size"]
+        if not (folder / "run_info.json").is_file():
+            continue
+        settings = run_settings(folder)
+        offset = 0
+        if stage == "stage1":
+            stage1_batch = settings["train_batch_size"]
+        elif stage1_batch is not None:
+            offset = int(Path(settings["pretrained_model_name_or_path"]).name.split("-")[1]) * stage1_batch
         steps = sorted(int(m.group(1)) for p in folder.iterdir()
                        if (m := re.fullmatch(r"tokenizer-(\d+)", p.name)) and (p / "config.json").is_file())
-        found += [(f"{stage} step {step}", folder / f"tokenizer-{step}", offset + step * batch) for step in steps]
-        if stage == "stage1":  # stage 2 starts from the stage-1 tokenizer named in its arguments
-            start = (runs / "stage2" / "run_info.json")
-            if start.is_file():
-                source = Path(run_settings(runs / "stage2")["pretrained_model_name_or_path"])
-                offset = int(source.name.split("-")[1]) * batch
+        found += [(f"{stage} step {step}", folder / f"tokenizer-{step}", offset + step * settings["train_batch_size"])
+                  for step in steps]
     return found
 
 
@@ -119,14 +125,21 @@ def main() -> None:
     reference = feature_statistics(np.load(reference_path))
 
     for name, folder, seen in models(args.runs):
-        if name in results:
+        known = name in results and (name == "teacher" or "prefix_psnr" in results[name])
+        if known:
             continue
-        start = time.time()
-        reconstruction = reconstruct(folder, images, args.batch_size)
-        features = extract_features(reconstruction, extractor, progress=False)
-        results[name] = {"images_seen": seen, "psnr": float(psnr(reconstruction, images)),
-                         "rfid": float(frechet_distance(*feature_statistics(features), *reference)),
-                         "folder": str(folder), "seconds": round(time.time() - start, 1)}
+        if name not in results:
+            start = time.time()
+            reconstruction = reconstruct(folder, images, args.batch_size)
+            features = extract_features(reconstruction, extractor, progress=False)
+            results[name] = {"images_seen": seen, "psnr": float(psnr(reconstruction, images)),
+                             "rfid": float(frechet_distance(*feature_statistics(features), *reference)),
+                             "folder": str(folder), "seconds": round(time.time() - start, 1)}
+        if name != "teacher":
+            with torch.no_grad():
+                rows = tokenizer_prefix_curve(SpectralTokenizer.from_pretrained(folder).eval(), images, PREFIXES,
+                                              batch_size=64, progress=False)
+            results[name]["prefix_psnr"] = {str(row["num_tokens"]): row["psnr_target"] for row in rows}
         write_json_atomic(results_path, results)
         print(f"{name}: {results[name]}", flush=True)
 
@@ -150,7 +163,9 @@ def main() -> None:
     tokenizers = sorted(((n, r) for n, r in results.items() if "rfid" in r),
                         key=lambda x: (x[0] != "teacher", x[1]["images_seen"]))
     rows = [{"model": name, "training images seen": r["images_seen"], "PSNR dB": round(r["psnr"], 2),
-             "rFID": round(r["rfid"], 1)} for name, r in tokenizers]
+             "rFID": round(r["rfid"], 1),
+             **{f"k={k}": round(r["prefix_psnr"][str(k)], 1) if "prefix_psnr" in r else "" for k in PREFIXES}}
+            for name, r in tokenizers]
     table = format_markdown_table(rows)
     generators = sorted(((n, r) for n, r in results.items() if "gfid" in r), key=lambda x: x[1]["sequences_seen"])
     if generators:
@@ -161,6 +176,7 @@ def main() -> None:
     print(table)
     if args.output is not None:
         args.output.write_text(f"Tokenizer and generator curves on {args.num_images} Fashion-MNIST test images "
+                               f"(k=K: PSNR dB of the K-token prefix against lowpass(x, omega_K)) "
                                f"(`python benchmarks/demo_tokenizer_curve.py RUNS`)\n\n{table}\n")
 
 

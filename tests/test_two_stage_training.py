@@ -124,6 +124,40 @@ def test_stage2_trains_the_decoders_and_freezes_encoder_and_codebook(stage1, idx
     assert tokenizer.config.pixel_decoder is not None
 
 
+def test_stage2_with_the_full_length_term_records_it_in_the_saved_config(stage1, teacher, idx_folder, tmp_path,
+                                                                          capsys):
+    """--full_length_loss_weight (ours) switches the full-length term on for a pretrained tokenizer: every step logs
+    it, the fine-tuned tokenizer's config keeps the weight (the stage-1 folder is untouched), and the codes stay."""
+    output = tmp_path / "stage2"
+    run_in_process(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--train_decoder_only",
+                   "--pretrained_model_name_or_path", stage1 / "tokenizer", "--output_dir", output,
+                   "--train_batch_size", 8, "--max_train_samples", 8, "--report_to", "none", "--logging_steps", 1,
+                   "--validation_steps", 1000, "--lr_warmup_steps", 1, "--learning_rate", 1e-3, "--max_train_steps",
+                   3, "--full_length_loss_weight", 0.5)
+    records = log(output)
+    assert len(records) == 3 and all(r["full_length_loss"] > 0 for r in records)
+    assert SpectralTokenizer.from_pretrained(output / "tokenizer").config.full_length_loss_weight == 0.5
+    assert SpectralTokenizer.from_pretrained(stage1 / "tokenizer").config.full_length_loss_weight == 0.0
+    before = load_file(stage1 / "tokenizer" / "model.safetensors")
+    after = load_file(output / "tokenizer" / "model.safetensors")
+    assert all(torch.equal(before[n], after[n]) for n in before if n.startswith(("encoder.", "quantizer.")))
+
+    with pytest.raises(SystemExit):  # stage 1 decodes no pixels
+        run_in_process(TOKENIZER_SCRIPT, *stage1_args(idx_folder, tmp_path / "a", teacher, "--full_length_loss_weight", 1))
+    assert "--proxy_teacher (TiTok's stage 1) decodes no pixels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_in_process(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--output_dir", tmp_path / "b",
+                       "--config_overrides", '{"full_length_loss_weight": 1}', "--full_length_loss_weight", 1)
+    assert "full_length_loss_weight is given twice" in capsys.readouterr().err
+    plain = tmp_path / "plain"  # no nested supervision: every step already decodes all N tokens
+    SpectralTokenizer(SpectralTokenizerConfig.from_preset("tiny-32", num_channels=1,
+                                                          spectral_supervision=False)).save_pretrained(plain)
+    with pytest.raises(ValueError, match="--full_length_loss_weight: .*spectral_supervision is False"):
+        run_in_process(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--output_dir", tmp_path / "c",
+                       "--pretrained_model_name_or_path", plain, "--full_length_loss_weight", 1,
+                       "--max_train_steps", 1)
+
+
 def test_both_stages_under_a_two_process_accelerate_launch(idx_folder, teacher, tmp_path, monkeypatch):
     """`accelerate launch --multi_gpu --num_processes 2` (CPU, gloo): stage 1 then stage 2, as on a GPU node."""
     monkeypatch.setitem(ENV, "ACCELERATE_USE_CPU", "1")
