@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """rFID / PSNR of the demo tokenizer's long run and gFID of its generator against training steps
-(benchmarks/demo_tokenizer_run.sh).
+(the segments of examples/demo_fashion_mnist.sh).
 
 Evaluates every saved model of RUNS that has no result yet: the teacher (RUNS/teacher/vqgan, a MaskGIT-VQGAN: the
 ceiling of stage 1, whose pixels come through the teacher's frozen decoder) and each segment's tokenizer
