@@ -40,8 +40,9 @@ declare -A CHECKPOINT_STEPS=([stage1]=2000 [stage2]=500 [generator]=500)
 DATA=/usr/share/datasets/fashion-mnist
 OUT=checkpoints/spectralar-fashion-mnist
 LPIPS="$RUNS/lpips_alex.safetensors"
-TOKENIZER="$RUNS/stage1/tokenizer-$STAGE1_STEPS"  # the codes: stage 2 keeps the encoder and codebook
-PIPELINE="$RUNS/generator/pipeline-$GENERATOR_STEPS"
+CODES_TOKENIZER="$RUNS/stage1/tokenizer-$STAGE1_STEPS"  # stage 2 keeps its encoder and codebook: the same codes
+TOKENIZER="$RUNS/stage2/tokenizer-$STAGE2_STEPS"
+PIPELINE="$RUNS/pipeline"
 SAMPLING=(--guidance_scale 1.5)
 for stage in STAGE1 STAGE2 GENERATOR; do
     steps=${stage}_STEPS segment=${stage}_SEGMENT
@@ -95,13 +96,13 @@ segments stage1 "$STAGE1_SEGMENT" "$STAGE1_STEPS" train_tokenizer.py tokenizer "
 #     decoder trained on pixels: nested L2 (Algorithm 1) + LPIPS 0.5 + the full-length L2 term (ours), lr 1e-4.
 #     It can run beside steps 3-4 in another process (STAGE2_STEPS=... GENERATOR_STEPS=0 there, STAGE2_STEPS=0 here).
 segments stage2 "$STAGE2_SEGMENT" "$STAGE2_STEPS" train_tokenizer.py tokenizer "${COMMON[@]}" \
-    --pretrained_model_name_or_path "$RUNS/stage1/tokenizer-$STAGE1_STEPS" --train_decoder_only \
+    --pretrained_model_name_or_path "$CODES_TOKENIZER" --train_decoder_only \
     --learning_rate 1e-4 --perceptual_weight 0.5 --lpips_weights "$LPIPS" --full_length_loss_weight 1
 (( GENERATOR_STEPS > 0 )) || exit 0
 
 # 3. codes (pretokenize resumes by shard)
 [ -f "$RUNS/codes/pretokenize.json" ] || python examples/pretokenize.py --idx_data_dir "$DATA" --flip \
-    --tokenizer "$TOKENIZER" --output_dir "$RUNS/codes"
+    --tokenizer "$CODES_TOKENIZER" --output_dir "$RUNS/codes"
 
 # 4. generator; each segment end keeps a pipeline (tokenizer + EMA generator) for the gFID curve
 segments generator "$GENERATOR_SEGMENT" "$GENERATOR_STEPS" train_generator.py pipeline \
@@ -109,7 +110,21 @@ segments generator "$GENERATOR_SEGMENT" "$GENERATOR_STEPS" train_generator.py pi
     --lr_scheduler constant_with_warmup --lr_warmup_steps 200 --use_ema "${SAMPLING[@]}" --report_to none \
     --logging_steps 50 --validation_steps 1000000 --checkpoints_total_limit 1
 
-# 5. evaluation (the evaluation module; FID floor: 1,000 train vs the same 1,000 test images)
+# 5. the pipeline: stage 2's tokenizer with the generator's EMA weights (checked: the same encoder and codebook as the
+#    stage-1 tokenizer that made the codes), then its evaluation (FID floor: 1,000 train vs the same 1,000 test images)
+[ -f "$PIPELINE/model_index.json" ] || python - "$CODES_TOKENIZER" "$TOKENIZER" \
+    "$RUNS/generator/pipeline-$GENERATOR_STEPS" "$PIPELINE" <<'EOF'
+import sys
+import torch
+from spectralar_hf import SpectralARPipeline, SpectralTokenizer
+codes_dir, tokenizer_dir, generator_dir, out = sys.argv[1:]
+stage1, stage2 = (SpectralTokenizer.from_pretrained(d).state_dict() for d in (codes_dir, tokenizer_dir))
+changed = [k for k in stage1 if k.startswith(("encoder.", "quantizer.")) and not torch.equal(stage1[k], stage2[k])]
+if changed:
+    sys.exit(f"{tokenizer_dir} encodes differently from {codes_dir} (the generator's codes): {changed[:3]}")
+generator = SpectralARPipeline.from_pretrained(generator_dir).transformer
+SpectralARPipeline(tokenizer=SpectralTokenizer.from_pretrained(tokenizer_dir), transformer=generator).save_pretrained(out)
+EOF
 [ -f "$RUNS/eval_tokenizer.json" ] || spectralar-hf evaluate tokenizer "$TOKENIZER" --idx-data-dir "$DATA" \
     --split test --num-images 1000 --fid --report "$RUNS/eval_tokenizer.json" --plot "$RUNS/eval_tokenizer.png"
 [ -f "$RUNS/eval_pipeline.json" ] || spectralar-hf evaluate pipeline "$PIPELINE" --idx-data-dir "$DATA" \
