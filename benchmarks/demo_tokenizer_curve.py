@@ -8,9 +8,11 @@ ceiling of stage 1, whose pixels come through the teacher's frozen decoder) and 
 tokenizer --split test --num-images N --fid` (seeded subset, [-1, 1], full-prefix reconstructions clamped), so the
 numbers are comparable with the rest of benchmarks/RESULTS.md. For tokenizers also the PSNR of prefixes k against
 their training targets, the low-pass images lowpass(x, omega_k) (`tokenizer_prefix_curve`): whether every prefix
-decodes to its low-pass image, not only the full sequence to the image. The reference Inception features are computed once and
-kept in RUNS/curve/; results accumulate in RUNS/curve/results.json (written atomically), so the script can run while
-training goes on and again after each segment. Prints (and with --output writes) the markdown table.
+decodes to its low-pass image, not only the full sequence to the image; for the teacher, the PSNR of its own
+reconstructions of those low-pass images (what stage 1's proxy codes can reach at each prefix). The reference
+Inception features are computed once and kept in RUNS/curve/; results accumulate in RUNS/curve/results.json
+(written atomically), so the script can run while training goes on and again after each segment. Prints (and with
+--output writes) the markdown table.
 
 Each generator segment's pipeline (RUNS/generator/pipeline-STEP: its tokenizer + EMA generator, saved sampling
 defaults) is scored like `spectralar-hf evaluate pipeline --num-images N --samples-per-class N/10 --knn-split train`:
@@ -38,6 +40,7 @@ from spectralar_hf.evaluation import extract_features, feature_statistics, frech
 from spectralar_hf.evaluation.curves import format_markdown_table, tokenizer_prefix_curve
 from spectralar_hf.evaluation.reconstruction import psnr
 from spectralar_hf.evaluation.report import evaluate_pipeline, load_evaluation_images
+from spectralar_hf.spectral import lowpass
 from spectralar_hf.training.checkpointing import write_json_atomic
 
 DATA = "/usr/share/datasets/fashion-mnist"
@@ -92,6 +95,19 @@ def pipelines(runs: Path) -> list[tuple[str, Path, int]]:
 
 
 @torch.no_grad()
+def teacher_lowpass_psnr(folder: Path, images: torch.Tensor, omegas: list[int], batch_size: int) -> dict[str, float]:
+    """PSNR (dB) of the teacher's reconstructions of lowpass(images, omega_k) against those low-pass images, per k."""
+    model = MaskGITVQGAN.from_pretrained(folder).eval()
+    result = {}
+    for k in PREFIXES:
+        target = lowpass(images, omegas[k - 1]).clamp(-1, 1)
+        output = torch.cat([model((target[i:i + batch_size] + 1) / 2).reconstruction * 2 - 1
+                            for i in range(0, len(target), batch_size)]).clamp(-1, 1)
+        result[str(k)] = float(psnr(output, target))
+    return result
+
+
+@torch.no_grad()
 def reconstruct(folder: Path, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Full-prefix reconstructions of `images` ([-1, 1]) in [-1, 1], clamped."""
     if (folder / "config.json").is_file() and json.loads((folder / "config.json").read_text()).get(
@@ -125,8 +141,7 @@ def main() -> None:
     reference = feature_statistics(np.load(reference_path))
 
     for name, folder, seen in models(args.runs):
-        known = name in results and (name == "teacher" or "prefix_psnr" in results[name])
-        if known:
+        if name in results and "prefix_psnr" in results[name]:
             continue
         if name not in results:
             start = time.time()
@@ -135,7 +150,13 @@ def main() -> None:
             results[name] = {"images_seen": seen, "psnr": float(psnr(reconstruction, images)),
                              "rfid": float(frechet_distance(*feature_statistics(features), *reference)),
                              "folder": str(folder), "seconds": round(time.time() - start, 1)}
-        if name != "teacher":
+        if name == "teacher":  # the omega schedule of the tokenizers it teaches
+            tokenizers = [f for n, f, _ in models(args.runs) if n != "teacher"]
+            if not tokenizers:
+                continue
+            omegas = list(SpectralTokenizer.config_class.from_pretrained(tokenizers[0]).omega)
+            results[name]["prefix_psnr"] = teacher_lowpass_psnr(folder, images, omegas, args.batch_size)
+        else:
             with torch.no_grad():
                 rows = tokenizer_prefix_curve(SpectralTokenizer.from_pretrained(folder).eval(), images, PREFIXES,
                                               batch_size=64, progress=False)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The recipe of the shipped demo checkpoint `checkpoints/spectralar-fashion-mnist`: a class-conditional SpectralAR
-# trained from scratch on Fashion-MNIST at 32x32 on a CPU (or CUDA, unchanged) with TiTok's two-stage tokenizer
-# recipe, evaluated and packaged. Wall times, curves and metrics of the recorded run: benchmarks/RESULTS.md
-# ("The demo tokenizer's long run" and "The demo checkpoint").
+# The recipe of the demo checkpoint `checkpoints/spectralar-fashion-mnist`: a class-conditional SpectralAR trained
+# from scratch on Fashion-MNIST at 32x32 on a CPU (or CUDA, unchanged) with TiTok's two-stage tokenizer recipe,
+# evaluated and packaged. Its recorded run is still training (benchmarks/RESULTS.md, "The demo tokenizer's long
+# run"); the checkpoint shipped today was made by `git show 49d8eff:examples/demo_fashion_mnist.sh`.
 #
 #   0. LPIPS (AlexNet) weights for the perceptual losses, converted to safetensors
 #   1. teacher: a MaskGIT-VQGAN (train_vqgan.py --preset fmnist-f4: 8 x 8 grid of 512 codes), L2 + VQ + LPIPS 0.5
@@ -11,7 +11,8 @@
 #      tokenizer, turns the predicted codes into pixels
 #   2b. tokenizer, TiTok's stage 2: the decoder trained on pixels (nested L2 + LPIPS + a full-length term)
 #   3. codes of the 60,000 training images and their mirrors (120,000 sequences)
-#   4. generator (preset small: 256 wide, 6 blocks) with the sampling defaults chosen by the recorded sweep
+#   4. generator (preset small: 256 wide, 6 blocks); saved sampling default CFG 1.5 (the former demo's measured
+#      choice, to be re-chosen by a sweep on this pipeline before it ships)
 #   5. evaluation: tokenizer rFID / PSNR, pipeline gFID / precision / recall / k-NN agreement on 1,000 samples, and
 #      the paper-style FID of 10,000 samples (1,000 per class) against the 10,000 test images
 #   6. packaging with a model card that carries the measured metrics; the README's main job
@@ -37,7 +38,7 @@ STAGE2_STEPS=${STAGE2_STEPS:-6000}
 STAGE2_SEGMENT=${STAGE2_SEGMENT:-1000}
 GENERATOR_STEPS=${GENERATOR_STEPS:-12000}
 GENERATOR_SEGMENT=${GENERATOR_SEGMENT:-3000}
-# checkpoints about every 15-20 minutes on one CPU core (stage 1 ~0.5 s/step, stage 2 ~1 s/step, generator ~1.1 s/step)
+# checkpoints every ~10-20 minutes on one CPU core (stage 1 ~0.6 s/step, stage 2 ~1.4 s/step, generator ~1.1 s/step)
 declare -A CHECKPOINT_STEPS=([stage1]=2000 [stage2]=500 [generator]=500)
 DATA=/usr/share/datasets/fashion-mnist
 OUT=checkpoints/spectralar-fashion-mnist
@@ -129,7 +130,8 @@ changed = [k for k in stage1 if k.startswith(("encoder.", "quantizer.")) and not
 if changed:
     sys.exit(f"{tokenizer_dir} encodes differently from {codes_dir} (the generator's codes): {changed[:3]}")
 generator = SpectralARPipeline.from_pretrained(generator_dir).transformer
-SpectralARPipeline(tokenizer=SpectralTokenizer.from_pretrained(tokenizer_dir), transformer=generator).save_pretrained(out)
+tokenizer = SpectralTokenizer.from_pretrained(tokenizer_dir)
+SpectralARPipeline(tokenizer=tokenizer, transformer=generator).save_pretrained(out)
 EOF
 [ -f "$RUNS/eval_tokenizer.json" ] || spectralar-hf evaluate tokenizer "$TOKENIZER" --idx-data-dir "$DATA" \
     --split test --num-images 1000 --fid --report "$RUNS/eval_tokenizer.json" --plot "$RUNS/eval_tokenizer.png"

@@ -143,7 +143,8 @@ def test_stage2_with_the_full_length_term_records_it_in_the_saved_config(stage1,
     assert all(torch.equal(before[n], after[n]) for n in before if n.startswith(("encoder.", "quantizer.")))
 
     with pytest.raises(SystemExit):  # stage 1 decodes no pixels
-        run_in_process(TOKENIZER_SCRIPT, *stage1_args(idx_folder, tmp_path / "a", teacher, "--full_length_loss_weight", 1))
+        run_in_process(TOKENIZER_SCRIPT, *stage1_args(idx_folder, tmp_path / "a", teacher,
+                                                      "--full_length_loss_weight", 1))
     assert "--proxy_teacher (TiTok's stage 1) decodes no pixels" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_in_process(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--output_dir", tmp_path / "b",
