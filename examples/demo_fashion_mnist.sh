@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The recipe of the demo checkpoint `checkpoints/spectralar-fashion-mnist`: a class-conditional SpectralAR trained
 # from scratch on Fashion-MNIST at 32x32 on a CPU (or CUDA, unchanged) with TiTok's two-stage tokenizer recipe,
-# evaluated and packaged. Its recorded run is still training (benchmarks/RESULTS.md, "The demo tokenizer's long
-# run"); the checkpoint shipped today was made by `git show 49d8eff:examples/demo_fashion_mnist.sh`.
+# evaluated and packaged; its recorded run: benchmarks/RESULTS.md, "The demo checkpoint" and "The demo tokenizer's
+# long run".
 #
 #   0. LPIPS (AlexNet) weights for the perceptual losses, converted to safetensors
 #   1. teacher: a MaskGIT-VQGAN (train_vqgan.py --preset fmnist-f4: 8 x 8 grid of 512 codes), L2 + VQ + LPIPS 0.5
@@ -11,8 +11,8 @@
 #      tokenizer, turns the predicted codes into pixels
 #   2b. tokenizer, TiTok's stage 2: the decoder trained on pixels (nested L2 + LPIPS + a full-length term)
 #   3. codes of the 60,000 training images and their mirrors (120,000 sequences)
-#   4. generator (preset small: 256 wide, 6 blocks); saved sampling default CFG 1.5 (the former demo's measured
-#      choice, to be re-chosen by a sweep on this pipeline before it ships)
+#   4. generator (preset small: 256 wide, 6 blocks); saved sampling defaults CFG 1.5 with top-p 0.9, chosen by a
+#      sweep on 1,000 samples of this pipeline (benchmarks/bench_demo_quality.py; RESULTS.md)
 #   5. evaluation: tokenizer rFID / PSNR, pipeline gFID / precision / recall / k-NN agreement on 1,000 samples, and
 #      the paper-style FID of 10,000 samples (1,000 per class) against the 10,000 test images
 #   6. packaging with a model card that carries the measured metrics; the README's main job
@@ -36,7 +36,7 @@ STAGE1_STEPS=${STAGE1_STEPS:-24000}
 STAGE1_SEGMENT=${STAGE1_SEGMENT:-4000}
 STAGE2_STEPS=${STAGE2_STEPS:-6000}
 STAGE2_SEGMENT=${STAGE2_SEGMENT:-1000}
-GENERATOR_STEPS=${GENERATOR_STEPS:-12000}
+GENERATOR_STEPS=${GENERATOR_STEPS:-9000}
 GENERATOR_SEGMENT=${GENERATOR_SEGMENT:-3000}
 # checkpoints every ~10-20 minutes on one CPU core (stage 1 ~0.6 s/step, stage 2 ~1.4 s/step, generator ~1.1 s/step)
 declare -A CHECKPOINT_STEPS=([stage1]=2000 [stage2]=500 [generator]=500)
@@ -46,7 +46,7 @@ LPIPS="$RUNS/lpips_alex.safetensors"
 CODES_TOKENIZER="$RUNS/stage1/tokenizer-$STAGE1_STEPS"  # stage 2 keeps its encoder and codebook: the same codes
 TOKENIZER="$RUNS/stage2/tokenizer-$STAGE2_STEPS"
 PIPELINE="$RUNS/pipeline"
-SAMPLING=(--guidance_scale 1.5)
+SAMPLING=(--guidance_scale 1.5 --top_p 0.9)
 for stage in STAGE1 STAGE2 GENERATOR; do
     steps=${stage}_STEPS segment=${stage}_SEGMENT
     if (( ${!steps} % ${!segment} )); then
@@ -120,16 +120,22 @@ if [ ! -f "$TOKENIZER/config.json" ]; then
     exit 0
 fi
 [ -f "$PIPELINE/model_index.json" ] || python - "$CODES_TOKENIZER" "$TOKENIZER" \
-    "$RUNS/generator/pipeline-$GENERATOR_STEPS" "$PIPELINE" <<'EOF'
-import sys
+    "$RUNS/generator/pipeline-$GENERATOR_STEPS" "$PIPELINE" "${SAMPLING[@]}" <<'EOF'
+import json, sys
 import torch
 from spectralar_hf import SpectralARPipeline, SpectralTokenizer
-codes_dir, tokenizer_dir, generator_dir, out = sys.argv[1:]
+codes_dir, tokenizer_dir, generator_dir, out, *sampling = sys.argv[1:]
 stage1, stage2 = (SpectralTokenizer.from_pretrained(d).state_dict() for d in (codes_dir, tokenizer_dir))
 changed = [k for k in stage1 if k.startswith(("encoder.", "quantizer.")) and not torch.equal(stage1[k], stage2[k])]
 if changed:
     sys.exit(f"{tokenizer_dir} encodes differently from {codes_dir} (the generator's codes): {changed[:3]}")
 generator = SpectralARPipeline.from_pretrained(generator_dir).transformer
+for flag, value in zip(sampling[::2], sampling[1::2]):  # SAMPLING as the saved defaults (also if changed after training)
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass  # a word, e.g. --guidance_schedule linear
+    setattr(generator.generation_config, flag.removeprefix("--"), value)
 tokenizer = SpectralTokenizer.from_pretrained(tokenizer_dir)
 SpectralARPipeline(tokenizer=tokenizer, transformer=generator).save_pretrained(out)
 EOF
@@ -159,7 +165,8 @@ pipe = SpectralARPipeline.from_pretrained(pipeline)
 pipe.save_pretrained(out)
 summary = ("A small class-conditional SpectralAR trained from scratch on Fashion-MNIST (32x32 grayscale, 10 classes) "
            "on a 2-core CPU with `examples/demo_fashion_mnist.sh` (TiTok's two-stage tokenizer recipe: a VQGAN "
-           "teacher, then 32 spectral tokens trained on the teacher's codes): the demo checkpoint of spectralar_hf. "
+           "teacher, 32 spectral tokens trained on its codes, then their decoder on pixels): the demo checkpoint of "
+           "spectralar_hf. "
            "Quality and training details: `benchmarks/RESULTS.md` of the repository.")
 pipe.model_card("spectralar-hf/spectralar-fashion-mnist", datasets=["zalando-datasets/fashion_mnist"],
                 metrics={k: round(float(v), 3) for k, v in metrics.items()}, summary=summary).save(f"{out}/README.md")
