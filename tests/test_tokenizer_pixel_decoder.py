@@ -17,7 +17,8 @@ from spectralar_hf import MaskGITVQGAN, SpectralTokenizer, SpectralTokenizerConf
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_TOKENIZER = ROOT / "checkpoints" / "spectralar-fashion-mnist" / "tokenizer"
+# The demo's former tokenizer (a linear patch head, no pixel decoder; shipped until the two-stage demo replaced it)
+LINEAR_HEAD_TOKENIZER = ROOT / "tests" / "data" / "fmnist_tokenizer_linear_head"
 # Written by the tokenizer code of commit 0daf13b (before the TiTok options): a pinned random input, its codes,
 # latents, decodes (full, prefix 5, per-sample prefixes), a forward step, and the state-dict keys and shapes.
 REFERENCE = Path(__file__).resolve().parent / "data" / "fmnist_tokenizer_reference.safetensors"
@@ -58,11 +59,11 @@ def vqgan_with_weights_of(tokenizer: SpectralTokenizer) -> MaskGITVQGAN:
 # ------------------------------------------------------------------------- default layout is unchanged
 
 
-def test_shipped_checkpoint_computes_what_it_did_before_the_titok_options():
+def test_linear_head_checkpoint_computes_what_it_did_before_the_titok_options():
     reference = load_file(REFERENCE)
     with safe_open(REFERENCE, "pt") as handle:
         reference_keys = [tuple(item) for item in json.loads(handle.metadata()["state_dict"])]
-    tokenizer = SpectralTokenizer.from_pretrained(DEMO_TOKENIZER).eval()
+    tokenizer = SpectralTokenizer.from_pretrained(LINEAR_HEAD_TOKENIZER).eval()
     config = tokenizer.config
     assert (config.class_token, config.legacy_latent_projection, config.decoder_output_conv,
             config.pixel_decoder) == (False, False, False, None)
