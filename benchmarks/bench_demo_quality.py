@@ -66,8 +66,9 @@ def main() -> None:
         return frechet_distance(*feature_statistics(extract_features(images, extractor, progress=False)), *reference)
 
     print(f"# {machine_line()}; {args.num_images} test images as the FID reference\n")
-    rows = [[omega, f"{fid(lowpass(test, omega).clamp(-1, 1)):.1f}"] for omega in args.omegas]
-    print(markdown_table(["DCT low-pass omega", "FID of the low-passed test images"], rows) + "\n", flush=True)
+    if args.omegas:  # `--omegas` with no value: the sweep only
+        rows = [[omega, f"{fid(lowpass(test, omega).clamp(-1, 1)):.1f}"] for omega in args.omegas]
+        print(markdown_table(["DCT low-pass omega", "FID of the low-passed test images"], rows) + "\n", flush=True)
 
     if settings:
         knn_reference = load_evaluation_images(size, channels, idx_data_dir=args.idx_data_dir, split="train",
