@@ -549,6 +549,18 @@ def test_pixels_within_the_rounding_tolerance_are_accepted(c):
 def test_valid_sampling_settings_still_work(c):
     reference = c.sar([0, 1], generator=seeded(5), output_type="pt", top_p=None).codes
     assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", top_p=1.0).codes, reference)
+    # top_p=1.0 switches off a saved top_p, also through resolved settings passed back in (as sample.py does)
+    saved = c.sar.transformer.generation_config.top_p
+    try:
+        c.sar.transformer.generation_config.top_p = 0.05
+        settings = c.sar._sampling_settings(guidance_scale=None, guidance_schedule=None, temperature=None, top_k=None,
+                                            top_p=1.0)
+        assert settings["top_p"] == 1.0
+        again = c.sar([0, 1], generator=seeded(5), output_type="pt", **settings).codes
+        assert torch.equal(again, c.sar([0, 1], generator=seeded(5), output_type="pt", top_p=1.0).codes)
+        assert not torch.equal(again, c.sar([0, 1], generator=seeded(5), output_type="pt").codes)
+    finally:
+        c.sar.transformer.generation_config.top_p = saved
     assert torch.equal(c.gen.sample(np.array([0, 1]), generator=seeded(5), top_k=np.int64(256)),
                        c.gen.sample([0, 1], generator=seeded(5), top_k=256))
     assert c.gen.sample(torch.tensor([0]), guidance_scale=torch.tensor(2.0), generator=seeded(6)).shape == (1, 16)

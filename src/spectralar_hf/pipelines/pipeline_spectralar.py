@@ -381,8 +381,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolde
             if name == "top_k" and value == 0:
                 value = None  # GenerationConfig's "no top-k"
             settings[name] = fallback[name] if value is None else value
-        if settings["top_p"] == 1.0:
-            settings["top_p"] = None  # the identity
+        # An explicit top_p=1.0 stays 1.0 (no filtering): as None it would fall back to a saved top_p when these
+        # settings are passed to the pipeline again (examples/sample.py does).
         return settings
 
     @torch.no_grad()
