@@ -67,8 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scale", type=positive_float, default=None, help="1.0 = no CFG")
     parser.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
     parser.add_argument("--temperature", type=positive_float, default=None)
-    parser.add_argument("--top_k", type=top_k_type("--top_k"), default=None, help="SpectralAR")
-    parser.add_argument("--top_p", type=probability, default=None, help="SpectralAR")
+    parser.add_argument("--top_k", type=top_k_type("--top_k"), default=None, help="SpectralAR; 0 = no top-k")
+    parser.add_argument("--top_p", type=probability, default=None, help="SpectralAR; 1 = no nucleus filtering")
     parser.add_argument("--trunc", type=non_negative_int, default=None,
                         help="SpectralAR: discard the last K tokens (the paper's Trunc.K)")
     parser.add_argument("--num_inference_steps", type=positive_int, default=None, help="FAR: outer steps")
@@ -106,7 +106,7 @@ def sampling_arguments(pipe, args: argparse.Namespace) -> dict:
     """The pipeline call's sampling keywords, defaults resolved (so that the JSON records what was used)."""
     is_far = isinstance(pipe, FARPipeline)
     foreign = ("top_k", "top_p", "trunc", "compile") if is_far else ("num_inference_steps", "diffusion_steps")
-    given = [name for name in foreign if getattr(args, name) not in (None, False)]
+    given = [name for name in foreign if getattr(args, name) is not None and getattr(args, name) is not False]
     if given:
         flags = ", ".join(f"--{name}" for name in given)
         raise ValueError(f"{flags} do(es) not apply to a {type(pipe).__name__}; FAR takes --num_inference_steps / "

@@ -155,7 +155,7 @@ CASES = [
     ("gen-sample-top-p-1.5", "SpectralARForCausalLM.sample", "top_p=1.5",
      lambda c: c.gen.sample([0], top_p=1.5), ValueError, r"top_p must lie in \(0, 1\]"),
     ("gen-sample-top-k-float", "SpectralARForCausalLM.sample", "top_k=2.0",
-     lambda c: c.gen.sample([0], top_k=2.0), ValueError, r"top_k must be a positive int or None"),
+     lambda c: c.gen.sample([0], top_k=2.0), ValueError, r"top_k must be an int >= 0"),
     ("gen-sample-empty", "SpectralARForCausalLM.sample", "0 class labels",
      lambda c: c.gen.sample([]), ValueError, r"class_labels is empty"),
     ("gen-sample-names", "SpectralARForCausalLM.sample", "class names",
@@ -207,8 +207,8 @@ CASES = [
      lambda c: c.sar([0, 1], guidance_scale=NAN), ValueError, r"guidance_scale must be a finite number"),
     ("sar-top-p-1.5", "SpectralARPipeline.__call__", "top_p=1.5 (was clamped to 1)",
      lambda c: c.sar([0], top_p=1.5), ValueError, r"top_p must lie in \(0, 1\]"),
-    ("sar-top-k-0", "SpectralARPipeline.__call__", "top_k=0 (was read as 'no top-k')",
-     lambda c: c.sar([0], top_k=0), ValueError, r"top_k must be a positive int or None"),
+    ("sar-top-k-negative", "SpectralARPipeline.__call__", "top_k=-1",
+     lambda c: c.sar([0], top_k=-1), ValueError, r"top_k must be an int >= 0 \(0 = no top-k filtering"),
     ("sar-output-type", "SpectralARPipeline.__call__", "output_type='bogus'",
      lambda c: c.sar([0], output_type="bogus"), ValueError, r"output_type must be one of \('pil', 'np', 'pt'\)"),
     ("sar-empty-list", "SpectralARPipeline.__call__", "class_labels=[]",
@@ -561,6 +561,18 @@ def test_valid_sampling_settings_still_work(c):
         assert not torch.equal(again, c.sar([0, 1], generator=seeded(5), output_type="pt").codes)
     finally:
         c.sar.transformer.generation_config.top_p = saved
+    # top_k=0 filters nothing (transformers' convention) and switches off a saved top_k the same way
+    assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", top_k=0).codes, reference)
+    saved = c.sar.transformer.generation_config.top_k
+    try:
+        c.sar.transformer.generation_config.top_k = 1
+        settings = c.sar._sampling_settings(guidance_scale=None, guidance_schedule=None, temperature=None, top_k=0,
+                                            top_p=None)
+        assert settings["top_k"] == 0
+        assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", **settings).codes, reference)
+        assert not torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt").codes, reference)
+    finally:
+        c.sar.transformer.generation_config.top_k = saved
     assert torch.equal(c.gen.sample(np.array([0, 1]), generator=seeded(5), top_k=np.int64(256)),
                        c.gen.sample([0, 1], generator=seeded(5), top_k=256))
     assert c.gen.sample(torch.tensor([0]), guidance_scale=torch.tensor(2.0), generator=seeded(6)).shape == (1, 16)

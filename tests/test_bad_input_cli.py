@@ -110,8 +110,8 @@ CASES = [
     pytest.param(GEN + ("--temperature", "inf"), r"argument --temperature: expected a finite number, got 'inf'",
                  id="temperature-inf"),
     pytest.param(GEN + ("--temperature", "0"), r"argument --temperature: must be > 0", id="temperature-0"),
-    pytest.param(GEN + ("--top-k", "0"), r"argument --top-k: must be >= 1, got .0. \(omit --top-k for no top-k "
-                 r"filtering\)", id="top-k-0"),
+    pytest.param(GEN + ("--top-k", "-1"), r"argument --top-k: must be >= 0, got .-1. \(--top-k 0 = no top-k "
+                 r"filtering\)", id="top-k-negative"),
     pytest.param(GEN + ("--num-tokens", "0"), r"argument --num-tokens: must be >= 1", id="num-tokens-0"),
     pytest.param(GEN + ("--num-per-class", "0"), r"argument --num-per-class: must be >= 1", id="num-per-class-0"),
     pytest.param(GEN + ("--num-per-class", "two"), r"argument --num-per-class: expected an integer, got 'two'",
@@ -157,6 +157,7 @@ CASES = [
     pytest.param(("generate", "{fartext}", "--classes", "0", "--output", "{out}/g.png"),
                  r"is a text-only FARPipeline; the command line has no --prompt", id="far-text-only-classes"),
     pytest.param(GEN_FAR + ("--top-k", "5"), r"--top-k does not apply to a FARPipeline", id="far-spectralar-flag"),
+    pytest.param(GEN_FAR + ("--top-k", "0"), r"--top-k does not apply to a FARPipeline", id="far-top-k-0"),
     # wrong kind of model / broken checkpoints
     pytest.param(("reconstruct", "{far}", "{photo}", "--output", "{out}/s.png"),
                  r"holds a FARPipeline \(VAE latents, no spectral tokenizer\); reconstruct expected a "
@@ -241,6 +242,10 @@ CASES = [
     # flags of another target
     pytest.param(EVAL_TOK + ("--samples-per-class", "3"), r"--samples-per-class does not apply to `evaluate tokenizer`",
                  id="eval-tokenizer-pipeline-flag"),
+    pytest.param(EVAL_TOK + ("--top-k", "0"), r"--top-k does not apply to `evaluate tokenizer`",
+                 id="eval-tokenizer-top-k-0"),  # 0 == False was read as not given
+    pytest.param(EVAL_TOK + ("--trunc", "0"), r"--trunc does not apply to `evaluate tokenizer`",
+                 id="eval-tokenizer-trunc-0"),
     pytest.param(EVAL_PIPE + ("--prefixes", "3"), r"--prefixes does not apply to `evaluate pipeline`",
                  id="eval-pipeline-tokenizer-flag"),
     pytest.param(EVAL_PIPE + ("--plot", "{out}/p.png"), r"--plot draws the --trunc curve",

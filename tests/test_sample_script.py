@@ -243,6 +243,7 @@ def test_far_set_is_independent_of_the_batch_size(pipelines, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--top_k", 5], "--top_k do(es) not apply to a FARPipeline"),
+    (["--top_k", 0], "--top_k do(es) not apply to a FARPipeline"),  # 0 == False was read as not given
     (["--compile"], "--compile do(es) not apply"),
 ])
 def test_far_refuses_spectralar_flags(pipelines, tmp_path, flags, message):

@@ -66,9 +66,9 @@ random_seed = number_type(int, 0, SEED_MAX)
 
 
 def top_k_type(flag: str) -> Callable[[str], int]:
-    """The argparse `type=` of a top-k flag named `flag`: an int >= 1 (transformers' 0 = "no top-k" is refused: omit
-    the flag instead)."""
-    return number_type(int, 1, hint=f" (omit {flag} for no top-k filtering)")
+    """The argparse `type=` of a top-k flag named `flag`: an int >= 0, where 0 = no top-k filtering (transformers'
+    convention; it also switches off a top-k saved in the generation config, which omitting the flag keeps)."""
+    return number_type(int, 0, hint=f" ({flag} 0 = no top-k filtering)")
 
 
 def diffusion_steps(value: str) -> str | int:

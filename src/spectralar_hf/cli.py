@@ -60,7 +60,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-top_k = top_k_type("--top-k")  # GenerationConfig's 0 = none: refused
+top_k = top_k_type("--top-k")  # 0 = no top-k (GenerationConfig's convention)
 
 
 def class_label(text: str) -> int | str:
@@ -457,7 +457,8 @@ KNN_K = 5
 
 
 def _refuse_flags(args: argparse.Namespace, names: tuple[str, ...], target: str, hint: str) -> None:
-    given = [name for name in names if getattr(args, name) not in (None, False)]
+    # `is not`: 0 == False, and 0 is a given value of --top-k / --trunc
+    given = [name for name in names if getattr(args, name) is not None and getattr(args, name) is not False]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise CLIError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to `evaluate {target}`"
@@ -747,8 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="1.0 = no CFG; default: the model's")
     generate.add_argument("--guidance-schedule", choices=["constant", "linear"], default=None)
     generate.add_argument("--temperature", type=positive_float, default=None)
-    generate.add_argument("--top-k", type=top_k, default=None, help="omit for no top-k filtering")
-    generate.add_argument("--top-p", type=probability, default=None, help="in (0, 1]; omit for no nucleus filtering")
+    generate.add_argument("--top-k", type=top_k, default=None,
+                          help="0 = no top-k filtering; default: the model's")
+    generate.add_argument("--top-p", type=probability, default=None,
+                          help="in (0, 1], 1 = no nucleus filtering; default: the model's")
     generate.add_argument("--num-tokens", type=positive_int, default=None,
                           help="truncated generation: decode only k tokens")
     generate.add_argument("--num-inference-steps", type=positive_int, default=None,

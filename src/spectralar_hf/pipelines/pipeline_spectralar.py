@@ -381,8 +381,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolde
             if name == "top_k" and value == 0:
                 value = None  # GenerationConfig's "no top-k"
             settings[name] = fallback[name] if value is None else value
-        # An explicit top_p=1.0 stays 1.0 (no filtering): as None it would fall back to a saved top_p when these
-        # settings are passed to the pipeline again (examples/sample.py does).
+        # An explicit top_p=1.0 / top_k=0 stays as given (no filtering): as None it would fall back to a saved
+        # top_p / top_k when these settings are passed to the pipeline again (examples/sample.py does).
         return settings
 
     @torch.no_grad()
@@ -412,7 +412,8 @@ class SpectralARPipeline(_OtherPipelineMethods, _CheckedLoading, _HubNativeFolde
             guidance_scale: classifier-free guidance `w` (`1.0` = off; logits `w * cond - (w - 1) * uncond`, VAR's
                 `cfg = w - 1`). `None` uses `transformer.generation_config`.
             guidance_schedule: `"constant"` or `"linear"` (VAR's ramp from no guidance at the first step).
-            temperature, top_k, top_p: sampling filters; `None` uses `transformer.generation_config`.
+            temperature, top_k, top_p: sampling filters; `None` uses `transformer.generation_config`, `top_k=0`
+                and `top_p=1.0` switch a saved filter off.
             num_tokens: generate only the first `num_tokens` codes and decode them (truncated generation, Table 3).
             generator: `torch.Generator`, or a list of them, one per image (diffusers' convention): image `b`'s
                 randomness then comes from generator `b` only, so it does not depend on the other images or on how

@@ -563,7 +563,8 @@ class SpectralARForCausalLM(SpectralARHubMixin, SpectralARPreTrainedModel, Gener
                 the identity (plain conditional sampling). Conditional and null-class rows run as one batch.
             guidance_schedule: `"constant"`, or `"linear"`: `t` ramps from 0 at the first step to `w - 1` at the
                 last step of a full-length sequence (VAR).
-            temperature, top_k, top_p: sampling filters (transformers' logits warpers); `top_k=1` is greedy.
+            temperature, top_k, top_p: sampling filters (transformers' logits warpers); `top_k=1` is greedy,
+                `top_k=0` / `None` and `top_p=1.0` / `None` filter nothing.
             num_tokens: stop after this many codes (truncated generation, Table 3); a multiple of
                 `tokens_per_step`, at most `num_image_tokens`. Default: all.
             generator: `torch.Generator`, or a list of `B` of them (one per image, diffusers' convention), for
@@ -755,16 +756,17 @@ def _logits_warpers(temperature: float, top_k: int | None, top_p: float | None) 
                                hint="temperature must be > 0; use top_k=1 for greedy decoding")
     if top_k is not None:
         try:
-            top_k = check_int("top_k", top_k, low=1)
+            top_k = check_int("top_k", top_k, low=0)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"top_k must be a positive int or None (no top-k filtering), got {top_k!r}.") from error
+            raise ValueError(f"top_k must be an int >= 0 (0 = no top-k filtering, transformers' convention) or None, "
+                             f"got {top_k!r}.") from error
     if top_p is not None:
         top_p = check_number("top_p", top_p, low=0.0, high=1.0, low_open=True,
                              hint="top_p must lie in (0, 1] or be None (no nucleus filtering)")
     warpers = LogitsProcessorList()
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
-    if top_k is not None:
+    if top_k:  # None or 0: no top-k filtering
         warpers.append(_UnsortedTopKLogitsWarper(top_k))
     if top_p is not None and top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p))
