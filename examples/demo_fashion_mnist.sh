@@ -152,7 +152,7 @@ EOF
 # 6. package: the pipeline with a model card carrying the measured metrics; then the README's main job
 python - "$RUNS" "$PIPELINE" "$OUT" <<'EOF'
 import json, sys
-from spectralar_hf import SpectralARPipeline
+from spectralar_hf import SpectralARForCausalLM, SpectralARPipeline, SpectralTokenizer
 runs, pipeline, out = sys.argv[1:]
 tok, gen = json.load(open(f"{runs}/eval_tokenizer.json")), json.load(open(f"{runs}/eval_pipeline.json"))
 npz = json.load(open(f"{runs}/fid10k/score.json"))
@@ -161,7 +161,9 @@ metrics = {"FID (10,000 samples vs the 10,000 test images)": npz["fid"], "precis
            "FID floor (1,000 train vs the same 1,000 test images)": gen["fid_floor"],
            "k-NN class agreement": gen["knn_accuracy"], "k-NN class agreement of real test images":
            gen["knn_accuracy_real"], "rFID (1,000 test images)": tok["rfid"], "PSNR": tok["psnr"]}
-pipe = SpectralARPipeline.from_pretrained(pipeline)
+# from the components: a pipeline loaded whole would save its local path as model_index.json's _name_or_path
+pipe = SpectralARPipeline(tokenizer=SpectralTokenizer.from_pretrained(f"{pipeline}/tokenizer"),
+                          transformer=SpectralARForCausalLM.from_pretrained(f"{pipeline}/transformer"))
 pipe.save_pretrained(out)
 summary = ("A small class-conditional SpectralAR trained from scratch on Fashion-MNIST (32x32 grayscale, 10 classes) "
            "on a 2-core CPU with `examples/demo_fashion_mnist.sh` (TiTok's two-stage tokenizer recipe: a VQGAN "
