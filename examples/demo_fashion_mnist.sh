@@ -11,8 +11,9 @@
 #      tokenizer, turns the predicted codes into pixels
 #   2b. tokenizer, TiTok's stage 2: the decoder trained on pixels (nested L2 + LPIPS + a full-length term)
 #   3. codes of the 60,000 training images and their mirrors (120,000 sequences)
-#   4. generator (preset small: 256 wide, 6 blocks); saved sampling defaults CFG 1.5 with top-p 0.9, chosen by a
-#      sweep on 1,000 samples of this pipeline (benchmarks/bench_demo_quality.py; RESULTS.md)
+#   4. generator (preset small: 256 wide, 6 blocks); saved sampling defaults CFG 1.5 without top-p / top-k, chosen by
+#      a sweep on 1,000 samples of this pipeline (benchmarks/bench_demo_quality.py) and its two finalists scored on
+#      10,000 samples (top-p 0.9 lost recall there; RESULTS.md)
 #   5. evaluation: tokenizer rFID / PSNR, pipeline gFID / precision / recall / k-NN agreement on 1,000 samples, and
 #      the paper-style FID of 10,000 samples (1,000 per class) against the 10,000 test images
 #   6. packaging with a model card that carries the measured metrics; the README's main job
@@ -46,7 +47,7 @@ LPIPS="$RUNS/lpips_alex.safetensors"
 CODES_TOKENIZER="$RUNS/stage1/tokenizer-$STAGE1_STEPS"  # stage 2 keeps its encoder and codebook: the same codes
 TOKENIZER="$RUNS/stage2/tokenizer-$STAGE2_STEPS"
 PIPELINE="$RUNS/pipeline"
-SAMPLING=(--guidance_scale 1.5 --top_p 0.9)
+SAMPLING=(--guidance_scale 1.5 --top_p 1.0)  # top_p 1.0: no nucleus filtering (explicit, so it replaces a saved one)
 for stage in STAGE1 STAGE2 GENERATOR; do
     steps=${stage}_STEPS segment=${stage}_SEGMENT
     if (( ${!steps} % ${!segment} )); then
