@@ -13,9 +13,9 @@ from spectralar_hf.training.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
 
 DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "spectralar-fashion-mnist"
 HAS_DATA = (Path(FASHION_MNIST_DIR) / "t10k-images-idx3-ubyte.gz").is_file()
-# Recorded in benchmarks/RESULTS.md (1,000 test images / samples); the thresholds leave a margin for 64-200 images.
+# Recorded in benchmarks/RESULTS.md (1,000 test images / samples); the thresholds leave a margin for 64-400 images.
 MIN_RECONSTRUCTION_PSNR = 22.0  # 24.1 dB recorded
-MIN_KNN_AGREEMENT = 0.75  # 0.837 recorded with the saved defaults (0.69 without guidance)
+MIN_KNN_AGREEMENT = 0.75  # 0.804 recorded with the saved defaults (0.69 without guidance)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_demo_pipeline_is_complete_and_consistent(pipe):
     assert tokenizer.omega == list(range(1, 33))
     assert transformer.vocab_size == tokenizer.codebook_size and transformer.num_image_tokens == 32
     generation = pipe.transformer.generation_config  # the demo's sampling defaults, chosen by a recorded sweep
-    assert (generation.guidance_scale, generation.top_p) == (1.5, 0.9)
+    assert (generation.guidance_scale, generation.top_p, generation.top_k) == (1.5, 1.0, None)  # top_p 1: none
     assert [transformer.id2label[i] for i in range(10)] == list(FASHION_MNIST_CLASSES)
     assert "library_name: spectralar_hf" in (DEMO / "README.md").read_text()
     for config in DEMO.rglob("*.json"):  # no path of the machine that packaged it (diffusers' _name_or_path)
@@ -67,7 +67,7 @@ def test_demo_samples_are_recognisably_of_their_class(pipe):
     from spectralar_hf.evaluation import knn_class_agreement
     from spectralar_hf.evaluation.report import generate_images, load_evaluation_images
 
-    reference = load_evaluation_images(32, 1, idx_data_dir=FASHION_MNIST_DIR, split="train", num_images=5000, seed=2)
-    classes = [c for c in range(10) for _ in range(20)]
+    reference = load_evaluation_images(32, 1, idx_data_dir=FASHION_MNIST_DIR, split="train", num_images=10000, seed=2)
+    classes = [c for c in range(10) for _ in range(40)]  # 0.785 measured; real test images 0.803
     samples = generate_images(pipe, classes, batch_size=100, seed=0)
     assert knn_class_agreement(samples, classes, *reference) > MIN_KNN_AGREEMENT
