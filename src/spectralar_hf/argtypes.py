@@ -65,6 +65,12 @@ non_negative_int = number_type(int, 0)
 random_seed = number_type(int, 0, SEED_MAX)
 
 
+def flag_given(value: object) -> bool:
+    """Whether a flag whose default is `None` (or `False`, for `store_true`) was given: `0` is a given value, though
+    `0 == False`."""
+    return value is not None and value is not False
+
+
 def top_k_type(flag: str) -> Callable[[str], int]:
     """The argparse `type=` of a top-k flag named `flag`: an int >= 0, where 0 = no top-k filtering (transformers'
     convention; it also switches off a top-k saved in the generation config, which omitting the flag keeps)."""

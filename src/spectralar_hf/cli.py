@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .argtypes import (diffusion_steps, non_negative_int, positive_float, positive_int,
+from .argtypes import (diffusion_steps, flag_given, non_negative_int, positive_float, positive_int,
                        probability, random_seed, top_k_type)
 from .utils import describe_folder, pipeline_class_name, read_json
 
@@ -457,8 +457,7 @@ KNN_K = 5
 
 
 def _refuse_flags(args: argparse.Namespace, names: tuple[str, ...], target: str, hint: str) -> None:
-    # `is not`: 0 == False, and 0 is a given value of --top-k / --trunc
-    given = [name for name in names if getattr(args, name) is not None and getattr(args, name) is not False]
+    given = [name for name in names if flag_given(getattr(args, name))]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise CLIError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to `evaluate {target}`"
