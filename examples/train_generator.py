@@ -33,7 +33,7 @@ from spectralar_hf.argtypes import (
     finite_float,
     non_negative_int,
     positive_float,
-    positive_int,
+    top_k_type,
 )
 from spectralar_hf.training.arguments import (
     OptimizationDefaults,
@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sampling = parser.add_argument_group("sampling defaults saved in generation_config.json")
     sampling.add_argument("--guidance_scale", type=finite_float, default=None)
     sampling.add_argument("--guidance_schedule", choices=["constant", "linear"], default=None)
-    sampling.add_argument("--top_k", type=positive_int, default=None)
+    sampling.add_argument("--top_k", type=top_k_type("--top_k"), default=None,
+                          help="0 = no top-k (replaces a top-k saved with --pretrained_model_name_or_path)")
     sampling.add_argument("--top_p", type=positive_float, default=None, help="in (0, 1]")
     sampling.add_argument("--temperature", type=positive_float, default=None)
 

@@ -318,3 +318,20 @@ def test_script_errors_are_one_line_with_status_2(tmp_path):
                  check=False)
     lines = [line for line in result.stderr.strip().splitlines() if line]
     assert result.returncode == 2 and len(lines) == 1 and "contains no images" in lines[0], result.stderr
+
+
+def test_generator_script_top_k_zero_switches_off_a_saved_top_k(tmp_path):
+    """--top_k 0 saves 0 (no top-k, transformers' convention) over a fine-tuned model's saved top-k; < 0 is refused."""
+    from spectralar_hf import SpectralARConfig, SpectralARForCausalLM
+
+    script = load_script(GENERATOR_SCRIPT)
+    model = SpectralARForCausalLM(SpectralARConfig.from_preset("tiny"))
+    model.generation_config.top_k = 20
+    script.set_sampling_defaults(model, script.parse_args(["--tokenized_dataset", str(tmp_path), "--output_dir", "o",
+                                                            "--top_k", "0"]))
+    assert model.generation_config.top_k == 0
+    labels = torch.tensor([0, 1])  # the pipeline passes the saved value to sample()
+    saved = model.sample(labels, top_k=model.generation_config.top_k, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(saved, model.sample(labels, top_k=None, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(SystemExit):
+        script.parse_args(["--tokenized_dataset", str(tmp_path), "--output_dir", "o", "--top_k", "-1"])
