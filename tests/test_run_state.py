@@ -344,6 +344,30 @@ def test_resume_drops_the_log_records_after_the_checkpoint(generator_run, codes,
         (output / "checkpoint-1" / "run_config.json").read_text())
 
 
+@pytest.mark.parametrize("extra,warned", [
+    ([], []),  # the saving run's plan (linear, 1 warm-up step, 2 steps) and rate: an exact resume, no warning
+    (["--lr_scheduler", "cosine"], ["schedule changes at step 1"]),
+    (["--max_train_steps", 3, "--learning_rate", 2e-4],
+     ["schedule changes at step 1", "rate 0.0002 is not used; the schedule resumed from"]),
+], ids=["same-plan", "other-scheduler", "longer-and-other-rate"])
+def test_resume_warns_when_the_learning_rate_plan_differs(extra, warned, generator_run, codes, tmp_path, caplog):
+    output = tmp_path / "run"
+    shutil.copytree(generator_run, output)
+    shutil.rmtree(output / "checkpoint-2")  # resume from checkpoint-1
+    plan = {"--max_train_steps": 2, "--checkpointing_steps": 1, **dict(zip(extra[::2], extra[1::2]))}
+    with caplog.at_level("WARNING"):
+        run("train_generator", *generator_args(codes, output, *[item for pair in plan.items() for item in pair],
+                                               "--use_ema", "--resume_from_checkpoint", "latest"))
+    messages = [record.getMessage() for record in caplog.records]
+    schedule_warnings = [m for m in messages if "learning-rate schedule" in m or "--learning_rate:" in m]
+    assert len(schedule_warnings) == len(warned), schedule_warnings
+    for text in warned:
+        assert any(text in message for message in schedule_warnings), (text, schedule_warnings)
+    if "--learning_rate" in extra:  # what the warnings say: the new plan (linear over 3 steps) at the saved rate
+        lr_after_step_2 = {r["step"]: r["lr"] for r in map(json.loads, (output / "train_log.jsonl").open())}[2]
+        assert lr_after_step_2 == pytest.approx(1e-4 * (3 - 2) / (3 - 1), rel=1e-6)  # 2e-4 would give 1e-4
+
+
 def test_resume_from_another_directory_keeps_both_runs_apart(generator_run, codes, tmp_path):
     """A checkpoint of another directory resumes into an empty --output_dir (its log is left alone), but not into
     one that holds a run of its own."""

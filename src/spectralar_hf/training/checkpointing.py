@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -460,6 +461,38 @@ def resume(accelerator, checkpoint: str | Path | None, config: dict | None = Non
     if accelerator.is_main_process and output_dir is not None:
         truncate_log(Path(output_dir) / "train_log.jsonl", step)
     return step
+
+
+SCHEDULE_ARGS = ("lr_scheduler", "lr_warmup_steps", "max_train_steps")  # what a resumed schedule is rebuilt from
+
+
+def schedule_changes(checkpoint: str | Path, args, restored_base_lrs: list[float], learning_rate: float) -> list[str]:
+    """Warnings for a resume whose learning-rate plan differs from the run that saved `checkpoint` (its folder's
+    `run_info.json`): the schedule is rebuilt from this run's --lr_scheduler / --lr_warmup_steps / --max_train_steps,
+    so a decaying one changes course at the checkpoint's step; while the base rate is the checkpoint's
+    (`restored_base_lrs`, PyTorch restores it with the scheduler), so a changed --learning_rate has no effect."""
+    warnings = []
+    if not all(math.isclose(base, learning_rate, rel_tol=1e-6) for base in restored_base_lrs):
+        warnings.append(f"--learning_rate: this run's rate {learning_rate:g} is not used; the schedule resumed from "
+                        f"{checkpoint} keeps its base rate {max(restored_base_lrs):g}. To train on at another rate, "
+                        f"start a new run from the saved weights (--pretrained_model_name_or_path where the script "
+                        f"has it).")
+    info_file = Path(checkpoint).parent / "run_info.json"
+    try:
+        saved = json.loads(info_file.read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return warnings  # no record of the saving run's plan
+    before = {name: saved.get(name) for name in SCHEDULE_ARGS}
+    now = {name: getattr(args, name, None) for name in SCHEDULE_ARGS}
+    constant = {"constant", "constant_with_warmup"}
+    step = checkpoint_step(Path(checkpoint))
+    if before != now and not (before["lr_scheduler"] in constant and now["lr_scheduler"] in constant
+                              and before["lr_warmup_steps"] == now["lr_warmup_steps"]):
+        plan = "{lr_scheduler} (warm-up {lr_warmup_steps}, {max_train_steps} steps)".format
+        warnings.append(f"The learning-rate schedule changes at step {step}: {info_file} planned {plan(**before)}; "
+                        f"this run plans {plan(**now)} and follows that plan from step {step} on (a run that goes on "
+                        f"in segments resumes exactly only with a constant schedule after warm-up).")
+    return warnings
 
 
 def truncate_log(path: Path, step: int) -> None:

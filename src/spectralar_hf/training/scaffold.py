@@ -45,7 +45,16 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpointing import DataProgress, append_jsonl, end_run, plan_run, resume, save_checkpoint, start_run
+from .checkpointing import (
+    DataProgress,
+    append_jsonl,
+    end_run,
+    plan_run,
+    resume,
+    save_checkpoint,
+    schedule_changes,
+    start_run,
+)
 from .finite import check_finite_loss, check_finite_state, check_mixed_precision
 from .optim import decay_parameter_groups
 from .streaming import StreamLoader
@@ -363,6 +372,10 @@ class TrainingRun:
         self.config_record = config_record
         # the checkpoint is checked before run_info.json is (re)written
         self.global_step = resume(accelerator, self.plan.checkpoint, config_record, self.output_dir)
+        if self.global_step:  # before start_run rewrites run_info.json, which records the saving run's arguments
+            for warning in schedule_changes(self.plan.checkpoint, self.args, prepared[3].scheduler.base_lrs,
+                                            self.learning_rate):
+                logger.warning(warning, main_process_only=True)
         start_run(accelerator, self.output_dir, self.args, self.name, self.plan.stale, config_record)
         if self.global_step:
             logger.info(f"Resumed at step {self.global_step}")
