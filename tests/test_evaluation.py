@@ -163,6 +163,9 @@ def test_stand_in_extractor_inputs_and_preprocessing(extractor):
     ]
     for variant in variants:
         torch.testing.assert_close(variant, features, atol=1e-5, rtol=0)
+    # The network sees channels-last input on the CPU (faster): the features of the default layout, to rounding.
+    as_is = extractor.network(extractor.preprocess(as_uint8[:4].float()))  # (4, STAND_IN_DIM)
+    torch.testing.assert_close(extractor(as_uint8[:4]), as_is, atol=1e-5, rtol=1e-5)
     # Preprocessing: [0, 255] -> x / 128 - 1, grayscale replicated.
     prepared = extractor.preprocess(torch.tensor([0.0, 128.0, 255.0]).view(1, 1, 1, 3).expand(1, 1, 32, 3))
     assert prepared.shape == (1, 3, STAND_IN_SIZE, STAND_IN_SIZE)
@@ -516,6 +519,9 @@ def test_real_inception_network():
     images = _smooth_images(3, seed=18)
     features = extract_features(images, extractor, progress=False)
     assert features.shape == (3, 2048) and torch.isfinite(features).all() and (features >= 0).all()
+    # channels-last input on the CPU (about 15% faster) gives the default layout's features to rounding
+    as_is = extractor.network(extractor.preprocess(((images + 1) * 127.5).round()))
+    torch.testing.assert_close(features, as_is.flatten(1), atol=1e-4, rtol=1e-4)
     # With 3 images the 2048 x 2048 covariance has rank 2; the eigen-decomposition handles it.
     assert abs(fid_from_features(features, features)) < 1e-3
 
