@@ -11,7 +11,8 @@ TiTok's two-stage recipe (a tokenizer built with a `pixel_decoder`, i.e. a MaskG
            copied into the tokenizer's pixel decoder and stay frozen. No perceptual / GAN losses.
   stage 2, --train_decoder_only --pretrained_model_name_or_path STAGE1/tokenizer: encoder and codebook frozen; the
            ViT decoder, its proxy-code head and the pixel decoder (with its proxy codebook, which TiTok's code also
-           trains) learn with L2 + perceptual + GAN.
+           trains) learn with L2 + perceptual + GAN. --new_pixel_decoder '{"num_res_blocks": 2, ...}' puts a
+           freshly initialised pixel decoder of other sizes in place of the teacher's (the codes stay the same).
 
 Data (exactly one):
   --dataset_name NAME        any `datasets` id with an image column (needs the Hub or a local cache)
@@ -46,6 +47,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -81,6 +83,10 @@ from spectralar_hf.visualization import prefix_strip
 
 logger = get_logger(__name__)
 
+# The pixel decoder's sizes that --new_pixel_decoder may set (its proxy codebook fields stay the pretrained ones)
+NEW_PIXEL_DECODER_FIELDS = ("hidden_channels", "channel_mult", "num_res_blocks", "dropout", "norm_num_groups",
+                            "norm_eps")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +113,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="TiTok's first stage: a MaskGITVQGAN folder whose codes of the nested targets the "
                             "decoder's proxy logits learn (cross-entropy); needs a tokenizer with a matching "
                             "pixel_decoder")
+    model.add_argument("--new_pixel_decoder", type=str, default=None,
+                       help="stage 2 only (--train_decoder_only): replace the pretrained tokenizer's pixel decoder by a "
+                            "freshly initialised one with these sizes, JSON of "
+                            f"{list(NEW_PIXEL_DECODER_FIELDS)}, e.g. '{{\"channel_mult\": [1, 2, 4], "
+                            "\"num_res_blocks\": 2}'; the other fields keep the pretrained values. The proxy codebook "
+                            "(and so the ViT decoder's proxy logits) stays; everything else loads from the pretrained "
+                            "tokenizer")
 
     losses = parser.add_argument_group("losses (TiTok weights: perceptual 0.1, GAN 0.01 from 20k steps, LeCAM 0.001)")
     add_gan_arguments(losses, discriminator_channels=128)
@@ -147,6 +160,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "keep one")
     if args.train_decoder_only and not args.pretrained_model_name_or_path:
         parser.error("--train_decoder_only fine-tunes a trained tokenizer: pass --pretrained_model_name_or_path")
+    if args.new_pixel_decoder is not None:
+        if not args.train_decoder_only:
+            parser.error("--new_pixel_decoder replaces the pixel decoder of a trained tokenizer in stage 2: add "
+                         "--train_decoder_only and --pretrained_model_name_or_path")
+        try:
+            args.new_pixel_decoder = parse_new_pixel_decoder(args.new_pixel_decoder)
+        except ValueError as error:
+            parser.error(str(error))
     check_gan_arguments(parser, args)
     return args
 
@@ -158,6 +179,10 @@ def build_model(args: argparse.Namespace) -> SpectralTokenizer:
                                  pipeline_class="SpectralARPipeline", subfolder="tokenizer",
                                  hint="pass a tokenizer saved by this script (its tokenizer/ folder)")
         model = SpectralTokenizer.from_pretrained(root)
+        if args.new_pixel_decoder:
+            model = replace_pixel_decoder(model, args.new_pixel_decoder)
+            logger.info(f"--new_pixel_decoder: a freshly initialised pixel decoder {model.config.pixel_decoder} "
+                        f"replaces the pretrained one")
     else:
         try:
             config = SpectralTokenizerConfig.from_preset(args.preset, **args.config_overrides)
@@ -172,6 +197,46 @@ def build_model(args: argparse.Namespace) -> SpectralTokenizer:
             raise ValueError(f"--full_length_loss_weight: {error}") from None
         model.config.full_length_loss_weight = args.full_length_loss_weight
     return model
+
+
+def parse_new_pixel_decoder(text: str) -> dict:
+    """`--new_pixel_decoder`: a JSON object of `NEW_PIXEL_DECODER_FIELDS` (the proxy codebook's fields are refused)."""
+    try:
+        sizes = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--new_pixel_decoder is not valid JSON ({error.msg} at character {error.pos}): {text!r}") \
+            from None
+    if not isinstance(sizes, dict) or not sizes:
+        raise ValueError(f"--new_pixel_decoder must be a non-empty JSON object of {list(NEW_PIXEL_DECODER_FIELDS)}, "
+                         f"got {text!r}")
+    kept = sorted(set(sizes) & {"codebook_size", "codebook_dim", "z_channels"})
+    if kept:
+        raise ValueError(f"--new_pixel_decoder cannot change {kept}: the proxy codebook stays, since the ViT decoder's "
+                         f"proxy logits index it; give only {list(NEW_PIXEL_DECODER_FIELDS)}")
+    unknown = sorted(set(sizes) - set(NEW_PIXEL_DECODER_FIELDS))
+    if unknown:
+        raise ValueError(f"--new_pixel_decoder has unknown keys {unknown}; allowed: {list(NEW_PIXEL_DECODER_FIELDS)}")
+    return sizes
+
+
+def replace_pixel_decoder(model: SpectralTokenizer, sizes: dict) -> SpectralTokenizer:
+    """`model` with a freshly initialised pixel decoder of `sizes` (fields of `config.pixel_decoder`); every other
+    tensor, the proxy codebook `pixel_quantize` included, is `model`'s own."""
+    if model.config.pixel_decoder is None:
+        raise ValueError("--new_pixel_decoder: the pretrained tokenizer has no pixel decoder (config.pixel_decoder "
+                         "is None) to replace; train one with TiTok's stage 1 (--proxy_teacher) first")
+    try:
+        config = SpectralTokenizerConfig.from_dict(
+            {**model.config.to_dict(), "pixel_decoder": {**model.config.pixel_decoder, **sizes}})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--new_pixel_decoder: {error}") from None
+    replaced = SpectralTokenizer(config)
+    kept = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("pixel_decoder.")}
+    missing, unexpected = replaced.load_state_dict(kept, strict=False)
+    if unexpected or not all(name.startswith("pixel_decoder.") for name in missing):
+        raise RuntimeError(f"--new_pixel_decoder: weights outside the pixel decoder did not carry over (missing "
+                           f"{[n for n in missing if not n.startswith('pixel_decoder.')]}, unexpected {unexpected})")
+    return replaced
 
 
 def build_images(args: argparse.Namespace, config: SpectralTokenizerConfig, accelerator) -> TrainingImages:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import blob_images, write_idx_dataset
 from safetensors.torch import load_file
-from test_training_scripts import ENV, LAUNCH, TOKENIZER_SCRIPT, run, run_in_process
+from test_training_scripts import ENV, LAUNCH, TOKENIZER_SCRIPT, load_script, run, run_in_process
 
 from spectralar_hf import MaskGITVQGAN, SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.training.checkpointing import model_fingerprint
@@ -157,6 +157,72 @@ def test_stage2_with_the_full_length_term_records_it_in_the_saved_config(stage1,
         run_in_process(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--output_dir", tmp_path / "c",
                        "--pretrained_model_name_or_path", plain, "--full_length_loss_weight", 1,
                        "--max_train_steps", 1)
+
+
+def test_stage2_with_a_new_pixel_decoder_keeps_everything_else(stage1, idx_folder, tmp_path):
+    """--new_pixel_decoder: the pixel decoder is rebuilt with new sizes and fresh weights; every other tensor starts
+    from the stage-1 tokenizer (checked on the script's helper), and the trained result keeps the codes."""
+    script = load_script(TOKENIZER_SCRIPT)
+    sizes = {"channel_mult": [1, 1, 2, 4], "num_res_blocks": 2}
+    pretrained = SpectralTokenizer.from_pretrained(stage1 / "tokenizer")
+    torch.manual_seed(0)
+    replaced = script.replace_pixel_decoder(pretrained, sizes)
+    assert replaced.config.pixel_decoder == {**pretrained.config.pixel_decoder, **sizes}
+    before, after = pretrained.state_dict(), replaced.state_dict()
+    kept = [name for name in before if not name.startswith("pixel_decoder.")]
+    assert "pixel_quantize.embedding.weight" in kept and "decoder.ffn.2.weight" in kept
+    assert all(torch.equal(before[name], after[name]) for name in kept)
+    torch.manual_seed(0)  # fresh: the weights of a new tokenizer of that config under the same seed
+    fresh = SpectralTokenizer(replaced.config).state_dict()
+    new = [name for name in after if name.startswith("pixel_decoder.")]
+    assert set(new) - set(before)  # the second res block of each level
+    assert all(torch.equal(after[name], fresh[name]) for name in new)
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    codes = replaced.encode(images).codes
+    assert torch.equal(codes, pretrained.encode(images).codes)
+    assert replaced.decode(codes).reconstruction.shape == (2, 1, 32, 32)
+
+    output = tmp_path / "stage2"
+    run_in_process(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--train_decoder_only",
+                   "--pretrained_model_name_or_path", stage1 / "tokenizer", "--new_pixel_decoder", json.dumps(sizes),
+                   "--output_dir", output, "--train_batch_size", 8, "--max_train_samples", 8, "--report_to", "none",
+                   "--logging_steps", 1, "--validation_steps", 1000, "--lr_warmup_steps", 1, "--learning_rate", 1e-3,
+                   "--max_train_steps", 3, "--checkpointing_steps", 2)
+    trained = SpectralTokenizer.from_pretrained(output / "tokenizer")
+    assert trained.config.pixel_decoder == replaced.config.pixel_decoder
+    saved = load_file(output / "tokenizer" / "model.safetensors")
+    assert saved.keys() == after.keys()
+    assert all(torch.equal(saved[n], before[n]) for n in before if n.startswith(("encoder.", "quantizer.")))
+    # a resume rebuilds the replaced model and continues it (the checkpoint's shapes are the new decoder's)
+    run_in_process(TOKENIZER_SCRIPT, "--idx_data_dir", idx_folder, "--train_decoder_only",
+                   "--pretrained_model_name_or_path", stage1 / "tokenizer", "--new_pixel_decoder", json.dumps(sizes),
+                   "--output_dir", output, "--train_batch_size", 8, "--max_train_samples", 8, "--report_to", "none",
+                   "--logging_steps", 1, "--validation_steps", 1000, "--lr_warmup_steps", 1, "--learning_rate", 1e-3,
+                   "--max_train_steps", 4, "--resume_from_checkpoint", "latest")
+    assert [r["step"] for r in log(output)][-2:] == [3, 4]
+
+
+def test_new_pixel_decoder_errors(stage1, idx_folder, tmp_path, capsys):
+    common = ["--idx_data_dir", idx_folder, "--output_dir", tmp_path / "out", "--max_train_steps", 1]
+    stage2 = ["--train_decoder_only", "--pretrained_model_name_or_path", stage1 / "tokenizer"]
+    for extra, message in [
+        (["--new_pixel_decoder", '{"num_res_blocks": 2}'], "add --train_decoder_only"),
+        ([*stage2, "--new_pixel_decoder", '{"codebook_size": 64}'], "cannot change ['codebook_size']: the proxy"),
+        ([*stage2, "--new_pixel_decoder", '{"depth": 2}'], "unknown keys ['depth']"),
+        ([*stage2, "--new_pixel_decoder", "{}"], "must be a non-empty JSON object"),
+        ([*stage2, "--new_pixel_decoder", "[2"], "is not valid JSON"),
+    ]:
+        with pytest.raises(SystemExit):
+            run_in_process(TOKENIZER_SCRIPT, *common, *extra)
+        assert message in capsys.readouterr().err, extra
+    with pytest.raises(ValueError, match="upsamples by 4 .* patch_size is 8"):  # the config's own check
+        run_in_process(TOKENIZER_SCRIPT, *common, *stage2, "--new_pixel_decoder", '{"channel_mult": [1, 2, 2]}')
+    plain = tmp_path / "plain"
+    SpectralTokenizer(SpectralTokenizerConfig.from_preset("tiny-32", num_channels=1)).save_pretrained(plain)
+    with pytest.raises(ValueError, match="has no pixel decoder .* to replace"):
+        run_in_process(TOKENIZER_SCRIPT, *common, "--train_decoder_only", "--pretrained_model_name_or_path", plain,
+                       "--new_pixel_decoder", '{"num_res_blocks": 2}')
+    assert not (tmp_path / "out" / "tokenizer").exists()
 
 
 def test_both_stages_under_a_two_process_accelerate_launch(idx_folder, teacher, tmp_path, monkeypatch):
