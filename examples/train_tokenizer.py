@@ -47,7 +47,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -55,7 +54,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from spectralar_hf import SpectralTokenizer, SpectralTokenizerConfig
+from spectralar_hf import MaskGITVQGANConfig, SpectralTokenizer, SpectralTokenizerConfig
 from spectralar_hf.spectral import lowpass
 from spectralar_hf.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from spectralar_hf.training.arguments import (
@@ -114,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "decoder's proxy logits learn (cross-entropy); needs a tokenizer with a matching "
                             "pixel_decoder")
     model.add_argument("--new_pixel_decoder", type=str, default=None,
-                       help="stage 2 only (--train_decoder_only): replace the pretrained tokenizer's pixel decoder by a "
-                            "freshly initialised one with these sizes, JSON of "
+                       help="stage 2 only (--train_decoder_only): replace the pretrained tokenizer's pixel decoder by "
+                            "a freshly initialised one with these sizes, JSON of "
                             f"{list(NEW_PIXEL_DECODER_FIELDS)}, e.g. '{{\"channel_mult\": [1, 2, 4], "
                             "\"num_res_blocks\": 2}'; the other fields keep the pretrained values. The proxy codebook "
                             "(and so the ViT decoder's proxy logits) stays; everything else loads from the pretrained "
@@ -201,21 +200,14 @@ def build_model(args: argparse.Namespace) -> SpectralTokenizer:
 
 def parse_new_pixel_decoder(text: str) -> dict:
     """`--new_pixel_decoder`: a JSON object of `NEW_PIXEL_DECODER_FIELDS` (the proxy codebook's fields are refused)."""
-    try:
-        sizes = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--new_pixel_decoder is not valid JSON ({error.msg} at character {error.pos}): {text!r}") \
-            from None
-    if not isinstance(sizes, dict) or not sizes:
-        raise ValueError(f"--new_pixel_decoder must be a non-empty JSON object of {list(NEW_PIXEL_DECODER_FIELDS)}, "
-                         f"got {text!r}")
-    kept = sorted(set(sizes) & {"codebook_size", "codebook_dim", "z_channels"})
+    sizes = parse_config_overrides(text, MaskGITVQGANConfig, "--new_pixel_decoder")
+    if not sizes:
+        raise ValueError(f"--new_pixel_decoder is empty: give at least one of {list(NEW_PIXEL_DECODER_FIELDS)}")
+    kept = sorted(set(sizes) - set(NEW_PIXEL_DECODER_FIELDS))
     if kept:
-        raise ValueError(f"--new_pixel_decoder cannot change {kept}: the proxy codebook stays, since the ViT decoder's "
-                         f"proxy logits index it; give only {list(NEW_PIXEL_DECODER_FIELDS)}")
-    unknown = sorted(set(sizes) - set(NEW_PIXEL_DECODER_FIELDS))
-    if unknown:
-        raise ValueError(f"--new_pixel_decoder has unknown keys {unknown}; allowed: {list(NEW_PIXEL_DECODER_FIELDS)}")
+        raise ValueError(f"--new_pixel_decoder cannot change {kept}: the proxy codebook (codebook_size, codebook_dim, "
+                         f"z_channels) stays, since the ViT decoder's proxy logits index it, and image size and "
+                         f"channels are the tokenizer's; give only {list(NEW_PIXEL_DECODER_FIELDS)}")
     return sizes
 
 

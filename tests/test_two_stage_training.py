@@ -208,8 +208,9 @@ def test_new_pixel_decoder_errors(stage1, idx_folder, tmp_path, capsys):
     for extra, message in [
         (["--new_pixel_decoder", '{"num_res_blocks": 2}'], "add --train_decoder_only"),
         ([*stage2, "--new_pixel_decoder", '{"codebook_size": 64}'], "cannot change ['codebook_size']: the proxy"),
-        ([*stage2, "--new_pixel_decoder", '{"depth": 2}'], "unknown keys ['depth']"),
-        ([*stage2, "--new_pixel_decoder", "{}"], "must be a non-empty JSON object"),
+        ([*stage2, "--new_pixel_decoder", '{"image_size": 64}'], "cannot change ['image_size']"),
+        ([*stage2, "--new_pixel_decoder", '{"num_res_block": 2}'], "no field 'num_res_block' (did you mean"),
+        ([*stage2, "--new_pixel_decoder", "{}"], "--new_pixel_decoder is empty"),
         ([*stage2, "--new_pixel_decoder", "[2"], "is not valid JSON"),
     ]:
         with pytest.raises(SystemExit):
