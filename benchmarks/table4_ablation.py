@@ -105,7 +105,11 @@ PAPER_FID = {"1-titok": 6.30, "2-nested-uniform": 5.64, "3-causal-uniform": 3.49
 # The steps of the paper's table: (from row, to row, what the step adds).
 STEPS = (("1-titok", "2-nested-uniform", "nested spectral supervision"),
          ("2-nested-uniform", "3-causal-uniform", "spectral causal mask"),
-         ("3-causal-uniform", "4-spectralar", "non-uniform omega (Eq. 9)"))
+         ("3-causal-uniform", "4-spectralar", "non-uniform omega (Eq. 9)"),
+         ("1-titok", "4-spectralar", "all three steps (SpectralAR vs TiTok-style)"),
+         ("4-spectralar", "y-full-length", "the full-length term (ours)"),
+         ("1-titok", "y-full-length", "SpectralAR + full-length term (ours) vs TiTok-style"),
+         ("1-titok", "z-matched", "SpectralAR at TiTok-style's rFID (ours) vs TiTok-style"))
 # --quick: the demo's sizes with budgets that fit one sitting on a 2-core CPU.
 QUICK = dict(tokenizer_preset="fmnist-32", generator_preset="small", num_latent_tokens=24, max_train_samples=20000,
              tokenizer_steps=1000, tokenizer_batch_size=32, tokenizer_learning_rate=1e-3, generator_steps=1000,
@@ -475,7 +479,8 @@ def format_table(args: argparse.Namespace, results: dict[str, list[dict]]) -> st
              "PSNR (dB) of each prefix's reconstruction against the full image:", "",
              markdown_table(["row", *[f"k = {k}" for k in prefixes]], prefix_rows), ""]
     if verdicts:
-        parts += ["Each step of the paper's table: difference of means (after - before) against 2 x the pooled std; "
+        parts += ["Each step of the paper's table, then the steps together and our rows: difference of means (after - "
+                  "before) against 2 x the pooled std; "
                   "'reproduced' / 'reversed' for the generator-side metrics the paper's claim is about, 'better' / "
                   "'worse' for the tokenizer's reconstruction.", "",
                   markdown_table(["step", *[title for _, title, _, _ in METRICS]], verdicts), ""]

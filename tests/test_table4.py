@@ -196,7 +196,9 @@ def test_the_table_gives_mean_and_std_over_seeds_and_a_verdict_per_step(ablation
     assert cells[1] == f"+30 vs {pooled:.3g}: worse"  # rFID: the tokenizer side is "better" / "worse"
     assert cells[3].endswith(": reproduced")  # gFID 165 -> 150, well beyond 2 x the pooled std (7.2)
     assert cells[8].endswith(": within noise")  # NLL ratio 0.500 -> 0.503, std 0.01
-    assert "| 2 -> 3" not in table  # a step is judged only when both of its rows ran
+    assert "| 2 -> 3" not in table and "| 1 -> 4" not in table  # judged only when both of its rows ran
+    with_row4 = script.format_table(args, {**results, "4-spectralar": results["2-nested-uniform"]})
+    assert "| 1 -> 4: all three steps (SpectralAR vs TiTok-style) | +30 vs" in with_row4
     single = script.format_table(args, {name: runs[:1] for name, runs in results.items()})
     assert "165.0 ±" not in single and "one seed, no noise estimate" in single
 
