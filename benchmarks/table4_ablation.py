@@ -16,8 +16,8 @@ and, with `--rows`, rows of ours that the paper leaves open:
                           image (`full_length_loss_weight` 1): under Algorithm 1 alone token j is trained on only
                           (N - j + 1) / N of the samples
     z-matched             the row-4 tokenizer trained longer (constant learning rate after warm-up, in segments of
-                          --tokenizer_steps, up to --matched_max_steps) until its rFID is at most row 1's mean rFID;
-                          run after the other rows, it reports the steps that took
+                          --tokenizer_steps, up to --matched_max_steps) until its rFID is at most row 1's mean rFID
+                          (or --matched_target_rfid); run after the other rows, it reports the steps that took
 
 Every row is trained once per `--seeds` value (the training scripts' `--seed`: initialisation, data order, prefix
 draws); the evaluation (test images, sampling seeds) is the same for all, so seeds measure training noise. For each
@@ -29,7 +29,8 @@ precision / recall, its tokenizer's rFID and the generation gap (`evaluate pipel
 samples against the tokenizer's own reconstructions of the test images) against the test split, and the generator's
 held-out per-token NLL on the test images' codes is divided by those codes' unigram cross-entropy under the training
 codes (so a row cannot win by using fewer codes). The table gives mean +- std over seeds for every column and a
-verdict per step of the paper's table (difference of means against 2 x the pooled std).
+verdict per step of the paper's table (difference of means against 2 x the pooled std). Every row's and seed's
+metrics are also written beside the table (`--output` with the suffix .json).
 
 Every stage is skipped when its output exists, and an interrupted training stage resumes from its latest checkpoint,
 so rerunning the same command continues where it stopped. A row's training settings are recorded in
@@ -153,6 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help=f"z-matched: the most tokenizer steps (default {DEFAULT_MATCHED_MAX_STEPS_FACTOR} x "
                             f"--tokenizer_steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every row")
+    parser.add_argument("--matched_target_rfid", type=float, default=None,
+                        help="z-matched: the rFID to train to (default: row 1's mean rFID over --seeds, which needs "
+                             "1-titok in --rows); give the recorded one to run z-matched without rerunning row 1")
     parser.add_argument("--matched_seeds", type=int, nargs="+", default=None,
                         help="z-matched's seeds (default: the first of --seeds; each seed is a long run)")
     parser.add_argument("--proxy_teacher", default=None,
@@ -174,8 +178,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give exactly one of --idx_data_dir and --dataset_name")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-    if MATCHED in args.rows and "1-titok" not in args.rows:
-        parser.error("z-matched trains until row 1's rFID: add 1-titok to --rows")
+    if MATCHED in args.rows and "1-titok" not in args.rows and args.matched_target_rfid is None:
+        parser.error("z-matched trains until row 1's rFID: add 1-titok to --rows, or give --matched_target_rfid")
+    if args.matched_target_rfid is not None and args.matched_target_rfid <= 0:
+        parser.error(f"--matched_target_rfid must be a positive FID, got {args.matched_target_rfid}")
     if args.matched_max_steps is None:
         args.matched_max_steps = DEFAULT_MATCHED_MAX_STEPS_FACTOR * args.tokenizer_steps
     if args.matched_max_steps < args.tokenizer_steps:
@@ -496,7 +502,8 @@ def main(argv: list[str] | None = None) -> str:
                 print(f"row {row.name}, seed {seed}: {row.label}", flush=True)
                 results.setdefault(row.name, []).append(run_row(args, row, seed))
     if MATCHED in args.rows:
-        target = mean_std([r["rfid"] for r in results["1-titok"]])[0]
+        target = (args.matched_target_rfid if args.matched_target_rfid is not None
+                  else mean_std([r["rfid"] for r in results["1-titok"]])[0])
         row = next(row for row in ROWS if row.name == MATCHED)
         for seed in args.matched_seeds:
             print(f"row {row.name}, seed {seed}: {row.label} (target rFID {target:.2f})", flush=True)
@@ -505,6 +512,8 @@ def main(argv: list[str] | None = None) -> str:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table)
+    # every row's and seed's metrics, so the table can be checked or extended without the work folder
+    write_json_atomic(output.with_suffix(".json"), results)
     print(table)
     return table
 

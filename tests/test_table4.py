@@ -52,6 +52,8 @@ def test_every_row_is_trained_evaluated_and_tabulated(ablation):
     assert lines[0] == HEADER
     assert [line.split(" | ")[0] for line in lines[2:3]] == ["| 4"]  # the row asked for
     assert (root / "table4.md").read_text() == table
+    recorded = json.loads((root / "table4.json").read_text())  # every row's and seed's metrics beside the table
+    assert list(recorded) == ["4-spectralar"] and len(recorded["4-spectralar"]) == 1
     for name in ("4-spectralar",):
         work = root / "work" / name / "seed-0"
         report = json.loads((work / "pipeline-10images-1perclass.json").read_text())
@@ -64,6 +66,8 @@ def test_every_row_is_trained_evaluated_and_tabulated(ablation):
                                f"{report['generation_gap_fid']:.1f}", f"{report['precision']:.3f}",
                                f"{report['recall']:.3f}", f"{likelihood['nll']:.3f}"]
         assert cells[10] == f"{likelihood['nll_ratio']:.3f}"
+        assert recorded[name][0]["rfid"] == report["reconstruction_fid"]
+        assert recorded[name][0]["nll_ratio"] == likelihood["nll_ratio"]
 
 
 def test_the_likelihood_report_is_the_generators_nll_on_the_test_codes(ablation):
@@ -222,6 +226,11 @@ def test_seeds_reach_every_training_script_and_matched_needs_row_1(ablation, tmp
     with pytest.raises(SystemExit):
         script.parse_args([*argv[: argv.index("--rows")], "--rows", "4-spectralar", "z-matched"])
     assert "z-matched trains until row 1's rFID: add 1-titok" in capsys.readouterr().err
+    alone = [*argv[: argv.index("--rows")], "--rows", "z-matched"]
+    assert script.parse_args([*alone, "--matched_target_rfid", "164.8"]).matched_target_rfid == 164.8
+    with pytest.raises(SystemExit):
+        script.parse_args([*alone, "--matched_target_rfid", "0"])
+    assert "--matched_target_rfid must be a positive FID" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.parse_args([*argv, "--seeds", "1", "1"])
     assert "--seeds must be distinct" in capsys.readouterr().err
@@ -250,3 +259,17 @@ def test_the_matched_row_trains_in_segments_until_its_target(ablation, tmp_path)
     # a reachable target stops at the first segment that meets it, reusing what exists
     folder, steps, again = script.train_matched_tokenizer(args, work, 0, first, common, row, {})
     assert (folder.name, steps, again) == ("tokenizer-2", 2, first)
+
+
+def test_the_matched_row_runs_alone_against_a_given_target(ablation, tmp_path):
+    """--matched_target_rfid (e.g. row 1's recorded mean) replaces rerunning row 1: the z row trains to it alone."""
+    root, argv, _ = ablation
+    argv = [a if a != str(root / "work") else str(tmp_path / "work") for a in argv]
+    argv[argv.index("--output") + 1] = str(tmp_path / "z.md")
+    argv = [*argv[: argv.index("--rows")], "--rows", "z-matched", "--matched_target_rfid", "1e6"]
+    table = load_script().main(argv)
+    row = next(line for line in table.splitlines() if line.startswith("| z "))
+    assert "steps: 2 |" in row  # the first segment already meets a target that high
+    recorded = json.loads((tmp_path / "z.json").read_text())["z-matched"][0]
+    assert (recorded["matched_steps"], recorded["matched"], recorded["target_rfid"]) == (2, True, 1e6)
+    assert not (tmp_path / "work" / "1-titok").exists()
