@@ -31,6 +31,7 @@ import gzip
 import importlib.util
 import inspect
 import json
+import math
 import platform
 import struct
 import sys
@@ -432,10 +433,17 @@ def train_step_cost(model: torch.nn.Module, loss: Callable[[], torch.Tensor], de
     return seconds(step, device, scale.train_steps, scale.warmup), counter.get_total_flops()
 
 
+def tflops(flop_per_second: float) -> str:
+    """`flop_per_second` in TFLOP/s with at least 3 significant digits (a contended CPU's smoke run measures a few
+    GFLOP/s, which 2 decimals would print as 0.00)."""
+    magnitude = math.floor(math.log10(flop_per_second / 1e12)) if flop_per_second > 0 else 0
+    return f"{flop_per_second / 1e12:,.{max(2, 2 - magnitude)}f} TFLOP/s"
+
+
 def throughput(items: int, unit: str, step_s: float, flops: float, peak: float | None) -> tuple[str, float | None]:
     mfu = flops / step_s / peak if peak else None
     text = (f"{items / step_s:,.0f} {unit}/s, step {step_s * 1e3:.1f} ms, {flops / 1e9:,.1f} GFLOP/step, "
-            f"{flops / step_s / 1e12:.2f} TFLOP/s, MFU " + (f"{mfu:.1%}" if mfu is not None else "n/a"))
+            f"{tflops(flops / step_s)}, MFU " + (f"{mfu:.1%}" if mfu is not None else "n/a"))
     return text, mfu
 
 
@@ -483,7 +491,7 @@ def bench_training(report: Report, scale: Scale) -> None:
     def measure_peak() -> tuple[str, bool | None]:
         nonlocal peak
         peak = matmul_peak(device, scale.gemm_size)
-        return f"{peak / 1e12:.2f} TFLOP/s", None
+        return tflops(peak), None
 
     report.measure("bf16 matmul peak", f"{scale.gemm_size}^3 GEMM, {device.type}", "-", measure_peak)
     tokenizer = SpectralTokenizerConfig.from_preset(scale.tokenizer)

@@ -93,7 +93,9 @@ def test_measurements_parse(smoke):
     for check in ("train tokenizer", "train generator", "train FAR"):
         result = by_check[check]["result"]
         assert number(r"NUMBER GFLOP/step", result) >= 0 and number(r"step NUMBER ms", result) > 0
-        assert 0 < number(r"MFU NUMBER%", result) < 100
+        # > 0 only: on a CPU the 512^3 bf16 GEMM is no peak (beside other jobs it can measure slower than a training
+        # step's own FLOP rate, so MFU can pass 100%); the bound means something on CUDA only
+        assert number(r"MFU NUMBER%", result) > 0
     for row in rows:
         if row["check"].startswith("sample p") and "vs GPT-2" in row["check"]:
             assert number(r"ours NUMBER ms", row["result"]) > 0
@@ -197,3 +199,13 @@ def test_the_fsdp_rows_run_the_scripts_stage_again_under_accelerates_fsdp_config
     module.LabelledReport(Recorder(), "FSDP2 ").measure("script train_far.py", "setting", "target", lambda: None)
     assert recorded == ["FSDP2 script train_far.py"]
     assert module.parse_args(["scripts", "--output", "o", "--rows", "r", "--label", "FSDP2 "]).label == "FSDP2 "
+
+
+def test_rates_keep_three_significant_digits():
+    """A contended CPU's smoke run measures a few GFLOP/s: the peak must not print (and parse) as 0.00 TFLOP/s."""
+    tflops = load_gpu_check().tflops
+    assert tflops(4.123e9) == "0.00412 TFLOP/s"
+    assert tflops(3.0e7) == "0.0000300 TFLOP/s"
+    assert tflops(7.0e14) == "700.00 TFLOP/s" and tflops(1.2345e15) == "1,234.50 TFLOP/s"
+    for rate in (1e6, 2.5e8, 9.99e10, 1e13):
+        assert number(r"NUMBER TFLOP/s", tflops(rate)) == pytest.approx(rate / 1e12, rel=5e-3)
