@@ -16,8 +16,8 @@ and, with `--rows`, rows of ours that the paper leaves open:
                           image (`full_length_loss_weight` 1): under Algorithm 1 alone token j is trained on only
                           (N - j + 1) / N of the samples
     z-matched             the row-4 tokenizer trained longer (constant learning rate after warm-up, in segments of
-                          --tokenizer_steps, up to --matched_max_steps) until its rFID is at most row 1's mean rFID
-                          (or --matched_target_rfid); run after the other rows, it reports the steps that took
+                          --matched_segment_steps, up to --matched_max_steps) until its rFID is at most row 1's mean
+                          rFID (or --matched_target_rfid); run after the other rows, it reports the steps that took
 
 Every row is trained once per `--seeds` value (the training scripts' `--seed`: initialisation, data order, prefix
 draws); the evaluation (test images, sampling seeds) is the same for all, so seeds measure training noise. For each
@@ -154,6 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help=f"z-matched: the most tokenizer steps (default {DEFAULT_MATCHED_MAX_STEPS_FACTOR} x "
                             f"--tokenizer_steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every row")
+    sizes.add_argument("--matched_segment_steps", type=int, default=None,
+                       help="z-matched: tokenizer steps per segment, each segment's tokenizer scored (default "
+                            "--tokenizer_steps; smaller segments stop nearer the target rFID)")
     parser.add_argument("--matched_target_rfid", type=float, default=None,
                         help="z-matched: the rFID to train to (default: row 1's mean rFID over --seeds, which needs "
                              "1-titok in --rows); give the recorded one to run z-matched without rerunning row 1")
@@ -184,9 +187,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--matched_target_rfid must be a positive FID, got {args.matched_target_rfid}")
     if args.matched_max_steps is None:
         args.matched_max_steps = DEFAULT_MATCHED_MAX_STEPS_FACTOR * args.tokenizer_steps
-    if args.matched_max_steps < args.tokenizer_steps:
-        parser.error(f"--matched_max_steps ({args.matched_max_steps}) is below one segment of --tokenizer_steps "
-                     f"({args.tokenizer_steps})")
+    if args.matched_segment_steps is None:
+        args.matched_segment_steps = args.tokenizer_steps
+    if args.matched_segment_steps < 1:
+        parser.error(f"--matched_segment_steps must be a positive number of steps, got {args.matched_segment_steps}")
+    if args.matched_max_steps < args.matched_segment_steps:
+        parser.error(f"--matched_max_steps ({args.matched_max_steps}) is below one segment of "
+                     f"--matched_segment_steps ({args.matched_segment_steps})")
     if args.matched_seeds is None:
         args.matched_seeds = args.seeds[:1]
     return args
@@ -257,10 +264,13 @@ def check_row_settings(args: argparse.Namespace, work: Path, row: Row) -> None:
     settings["idx_data_dir"] = settings["idx_data_dir"] and str(Path(settings["idx_data_dir"]).resolve())
     if row.name == MATCHED:
         settings["matched_max_steps"] = args.matched_max_steps
+        if args.matched_segment_steps != args.tokenizer_steps:  # absent: segments of --tokenizer_steps
+            settings["matched_segment_steps"] = args.matched_segment_steps
     recorded_file = work / "settings.json"
     if recorded_file.exists():
         recorded = json.loads(recorded_file.read_text())
-        changed = {name: (recorded.get(name), value) for name, value in settings.items() if recorded.get(name) != value}
+        changed = {name: (recorded.get(name), settings.get(name)) for name in {**recorded, **settings}
+                   if recorded.get(name) != settings.get(name)}
         if changed:
             named = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
             raise ValueError(f"{work} was trained with other settings ({named}); use another --work_dir, or delete "
@@ -315,10 +325,10 @@ def write_likelihood_report(args: argparse.Namespace, pipeline: Path, codes: Pat
 
 def train_matched_tokenizer(args: argparse.Namespace, work: Path, seed: int, target_rfid: float,
                             common: list[str], row: Row, seconds: dict) -> tuple[Path, int, float]:
-    """z-matched: the row-4 tokenizer trained in segments of --tokenizer_steps at a constant learning rate (after the
-    --quick warm-up), each segment's tokenizer kept and scored, until its rFID is at most `target_rfid` or
-    --matched_max_steps. Returns the chosen segment's tokenizer folder, its steps and its rFID."""
-    segment = args.tokenizer_steps
+    """z-matched: the row-4 tokenizer trained in segments of --matched_segment_steps at a constant learning rate (after
+    the other rows' warm-up of --tokenizer_steps), each segment's tokenizer kept and scored, until its rFID is at most
+    `target_rfid` or --matched_max_steps. Returns the chosen segment's tokenizer folder, its steps and its rFID."""
+    segment = args.matched_segment_steps
     output = work / "tokenizer"
     steps, rfid, folder = 0, math.inf, None
     seconds.setdefault("tokenizer", 0.0)
@@ -331,7 +341,7 @@ def train_matched_tokenizer(args: argparse.Namespace, work: Path, seed: int, tar
                     args, "train_tokenizer.py", output, steps, args.tokenizer_learning_rate, *common,
                     "--preset", args.tokenizer_preset, "--config_overrides", tokenizer_overrides(args, row),
                     "--seed", str(seed), "--lr_scheduler", "constant_with_warmup",
-                    checkpointing_steps=segment, warmup_steps=int(WARMUP_FRACTION * segment)),
+                    checkpointing_steps=segment, warmup_steps=int(WARMUP_FRACTION * args.tokenizer_steps)),
                 output / f"checkpoint-{steps}", work)
             partial = folder.with_name(folder.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
@@ -358,7 +368,8 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, target_rfid: float | 
     seconds, extra = {}, {}
     if row.name == MATCHED:
         tokenizer, steps, rfid = train_matched_tokenizer(args, work, seed, target_rfid, common, row, seconds)
-        extra = dict(matched_steps=steps, matched=rfid <= target_rfid, target_rfid=target_rfid)
+        extra = dict(matched_steps=steps, matched=rfid <= target_rfid, target_rfid=target_rfid,
+                     matched_segment_steps=args.matched_segment_steps)
     else:
         tokenizer = work / "tokenizer" / "tokenizer"
         stage1 = work / "tokenizer-stage1" / "tokenizer"
@@ -457,6 +468,7 @@ def format_table(args: argparse.Namespace, results: dict[str, list[dict]]) -> st
         if row.name == MATCHED:
             label += "; steps: " + ", ".join(
                 f"{r['matched_steps']}" + ("" if r["matched"] else " (not reached)") for r in runs)
+            label += f" (segments of {runs[0]['matched_segment_steps']}, target rFID {runs[0]['target_rfid']:.1f})"
         rows.append([row.name.split("-")[0], label, str(len(runs)), *cells, PAPER_FID.get(row.name, "-"), minutes])
         prefix_rows.append([row.name.split("-")[0],
                             *[cell([r["prefix_psnr"][k] for r in runs], ".2f") for k in prefixes]])

@@ -232,6 +232,9 @@ def test_seeds_reach_every_training_script_and_matched_needs_row_1(ablation, tmp
         script.parse_args([*alone, "--matched_target_rfid", "0"])
     assert "--matched_target_rfid must be a positive FID" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        script.parse_args([*argv, "--matched_segment_steps", "5", "--matched_max_steps", "4"])
+    assert "--matched_max_steps (4) is below one segment of --matched_segment_steps (5)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         script.parse_args([*argv, "--seeds", "1", "1"])
     assert "--seeds must be distinct" in capsys.readouterr().err
 
@@ -269,7 +272,25 @@ def test_the_matched_row_runs_alone_against_a_given_target(ablation, tmp_path):
     argv = [*argv[: argv.index("--rows")], "--rows", "z-matched", "--matched_target_rfid", "1e6"]
     table = load_script().main(argv)
     row = next(line for line in table.splitlines() if line.startswith("| z "))
-    assert "steps: 2 |" in row  # the first segment already meets a target that high
+    assert "steps: 2 (segments of 2, target rFID 1000000.0) |" in row  # the first segment meets a target that high
     recorded = json.loads((tmp_path / "z.json").read_text())["z-matched"][0]
     assert (recorded["matched_steps"], recorded["matched"], recorded["target_rfid"]) == (2, True, 1e6)
     assert not (tmp_path / "work" / "1-titok").exists()
+
+
+def test_matched_segments_can_be_shorter_than_the_rows_training(ablation, tmp_path):
+    """--matched_segment_steps scores the z tokenizer more often (stops nearer the target) with the rows' warm-up;
+    the work folder records it, so a rerun with other segments is refused instead of mixing them."""
+    root, argv, _ = ablation
+    script = load_script()
+    argv = [a if a != str(root / "work") else str(tmp_path / "work") for a in argv]
+    args = script.parse_args([*argv, "--matched_segment_steps", "1", "--matched_max_steps", "2"])
+    row = next(row for row in script.ROWS if row.name == "z-matched")
+    work = tmp_path / "work" / "z-matched" / "seed-0"
+    common = [*script.data_arguments(args), "--train_batch_size", "4"]
+    folder, steps, _ = script.train_matched_tokenizer(args, work, 0, -1.0, common, row, {})
+    assert (folder.name, steps) == ("tokenizer-2", 2)
+    assert sorted(p.name for p in (work / "segments").iterdir() if p.is_dir()) == ["tokenizer-1", "tokenizer-2"]
+    script.check_row_settings(args, work.parent, row)
+    with pytest.raises(ValueError, match="matched_segment_steps 1 -> None"):
+        script.check_row_settings(script.parse_args([*argv, "--matched_max_steps", "2"]), work.parent, row)
