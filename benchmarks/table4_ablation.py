@@ -153,10 +153,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--matched_max_steps", type=int, default=None,
                        help=f"z-matched: the most tokenizer steps (default {DEFAULT_MATCHED_MAX_STEPS_FACTOR} x "
                             f"--tokenizer_steps)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every row")
     sizes.add_argument("--matched_segment_steps", type=int, default=None,
                        help="z-matched: tokenizer steps per segment, each segment's tokenizer scored (default "
                             "--tokenizer_steps; smaller segments stop nearer the target rFID)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every row")
     parser.add_argument("--matched_target_rfid", type=float, default=None,
                         help="z-matched: the rFID to train to (default: row 1's mean rFID over --seeds, which needs "
                              "1-titok in --rows); give the recorded one to run z-matched without rerunning row 1")
